@@ -1,0 +1,310 @@
+"""Simulated GPUs: one worker process per device, each with its own compiled function.
+
+A "device" here is a process pinned to one CPU core (BLAS limited to one thread), which
+rebuilds the model from its spec and compiles its own Theano gradient function, as each
+GPU would. Data moves through shared memory, not pickles:
+
+    params  float32[P]        host -> every device (the broadcast)
+    batch   x float32[B*D], y int32[B]   each device reads its own contiguous split
+    grads   float32[N, P]     device i writes row i (the fetch back to the host)
+
+Only tiny control messages go through pipes. Workers die with the pool: on ``close()``,
+on any error, on Ctrl-C, and (pipe EOF) if the parent itself dies.
+"""
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import weakref
+from multiprocessing import shared_memory
+from multiprocessing.connection import wait
+
+import numpy as np
+
+from .engine import GradientResult, check_fits, flatten, unflatten
+from .errors import DeviceError, PoolClosed, WorkerDied
+from .gradients import stack_gradients
+from .models import build
+from .split import split_sizes
+from .validate import check_n_devices
+
+__all__ = ["DevicePool", "PIN_ENV", "cores"]
+
+# One BLAS thread per device, or N devices on N cores fight over 2N threads.
+PIN_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_env_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pinned_spawn_env():
+    """Environment for starting workers: BLAS pinned, and the caller's ``__main__`` hidden.
+
+    A spawned child normally re-runs the parent's main script, so a script without an
+    ``if __name__ == "__main__":`` guard would start pools recursively. Workers need only
+    ``mgpu_lab``, so while they start we hide where ``__main__`` came from.
+    """
+    main = sys.modules["__main__"]
+    hidden = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+    with _env_lock:
+        saved = {k: os.environ.get(k) for k in PIN_ENV}
+        os.environ.update(PIN_ENV)
+        for k in hidden:
+            setattr(main, k, None) if k == "__spec__" else delattr(main, k)
+        try:
+            yield
+        finally:
+            for k, v in hidden.items():
+                setattr(main, k, v)
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def cores():
+    """The CPU cores this process may run on."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+
+
+class _Buffer:
+    """A named shared-memory block seen as a numpy array."""
+
+    def __init__(self, shape, dtype, name=None):
+        nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        self.shm = shared_memory.SharedMemory(name=name, create=name is None, size=nbytes)
+        self.array = np.ndarray(shape, dtype=dtype, buffer=self.shm.buf)
+        self.spec = (self.shm.name, tuple(shape), np.dtype(dtype).str)
+
+    def close(self, unlink=False):
+        self.array = None  # drop the view first, or close() sees exported pointers
+        self.shm.close()
+        if unlink:
+            self.shm.unlink()
+
+
+# -- the worker (runs in the child process) -----------------------------------------
+def _worker_main(device, spec, conn, core):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    try:
+        model = build(spec)
+        fn = model.loss_and_gradients_function()
+        shapes = model.param_shapes
+        conn.send(("ready", os.getpid()))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    bufs = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone: so are we
+        try:
+            if msg[0] == "stop":
+                return
+            if msg[0] == "attach":  # new shared blocks (the batch buffer grew)
+                for b in bufs.values():
+                    b.close()
+                bufs = {k: _Buffer(s[1], s[2], name=s[0]) for k, s in msg[1].items()}
+                conn.send(("ok",))
+            elif msg[0] == "step":
+                conn.send(("ok",) + _worker_step(device, model, fn, shapes, bufs, *msg[1:]))
+        except BaseException:
+            conn.send(("error", traceback.format_exc()))
+
+
+def _worker_step(device, model, fn, shapes, bufs, start, n):
+    """Set params, run the gradient of samples [start, start+n), write grads row ``device``."""
+    t0 = time.perf_counter()
+    model.set_values(unflatten(bufs["params"].array, shapes))  # copies out of shared memory
+    x = bufs["x"].array[start * model_dim(model):(start + n) * model_dim(model)]
+    x = x.reshape((n,) + model.input_shape)  # (n, *input_shape), a view
+    y = bufs["y"].array[start:start + n]
+    t1 = time.perf_counter()
+    loss, *grads = fn(x, y)
+    t2 = time.perf_counter()
+    flatten(grads, out=bufs["grads"].array[device])  # the fetch back to the host
+    t3 = time.perf_counter()
+    return float(loss), {"set_params": t1 - t0, "compute": t2 - t1, "fetch": t3 - t2}
+
+
+def model_dim(model):
+    """Floats per sample, e.g. 3*224*224 for a 224 px RGB image."""
+    return int(np.prod(model.input_shape))
+
+
+# -- the pool (runs in the parent) --------------------------------------------------
+class DevicePool:
+    """N simulated GPUs. Use as a context manager; workers never outlive it.
+
+    ``pool.gradients(values, x, y)`` splits the batch, has device i compute the gradient
+    of split i, and returns the stacked full-batch gradient as a :class:`GradientResult`.
+    """
+
+    def __init__(self, model_spec, n_devices=1, memory_bytes=None, start_timeout=300.0):
+        self.model = build(model_spec)  # graph only, for shapes and checks; never compiled here
+        self.n_devices = check_n_devices(n_devices)
+        self.memory_bytes = memory_bytes
+        self.shapes = self.model.param_shapes
+        self.closed, self.workers, self.conns, self._bufs = False, [], [], {}
+        self._finalizer = weakref.finalize(self, _shutdown, self.workers, self.conns, self._bufs)
+        self.cores = cores()
+        self.oversubscribed = self.n_devices > len(self.cores)
+        try:
+            self._allocate(batch_capacity=max(64, self.n_devices))
+            self._start_workers(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up ---------------------------------------------------------------------
+    def _allocate(self, batch_capacity):
+        P, D = self.model.n_params, model_dim(self.model)
+        old = dict(self._bufs)
+        self._bufs.clear()
+        self._bufs.update(params=old.get("params") or _Buffer((P,), np.float32),
+                          grads=old.get("grads") or _Buffer((self.n_devices, P), np.float32),
+                          x=_Buffer((batch_capacity * D,), np.float32),
+                          y=_Buffer((batch_capacity,), np.int32))
+        for key in ("x", "y"):
+            if key in old:
+                old[key].close(unlink=True)
+        self.capacity = batch_capacity
+
+    def _attach_message(self):
+        return ("attach", {k: b.spec for k, b in self._bufs.items()})
+
+    def _start_workers(self, timeout):
+        ctx = mp.get_context("spawn")  # a clean interpreter: no inherited BLAS threads or locks
+        with _pinned_spawn_env():
+            for d in range(self.n_devices):
+                parent, child = ctx.Pipe()
+                core = self.cores[d % len(self.cores)]
+                p = ctx.Process(target=_worker_main, args=(d, self.model.spec, child, core),
+                                name=f"mgpu-device-{d}", daemon=True)
+                p.start()
+                child.close()
+                self.workers.append(p)
+                self.conns.append(parent)
+        self._collect(range(self.n_devices), timeout=timeout)  # "ready": compiled
+        self._broadcast(self._attach_message())
+
+    # -- messaging ------------------------------------------------------------------
+    def _broadcast(self, msg, devices=None):
+        devices = range(self.n_devices) if devices is None else devices
+        for d in devices:
+            self.conns[d].send(msg)
+        return self._collect(devices)
+
+    def _collect(self, devices, timeout=None):
+        """One reply from each device; a dead worker or an error shuts the pool down."""
+        pending, replies, errors = set(devices), {}, {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            waitables = [self.conns[d] for d in pending] + [self.workers[d].sentinel for d in pending]
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait(waitables, timeout=left)
+            if not ready:
+                self.close()
+                raise TimeoutError(f"devices {sorted(pending)} did not answer within {timeout:.0f} s")
+            for d in list(pending):
+                if self.conns[d] in ready and self.conns[d].poll():
+                    reply = self.conns[d].recv()
+                    pending.discard(d)
+                    (errors if reply[0] == "error" else replies)[d] = reply
+                elif self.workers[d].sentinel in ready:
+                    self.workers[d].join(0.1)
+                    code = self.workers[d].exitcode
+                    self.close()
+                    raise WorkerDied(d, code)
+        if errors:
+            d = min(errors)
+            raise DeviceError(d, errors[d][1])
+        return replies
+
+    # -- the step -------------------------------------------------------------------
+    def gradients(self, values, x, y):
+        """Stacked gradient of the mean loss over ``(x, y)``, computed on the N devices."""
+        if self.closed:
+            raise PoolClosed("this DevicePool is closed (closed explicitly, or after a worker "
+                             "died); create a new pool")
+        t0 = time.perf_counter()
+        x, y = self.model.check_batch(x, y)
+        sizes = split_sizes(len(x), self.n_devices)
+        check_fits(self.model, sizes, self.memory_bytes)  # before any work: nothing half-done
+        if len(x) > self.capacity:
+            self._allocate(batch_capacity=len(x))
+            self._broadcast(self._attach_message())
+        t1 = time.perf_counter()
+        flatten(values, out=self._bufs["params"].array)  # broadcast: one copy, all devices read it
+        self._bufs["x"].array[:x.size] = x.ravel()
+        self._bufs["y"].array[:len(y)] = y
+        t2 = time.perf_counter()
+        starts = np.cumsum([0] + sizes[:-1])
+        try:
+            for d in range(self.n_devices):
+                self.conns[d].send(("step", int(starts[d]), sizes[d]))
+            replies = self._collect(range(self.n_devices))
+        except (KeyboardInterrupt, OSError):
+            self.close()  # workers are mid-step: the only safe state is no workers at all
+            raise
+        t3 = time.perf_counter()
+        rows = self._bufs["grads"].array
+        stacked = stack_gradients([unflatten(rows[d], self.shapes) for d in range(self.n_devices)], sizes)
+        losses = [replies[d][1] for d in range(self.n_devices)]
+        per_dev = [replies[d][2] for d in range(self.n_devices)]
+        t4 = time.perf_counter()
+        breakdown = {"split": t1 - t0, "scatter": t2 - t1,
+                     "set_params": max(p["set_params"] for p in per_dev),
+                     "compute": max(p["compute"] for p in per_dev),
+                     "fetch": max(p["fetch"] for p in per_dev),
+                     "wait": t3 - t2, "stack": t4 - t3}
+        return GradientResult(stacked, float(np.dot(losses, sizes) / len(x)), sizes,
+                              [p["compute"] for p in per_dev], breakdown)
+
+    # -- shutdown -------------------------------------------------------------------
+    def pids(self):
+        return [p.pid for p in self.workers]
+
+    def close(self):
+        """Stop every worker (politely, then by force) and free the shared memory."""
+        if not self.closed:
+            self.closed = True
+            self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"{len(self.workers)} workers"
+        return f"<DevicePool {self.model.spec.describe()} x{self.n_devices} ({state})>"
+
+
+def _shutdown(workers, conns, bufs):
+    """Stop workers and free shared memory; safe to call twice, from a finalizer too."""
+    for c in conns:
+        try:
+            c.send(("stop",))
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + 2.0
+    for p in workers:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in workers:
+        if p.is_alive():
+            p.kill()
+            p.join(5.0)
+    for c in conns:
+        c.close()
+    for b in bufs.values():
+        b.close(unlink=True)
+    bufs.clear()
+    workers.clear()
+    conns.clear()

@@ -1,0 +1,216 @@
+"""Theano networks for the book: logistic regression, an MLP and a scalable CNN.
+
+A :class:`Model` owns its parameters as Theano shared variables, the symbolic mean
+cross-entropy loss, and (compiled lazily, once) a function that returns the loss and
+the gradient of every parameter. Every builder records a picklable :class:`ModelSpec`
+(name + keyword arguments) so a worker process can rebuild the very same graph and
+initial parameters from the same seed.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._theano import T, floatX, theano
+from .validate import check_batch
+
+__all__ = ["Model", "ModelSpec", "build", "logistic", "mlp", "cnn", "BUILDERS"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to rebuild a model anywhere: a builder name and its kwargs."""
+
+    name: str
+    kwargs: tuple = ()  # sorted (key, value) pairs, so the spec is hashable
+
+    @classmethod
+    def of(cls, name, **kwargs):
+        return cls(name, tuple(sorted(kwargs.items())))
+
+    def build(self):
+        return build(self)
+
+    def describe(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs)
+        return f"{self.name}({args})"
+
+
+class Model:
+    """A network: shared params, symbolic inputs ``x``/``y``, symbolic mean ``loss``."""
+
+    def __init__(self, spec, x, y, params, probs, input_shape, n_classes):
+        self.spec = spec
+        self.x, self.y = x, y  # x: (batch, *input_shape) floatX; y: (batch,) int32
+        self.params = params  # list of theano shared variables
+        self.probs = probs  # (batch, n_classes) softmax outputs
+        self.loss = T.nnet.categorical_crossentropy(probs, y).mean()
+        self.input_shape = tuple(input_shape)
+        self.n_classes = n_classes
+        self._grad_fn = None
+        self._eval_fn = None
+
+    # -- parameters ------------------------------------------------------------
+    @property
+    def param_shapes(self):
+        return [p.get_value(borrow=True).shape for p in self.params]
+
+    @property
+    def n_params(self):
+        return int(sum(np.prod(s) for s in self.param_shapes))
+
+    def get_values(self):
+        """Copies of the parameter arrays, in ``params`` order."""
+        return [p.get_value() for p in self.params]
+
+    def set_values(self, values):
+        """Set every parameter at once; checks all shapes first, so a bad list changes nothing."""
+        values = list(values)
+        if len(values) != len(self.params):
+            raise ValueError(
+                f"set_values got {len(values)} arrays but {self.spec.describe()} has "
+                f"{len(self.params)} parameters ({', '.join(p.name for p in self.params)})"
+            )
+        arrays = []
+        for p, v in zip(self.params, values):
+            v = np.asarray(v)
+            want = p.get_value(borrow=True).shape
+            if v.shape != want:
+                raise ValueError(f"parameter {p.name} needs shape {want}, got {v.shape}")
+            arrays.append(np.ascontiguousarray(v, dtype=floatX))
+        for p, v in zip(self.params, arrays):
+            p.set_value(v)
+
+    # -- compiled functions ----------------------------------------------------
+    def loss_and_gradients_function(self):
+        """Compiled ``f(x, y) -> [loss, g_1, ..., g_k]`` (one graph, compiled once)."""
+        if self._grad_fn is None:
+            grads = T.grad(self.loss, self.params)
+            self._grad_fn = theano.function([self.x, self.y], [self.loss] + grads,
+                                            name=f"grad:{self.spec.name}")
+        return self._grad_fn
+
+    def gradient_function(self):
+        """Compiled ``f(x, y) -> list`` of gradient arrays shaped like ``params``."""
+        f = self.loss_and_gradients_function()
+        return lambda x, y: f(x, y)[1:]
+
+    def loss_function(self):
+        """Compiled ``f(x, y) -> (mean loss, accuracy)``."""
+        if self._eval_fn is None:
+            acc = T.mean(T.eq(T.argmax(self.probs, axis=1), self.y))
+            self._eval_fn = theano.function([self.x, self.y], [self.loss, acc],
+                                            name=f"eval:{self.spec.name}")
+        return self._eval_fn
+
+    def check_batch(self, x, y):
+        """Validated ``(x, y)`` as (floatX, int32) arrays; clear errors otherwise."""
+        return check_batch(x, y, self.input_shape, self.n_classes)
+
+    def __repr__(self):
+        return f"<Model {self.spec.describe()}: {self.n_params:,} parameters>"
+
+
+# -- layers (each returns its output and appends its parameters) ------------------
+def _shared(rng, shape, fan_in, name):
+    """He-normal weights: keeps ReLU activations at unit scale through deep stacks."""
+    w = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape).astype(floatX)
+    return theano.shared(w, name=name)
+
+
+def _zeros(shape, name):
+    return theano.shared(np.zeros(shape, dtype=floatX), name=name)
+
+
+def _dense(h, n_in, n_out, rng, params, name):
+    W, b = _shared(rng, (n_in, n_out), n_in, f"{name}.W"), _zeros((n_out,), f"{name}.b")
+    params += [W, b]
+    return T.dot(h, W) + b  # (batch, n_out)
+
+
+def _conv(h, c_in, c_out, rng, params, name):
+    """3x3 'same' convolution + bias: (batch, c_in, H, W) -> (batch, c_out, H, W)."""
+    W = _shared(rng, (c_out, c_in, 3, 3), c_in * 9, f"{name}.W")
+    b = _zeros((c_out,), f"{name}.b")
+    params += [W, b]
+    out = T.nnet.conv2d(h, W, border_mode="half", filter_flip=False)
+    return out + b.dimshuffle("x", 0, "x", "x")
+
+
+# -- builders ----------------------------------------------------------------------
+def logistic(n_in=64, n_classes=10, seed=0):
+    """Softmax regression on flat inputs (batch, n_in)."""
+    spec = ModelSpec.of("logistic", n_in=n_in, n_classes=n_classes, seed=seed)
+    rng, params = np.random.RandomState(seed), []
+    x, y = T.matrix("x", dtype=floatX), T.ivector("y")
+    probs = T.nnet.softmax(_dense(x, n_in, n_classes, rng, params, "out"))
+    return Model(spec, x, y, params, probs, (n_in,), n_classes)
+
+
+def mlp(n_in=64, hidden=(64,), n_classes=10, seed=0):
+    """ReLU multi-layer perceptron on flat inputs (batch, n_in)."""
+    hidden = tuple(int(h) for h in hidden)
+    spec = ModelSpec.of("mlp", n_in=n_in, hidden=hidden, n_classes=n_classes, seed=seed)
+    rng, params = np.random.RandomState(seed), []
+    x, y = T.matrix("x", dtype=floatX), T.ivector("y")
+    h, width = x, n_in
+    for i, n_out in enumerate(hidden):
+        h, width = T.nnet.relu(_dense(h, width, n_out, rng, params, f"fc{i + 1}")), n_out
+    probs = T.nnet.softmax(_dense(h, width, n_classes, rng, params, "out"))
+    return Model(spec, x, y, params, probs, (n_in,), n_classes)
+
+
+def _stage_plan(image_size, depth, max_stages=5):
+    """Conv layers per stage; every stage but the last ends in a 2x2 max-pool.
+
+    Stages halve the image until about 7 px remain (224 -> 7 in five stages, as in
+    VGG/ResNet); the depth is spread evenly, later stages taking the remainder.
+    """
+    n_stages = 1
+    while n_stages < max_stages and image_size // 2 ** n_stages >= 7:
+        n_stages += 1
+    n_stages = max(1, min(n_stages, depth))
+    base, extra = divmod(depth, n_stages)
+    return [base + (1 if i >= n_stages - extra else 0) for i in range(n_stages)]
+
+
+def cnn(image_size=8, channels=1, n_classes=10, width=8, depth=2, residual=False, seed=0):
+    """A VGG-style (or, with ``residual=True``, ResNet-style) CNN of any size and depth.
+
+    ``depth`` 3x3 conv layers, grouped in stages that halve the image with a max-pool and
+    double the width (up to 8x ``width``); global average pooling; a softmax layer. With
+    ``residual`` every conv after a stage's first adds its input (identity shortcut).
+    Input: (batch, channels, image_size, image_size).
+    """
+    if image_size < 1 or depth < 1 or width < 1:
+        raise ValueError(f"cnn needs image_size, depth and width >= 1, got "
+                         f"{image_size}, {depth}, {width}")
+    spec = ModelSpec.of("cnn", image_size=image_size, channels=channels, n_classes=n_classes,
+                        width=width, depth=depth, residual=residual, seed=seed)
+    rng, params = np.random.RandomState(seed), []
+    x, y = T.tensor4("x", dtype=floatX), T.ivector("y")
+    h, c_in, layer = x, channels, 0
+    plan = _stage_plan(image_size, depth)
+    for s, n_layers in enumerate(plan):
+        c_out = width * min(2 ** s, 8)
+        for i in range(n_layers):
+            layer += 1
+            out = _conv(h, c_in, c_out, rng, params, f"conv{layer}")
+            h = T.nnet.relu(out + h if residual and i > 0 else out)
+            c_in = c_out
+        if s < len(plan) - 1:
+            h = T.signal.pool.pool_2d(h, (2, 2), ignore_border=True, mode="max")
+    h = h.mean(axis=(2, 3))  # global average pool: (batch, c_in)
+    probs = T.nnet.softmax(_dense(h, c_in, n_classes, rng, params, "out"))
+    return Model(spec, x, y, params, probs, (channels, image_size, image_size), n_classes)
+
+
+BUILDERS = {"logistic": logistic, "mlp": mlp, "cnn": cnn}
+
+
+def build(spec):
+    """Rebuild a model from its :class:`ModelSpec` (or return a Model unchanged)."""
+    if isinstance(spec, Model):
+        return spec
+    if spec.name not in BUILDERS:
+        raise ValueError(f"unknown model {spec.name!r}; known models: {', '.join(sorted(BUILDERS))}")
+    return BUILDERS[spec.name](**dict(spec.kwargs))
