@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._theano import T, floatX, theano
+from theano.tensor.signal.pool import pool_2d  # noqa: E402  (theano comes from _theano)
 from .validate import check_batch
 
 __all__ = ["Model", "ModelSpec", "build", "logistic", "mlp", "cnn", "BUILDERS"]
@@ -173,22 +174,28 @@ def _stage_plan(image_size, depth, max_stages=5):
     return [base + (1 if i >= n_stages - extra else 0) for i in range(n_stages)]
 
 
-def cnn(image_size=8, channels=1, n_classes=10, width=8, depth=2, residual=False, seed=0):
+def cnn(image_size=8, channels=1, n_classes=10, width=8, depth=2, residual=False,
+        head="flatten", fc=(), seed=0):
     """A VGG-style (or, with ``residual=True``, ResNet-style) CNN of any size and depth.
 
     ``depth`` 3x3 conv layers, grouped in stages that halve the image with a max-pool and
-    double the width (up to 8x ``width``); global average pooling; a softmax layer. With
-    ``residual`` every conv after a stage's first adds its input (identity shortcut).
-    Input: (batch, channels, image_size, image_size).
+    double the width (up to 8x ``width``). With ``residual`` every conv after a stage's
+    first adds its input (identity shortcut). The head either flattens the last feature
+    map (``"flatten"``, as VGG does) or averages it over space (``"avg"``, as ResNet
+    does), then applies the hidden dense layers ``fc`` (VGG-16: (4096, 4096)) and a
+    softmax layer. Input: (batch, channels, image_size, image_size).
     """
     if image_size < 1 or depth < 1 or width < 1:
         raise ValueError(f"cnn needs image_size, depth and width >= 1, got "
                          f"{image_size}, {depth}, {width}")
+    if head not in ("flatten", "avg"):
+        raise ValueError(f"head must be 'flatten' or 'avg', got {head!r}")
+    fc = tuple(int(n) for n in fc)
     spec = ModelSpec.of("cnn", image_size=image_size, channels=channels, n_classes=n_classes,
-                        width=width, depth=depth, residual=residual, seed=seed)
+                        width=width, depth=depth, residual=residual, head=head, fc=fc, seed=seed)
     rng, params = np.random.RandomState(seed), []
     x, y = T.tensor4("x", dtype=floatX), T.ivector("y")
-    h, c_in, layer = x, channels, 0
+    h, c_in, layer, size = x, channels, 0, image_size
     plan = _stage_plan(image_size, depth)
     for s, n_layers in enumerate(plan):
         c_out = width * min(2 ** s, 8)
@@ -198,9 +205,14 @@ def cnn(image_size=8, channels=1, n_classes=10, width=8, depth=2, residual=False
             h = T.nnet.relu(out + h if residual and i > 0 else out)
             c_in = c_out
         if s < len(plan) - 1:
-            h = T.signal.pool.pool_2d(h, (2, 2), ignore_border=True, mode="max")
-    h = h.mean(axis=(2, 3))  # global average pool: (batch, c_in)
-    probs = T.nnet.softmax(_dense(h, c_in, n_classes, rng, params, "out"))
+            h, size = pool_2d(h, (2, 2), ignore_border=True, mode="max"), size // 2
+    if head == "avg":
+        h, n = h.mean(axis=(2, 3)), c_in  # (batch, c_in)
+    else:
+        h, n = h.flatten(2), c_in * size * size  # (batch, c_in * size * size)
+    for i, n_out in enumerate(fc):
+        h, n = T.nnet.relu(_dense(h, n, n_out, rng, params, f"fc{i + 1}")), n_out
+    probs = T.nnet.softmax(_dense(h, n, n_classes, rng, params, "out"))
     return Model(spec, x, y, params, probs, (channels, image_size, image_size), n_classes)
 
 

@@ -1,0 +1,38 @@
+"""What machine a measurement came from: every saved result and measured figure says it."""
+import os
+import platform
+import sys
+
+__all__ = ["machine_info", "machine_label"]
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info():
+    """CPU model, usable cores, memory and library versions, as a JSON-able dict."""
+    import numpy
+
+    from ._theano import theano
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        mem = None
+    return {"cpu": _cpu_model(), "cores": cores, "memory_bytes": mem,
+            "platform": platform.platform(), "python": sys.version.split()[0],
+            "numpy": numpy.__version__, "theano": theano.__version__}
+
+
+def machine_label(info=None):
+    """A one-line provenance label for figure captions: 'measured on <cpu>, <n> cores'."""
+    info = info or machine_info()
+    return f"measured on {info['cpu']}, {info['cores']} cores (simulated devices = CPU processes)"
