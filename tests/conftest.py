@@ -1,0 +1,38 @@
+"""Shared fixtures. Few distinct Theano graphs: every test reuses these small models."""
+import numpy as np
+import pytest
+
+from mgpu_lab import models
+from mgpu_lab.data import load_digits
+
+# float32 tolerances used throughout (stated once, here): the N-device gradient is a
+# re-ordered sum of the same float32 terms, so it matches the one-device gradient to
+# a few units in the last place of the largest terms.
+GRAD_ATOL, GRAD_RTOL = 2e-6, 1e-4
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits()  # x (1797, 1, 8, 8) float32, y (1797,) int32
+
+
+@pytest.fixture(scope="session")
+def cnn():
+    """The book's digits CNN (754 params); its gradient function is compiled once."""
+    return models.cnn(image_size=8, channels=1, width=8, depth=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def cnn_grad(cnn):
+    """f(x, y) -> [loss, *grads] at the CNN's *initial* parameters."""
+    f = cnn.loss_and_gradients_function()
+    init = cnn.get_values()
+
+    def call(x, y):
+        cnn.set_values(init)
+        return [np.array(a) for a in f(x, y)]
+    return call
+
+
+def max_abs_diff(a_list, b_list):
+    return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(a_list, b_list))
