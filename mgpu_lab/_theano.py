@@ -39,3 +39,43 @@ with warnings.catch_warnings():
     import theano.tensor as T  # noqa: E402
 
 floatX = theano.config.floatX
+
+
+def _version_ignoring_empty_props(linker, fgraph):
+    """The C-cache version tuple of ``fgraph`` as Theano builds it, minus empty ``__props__``."""
+    version = []
+    for node in linker.schedule(fgraph):
+        if hasattr(node.op, "c_code_cache_version_apply"):
+            version.append(node.op.c_code_cache_version_apply(node))
+        if getattr(node.op, "__props__", ()):
+            version.append(node.op.__props__)
+        for v in node.inputs + node.outputs:
+            if hasattr(v.type, "c_code_cache_version"):
+                version.append(v.type.c_code_cache_version())
+    return tuple(version)
+
+
+def _cache_ops_with_empty_props():
+    """Work around a theano-pymc 1.1.2 bug that recompiles C code in every process.
+
+    ``CLinker.cmodule_key_`` puts each op's ``__props__`` into the module's version tuple
+    and calls the module *unversioned* if any entry is falsy. Ops without parameters
+    (``Alloc``, ``Softmax``, ``ScalarFromTensor``, ...) have ``__props__ == ()``, so every
+    graph holding one was rebuilt with g++ in every new process: ~2 s more for each
+    simulated device's start. An empty ``__props__`` means "no parameters", not "no
+    version"; ops whose ``c_code_cache_version`` is really empty stay unversioned.
+    """
+    from theano.link.c.basic import CLinker
+    original = CLinker.cmodule_key_
+
+    def cmodule_key_(self, fgraph, *args, **kwargs):
+        key = original(self, fgraph, *args, **kwargs)
+        if key is not None and key[0] == ():
+            version = _version_ignoring_empty_props(self, fgraph)
+            if version and all(version):
+                return version, key[1]
+        return key
+    CLinker.cmodule_key_ = cmodule_key_
+
+
+_cache_ops_with_empty_props()
