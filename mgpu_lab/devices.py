@@ -149,6 +149,7 @@ class DevicePool:
         self.model = build(model_spec)  # graph only, for shapes and checks; never compiled here
         self.n_devices = check_n_devices(n_devices)
         self.memory_bytes = memory_bytes
+        check_fits(self.model, [1], memory_bytes)  # before any worker starts: one sample must fit
         self.shapes = self.model.param_shapes
         self.closed, self.workers, self.conns, self._bufs = False, [], [], {}
         self._finalizer = weakref.finalize(self, _shutdown, self.workers, self.conns, self._bufs)
@@ -197,8 +198,21 @@ class DevicePool:
     def _broadcast(self, msg, devices=None):
         devices = range(self.n_devices) if devices is None else devices
         for d in devices:
-            self.conns[d].send(msg)
+            self._send(d, msg)
         return self._collect(devices)
+
+    def _send(self, d, msg):
+        try:
+            self.conns[d].send(msg)
+        except OSError:  # BrokenPipeError: device d's worker is gone
+            raise self._died(d) from None
+
+    def _died(self, d):
+        """Shut the pool down; the :class:`WorkerDied` to raise for device ``d``."""
+        self.workers[d].join(1.0)  # its pipe can close a moment before it is reaped
+        code = self.workers[d].exitcode
+        self.close()
+        return WorkerDied(d, code)
 
     def _collect(self, devices, timeout=None):
         """One reply from each device; a dead worker or an error shuts the pool down."""
@@ -213,14 +227,14 @@ class DevicePool:
                 raise TimeoutError(f"devices {sorted(pending)} did not answer within {timeout:.0f} s")
             for d in list(pending):
                 if self.conns[d] in ready and self.conns[d].poll():
-                    reply = self.conns[d].recv()
+                    try:
+                        reply = self.conns[d].recv()
+                    except (EOFError, OSError):  # a dead worker's pipe reads as EOF
+                        raise self._died(d) from None
                     pending.discard(d)
                     (errors if reply[0] == "error" else replies)[d] = reply
                 elif self.workers[d].sentinel in ready:
-                    self.workers[d].join(0.1)
-                    code = self.workers[d].exitcode
-                    self.close()
-                    raise WorkerDied(d, code)
+                    raise self._died(d)
         if errors:
             d = min(errors)
             raise DeviceError(d, errors[d][1])
@@ -247,7 +261,7 @@ class DevicePool:
         starts = np.cumsum([0] + sizes[:-1])
         try:
             for d in range(self.n_devices):
-                self.conns[d].send(("step", int(starts[d]), sizes[d]))
+                self._send(d, ("step", int(starts[d]), sizes[d]))
             replies = self._collect(range(self.n_devices))
         except (KeyboardInterrupt, OSError):
             self.close()  # workers are mid-step: the only safe state is no workers at all

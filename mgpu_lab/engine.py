@@ -5,6 +5,7 @@ serial engine runs the N devices' work one after another in this process; the lo
 engine (:class:`mgpu_lab.devices.DevicePool`) runs it in N worker processes; the MPI
 engine (:mod:`mgpu_lab.mpi`) on N MPI ranks. All three split, compute, stack the same way.
 """
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -55,9 +56,17 @@ def check_fits(model, sizes, memory_bytes):
     """Raise :class:`DeviceOutOfMemory` for the first split too big for its device."""
     if memory_bytes is None:
         return
+    if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, numbers.Real) \
+            or not memory_bytes >= 1:  # (NaN fails >= too)
+        raise ValueError(f"memory_bytes must be a positive number of bytes per device (or None "
+                         f"for no limit), got {memory_bytes!r}")
     from .memory import estimate, max_batch_size  # the memory model is only needed here
+    # Splits take at most two sizes and repeat every step: walk the graph once per size.
+    cache = model.__dict__.setdefault("_bytes_for_split", {})
     for device, n in enumerate(sizes):
-        needed = estimate(model, n)["total"]
+        if n not in cache:
+            cache[n] = estimate(model, n)["total"]
+        needed = cache[n]
         if needed > memory_bytes:
             raise DeviceOutOfMemory(device, needed, memory_bytes,
                                     max_batch_size(model, memory_bytes), n)
@@ -70,6 +79,7 @@ class SerialEngine:
         self.model = build(model_spec)
         self.n_devices = check_n_devices(n_devices)
         self.memory_bytes = memory_bytes
+        check_fits(self.model, [1], memory_bytes)  # a device that cannot hold one sample is useless
         self._fn, self.closed = None, False
 
     def gradients(self, values, x, y):

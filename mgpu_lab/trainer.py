@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import SerialEngine
+from .engine import SerialEngine, check_fits
 from .errors import CheckpointError, NonFiniteGradient
 from .gradients import all_finite
 from .models import ModelSpec, build
@@ -53,6 +53,7 @@ class DataParallelTrainer:
         self.optimizer = optimizer or SGD(0.1)
         self.engine_name, self.strategy = engine, strategy
         self.memory_bytes, self.seed = memory_bytes, seed
+        check_fits(self.model, [1], memory_bytes)  # now, not at the first step: one sample must fit
         self.history, self.step_count, self._engine = [], 0, None
 
     # -- engines ------------------------------------------------------------------
@@ -77,21 +78,31 @@ class DataParallelTrainer:
         """One data-parallel step on the batch ``(x, y)``; returns the batch's mean loss."""
         t0 = time.perf_counter()
         values = self.model.get_values()
-        result = self.engine.gradients(values, x, y)
-        if not np.isfinite(result.loss) or not all_finite(result.grads):
-            raise NonFiniteGradient(
-                f"step {self.step_count}: the gradient (or loss {result.loss}) is NaN or "
-                f"infinite; parameters left untouched (lower the learning rate or check the data)")
-        new_values = self.optimizer.update(values, result.grads)
-        if not all_finite(new_values):
-            raise NonFiniteGradient(f"step {self.step_count}: the update produced NaN or "
-                                    f"infinite parameters; parameters left untouched")
+        if hasattr(self.engine, "step"):  # MPI: the engine runs the update where its strategy says
+            result, new_values = self.engine.step(values, x, y, self._checked_update)
+        else:
+            result = self.engine.gradients(values, x, y)
+            new_values = self._checked_update(values, result)
         self.model.set_values(new_values)
         seconds = time.perf_counter() - t0
         self.history.append({"step": self.step_count, "loss": result.loss, "seconds": seconds,
                              "images_per_s": len(x) / seconds, **{f"t_{k}": v for k, v in result.breakdown.items()}})
         self.step_count += 1
         return result.loss
+
+    def _checked_update(self, values, result):
+        """The optimizer's new values, or NonFiniteGradient (parameters left untouched)."""
+        if not np.isfinite(result.loss) or not all_finite(result.grads):
+            raise NonFiniteGradient(
+                f"step {self.step_count}: the gradient (or loss {result.loss}) is NaN or "
+                f"infinite; parameters left untouched (lower the learning rate or check the data)")
+        before = self.optimizer.state, self.optimizer.t  # update() replaces both, never mutates
+        new_values = self.optimizer.update(values, result.grads)
+        if not all_finite(new_values):
+            self.optimizer.state, self.optimizer.t = before  # the optimizer forgets this step too
+            raise NonFiniteGradient(f"step {self.step_count}: the update produced NaN or "
+                                    f"infinite parameters; parameters left untouched")
+        return new_values
 
     def fit(self, x, y, batch_size=64, steps=None, epochs=None, progress=True, data_seed=0):
         """Train for ``steps`` steps (or ``epochs`` epochs) on shuffled batches of (x, y).
@@ -141,27 +152,43 @@ class DataParallelTrainer:
         for s, slot in enumerate(opt["state"]):
             arrays.update({f"opt_{s}_{i}": a for i, a in enumerate(slot)})
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed save leaves the old file and nothing else
+            raise
+        _fsync_dir(path.parent)  # make the rename itself survive a power cut
         return path
 
     def load(self, path):
-        """Restore a checkpoint written by :meth:`save` for this same model."""
+        """Restore a checkpoint written by :meth:`save` for this same model.
+
+        Everything is checked before anything is set: a refused file changes nothing.
+        """
         meta, arrays = _read_checkpoint(path)
-        spec = ModelSpec(meta["spec"][0], tuple((k, _tuplify(v)) for k, v in meta["spec"][1]))
-        if spec != self.spec:
-            raise CheckpointError(f"{path} holds a checkpoint of {spec.describe()}, but this "
-                                  f"trainer trains {self.spec.describe()}")
+        if meta["spec"] != self.spec:
+            raise CheckpointError(f"{path} holds a checkpoint of {meta['spec'].describe()}, but "
+                                  f"this trainer trains {self.spec.describe()}")
+        if meta["optimizer"] != self.optimizer.name:
+            raise CheckpointError(f"{path} holds the state of optimizer {meta['optimizer']!r}, "
+                                  f"but this trainer uses {self.optimizer.name!r}")
+        names = [p.name for p in self.model.params]
         try:
-            values = [arrays[f"param_{i}"] for i in range(len(self.model.params))]
-            state = [[arrays[f"opt_{s}_{i}"] for i in range(len(values))] for s in range(meta["n_slots"])]
-            self.optimizer.load_state_dict({"name": meta["optimizer"], "t": meta["t"], "state": state})
-            self.model.set_values(values)
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{path} does not match this model: {e}") from e
+            values = [arrays[f"param_{i}"] for i in range(len(names))]
+            state = [[arrays[f"opt_{s}_{i}"] for i in range(len(names))] for s in range(meta["n_slots"])]
+        except KeyError as e:
+            raise CheckpointError(f"{path} lacks the array {e}: not a checkpoint of this model") from None
+        for i, (name, shape) in enumerate(zip(names, self.model.param_shapes)):
+            for a in [values[i]] + [slot[i] for slot in state]:
+                if a.shape != shape:
+                    raise CheckpointError(f"{path} does not match this model: parameter {name} "
+                                          f"is {shape} here but {a.shape} in the file")
+        self.optimizer.load_state_dict({"name": meta["optimizer"], "t": meta["t"], "state": state})
+        self.model.set_values(values)
         self.step_count, self.history = meta["step"], meta["history"]
         return self
 
@@ -180,6 +207,17 @@ def _tuplify(v):
     return tuple(_tuplify(a) for a in v) if isinstance(v, list) else v
 
 
+def _fsync_dir(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _read_checkpoint(path):
     """(meta dict, {name: array}) of a checkpoint, or a CheckpointError saying what is wrong."""
     path = Path(path)
@@ -189,11 +227,18 @@ def _read_checkpoint(path):
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(str(arrays.pop("meta")))
+        fmt = meta["format"]
+        if fmt == _FORMAT:
+            name, kwargs = meta["spec"]
+            meta["spec"] = ModelSpec(name, tuple((k, _tuplify(v)) for k, v in kwargs))
+            missing = {"step", "optimizer", "t", "n_slots", "history"} - set(meta)
+            if missing:
+                raise KeyError(f"meta lacks {', '.join(sorted(missing))}")
     except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, KeyError...
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): "
-                              f"{type(e).__name__}: {e}") from e
-    if meta.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {meta.get('format')}, expected {_FORMAT}")
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt, or not "
+                              f"written by DataParallelTrainer.save): {type(e).__name__}: {e}") from e
+    if fmt != _FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {fmt}, expected {_FORMAT}")
     return meta, arrays
 
 

@@ -18,7 +18,7 @@ def digits():
 
 @pytest.fixture(scope="session")
 def cnn():
-    """The book's digits CNN (754 params); its gradient function is compiled once."""
+    """The book's digits CNN (5,794 params); its gradient function is compiled once."""
     return models.cnn(image_size=8, channels=1, width=8, depth=2, seed=0)
 
 
