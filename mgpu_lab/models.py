@@ -14,7 +14,8 @@ from ._theano import T, floatX, theano
 from theano.tensor.signal.pool import pool_2d  # noqa: E402  (theano comes from _theano)
 from .validate import check_batch
 
-__all__ = ["Model", "ModelSpec", "build", "logistic", "mlp", "cnn", "BUILDERS"]
+__all__ = ["Model", "ModelSpec", "build", "logistic", "mlp", "cnn", "vgg16_like", "resnet_like",
+           "RESNET_BLOCKS", "BUILDERS"]
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def _stage_plan(image_size, depth, max_stages=5):
 
 
 def cnn(image_size=8, channels=1, n_classes=10, width=8, depth=2, residual=False,
-        head="flatten", fc=(), seed=0):
+        head="flatten", fc=(), seed=0, pool_last=False):
     """A VGG-style (or, with ``residual=True``, ResNet-style) CNN of any size and depth.
 
     ``depth`` 3x3 conv layers, grouped in stages that halve the image with a max-pool and
@@ -183,7 +184,8 @@ def cnn(image_size=8, channels=1, n_classes=10, width=8, depth=2, residual=False
     first adds its input (identity shortcut). The head either flattens the last feature
     map (``"flatten"``, as VGG does) or averages it over space (``"avg"``, as ResNet
     does), then applies the hidden dense layers ``fc`` (VGG-16: (4096, 4096)) and a
-    softmax layer. Input: (batch, channels, image_size, image_size).
+    softmax layer. ``pool_last`` also pools after the last stage (VGG: 224 -> 7 px).
+    Input: (batch, channels, image_size, image_size).
     """
     if image_size < 1 or depth < 1 or width < 1:
         raise ValueError(f"cnn needs image_size, depth and width >= 1, got "
@@ -192,7 +194,8 @@ def cnn(image_size=8, channels=1, n_classes=10, width=8, depth=2, residual=False
         raise ValueError(f"head must be 'flatten' or 'avg', got {head!r}")
     fc = tuple(int(n) for n in fc)
     spec = ModelSpec.of("cnn", image_size=image_size, channels=channels, n_classes=n_classes,
-                        width=width, depth=depth, residual=residual, head=head, fc=fc, seed=seed)
+                        width=width, depth=depth, residual=residual, head=head, fc=fc, seed=seed,
+                        **({"pool_last": True} if pool_last else {}))  # old specs unchanged
     rng, params = np.random.RandomState(seed), []
     x, y = T.tensor4("x", dtype=floatX), T.ivector("y")
     h, c_in, layer, size = x, channels, 0, image_size
@@ -204,7 +207,7 @@ def cnn(image_size=8, channels=1, n_classes=10, width=8, depth=2, residual=False
             out = _conv(h, c_in, c_out, rng, params, f"conv{layer}")
             h = T.nnet.relu(out + h if residual and i > 0 else out)
             c_in = c_out
-        if s < len(plan) - 1:
+        if s < len(plan) - 1 or pool_last:
             h, size = pool_2d(h, (2, 2), ignore_border=True, mode="max"), size // 2
     if head == "avg":
         h, n = h.mean(axis=(2, 3)), c_in  # (batch, c_in)
@@ -216,7 +219,66 @@ def cnn(image_size=8, channels=1, n_classes=10, width=8, depth=2, residual=False
     return Model(spec, x, y, params, probs, (channels, image_size, image_size), n_classes)
 
 
-BUILDERS = {"logistic": logistic, "mlp": mlp, "cnn": cnn}
+# -- presets for the memory chapter (224 px ImageNet-sized nets) -----------------------
+def vgg16_like(image_size=224, channels=3, n_classes=1000, width=64, fc=(4096, 4096), seed=0):
+    """VGG-16 (Simonyan & Zisserman, 2014) as a :func:`cnn`: 13 3x3 convs in stages of
+    2, 2, 3, 3, 3 with widths 64..512, five max-pools, two 4096 dense layers. At 224 px
+    it has VGG-16's 138,357,544 parameters. Small ``width``/``fc`` give test-sized nets."""
+    return cnn(image_size=image_size, channels=channels, n_classes=n_classes, width=width,
+               depth=13, head="flatten", fc=fc, seed=seed, pool_last=True)
+
+
+# bottleneck blocks per stage of ResNet-D, D = 3 * blocks + 2 (He et al., 2015, table 1)
+RESNET_BLOCKS = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3),
+                 200: (3, 24, 36, 3)}  # 200: He et al., 2016 (identity mappings)
+
+
+def _conv_k(h, c_in, c_out, k, stride, rng, params, name):
+    """k x k convolution with stride and 'same'-style padding k//2, plus bias."""
+    W = _shared(rng, (c_out, c_in, k, k), c_in * k * k, f"{name}.W")
+    b = _zeros((c_out,), f"{name}.b")
+    params += [W, b]
+    out = T.nnet.conv2d(h, W, border_mode=(k // 2, k // 2), subsample=(stride, stride),
+                        filter_flip=False)
+    return out + b.dimshuffle("x", 0, "x", "x")
+
+
+def resnet_like(depth=50, image_size=224, channels=3, n_classes=1000, width=64, seed=0):
+    """A ResNet with bottleneck blocks (He et al., 2015), without batch normalisation.
+
+    Stem: 7x7 stride-2 conv + 3x3 stride-2 max-pool (224 -> 56 px); four stages of
+    blocks 1x1 (w) -> 3x3 (w, stride 2 in a stage's first block but the first stage's)
+    -> 1x1 (4w) plus a shortcut (1x1 projection where the shape changes); w doubles per
+    stage from ``width``; global average pool; dense softmax layer. ``depth`` is one of
+    :data:`RESNET_BLOCKS`. Parameters: ResNet-D's, with one bias per conv channel where
+    ResNet has batch norm's two (50: 25.53 M vs 25.56 M). Not built on :func:`cnn`, which
+    has neither bottlenecks nor strided convolutions.
+    """
+    if depth not in RESNET_BLOCKS:
+        raise ValueError(f"resnet_like depth must be one of {sorted(RESNET_BLOCKS)}, got {depth}")
+    spec = ModelSpec.of("resnet_like", depth=depth, image_size=image_size, channels=channels,
+                        n_classes=n_classes, width=width, seed=seed)
+    rng, params = np.random.RandomState(seed), []
+    x, y = T.tensor4("x", dtype=floatX), T.ivector("y")
+    h = T.nnet.relu(_conv_k(x, channels, width, 7, 2, rng, params, "stem"))
+    h = pool_2d(h, (3, 3), ignore_border=True, stride=(2, 2), pad=(1, 1), mode="max")
+    c_in = width
+    for s, n_blocks in enumerate(RESNET_BLOCKS[depth]):
+        w = width * 2 ** s
+        for i in range(n_blocks):
+            stride, name = (2 if s > 0 and i == 0 else 1), f"s{s + 1}b{i + 1}"
+            t = T.nnet.relu(_conv_k(h, c_in, w, 1, 1, rng, params, f"{name}.a"))
+            t = T.nnet.relu(_conv_k(t, w, w, 3, stride, rng, params, f"{name}.b"))
+            t = _conv_k(t, w, 4 * w, 1, 1, rng, params, f"{name}.c")
+            short = h if i > 0 else _conv_k(h, c_in, 4 * w, 1, stride, rng, params, f"{name}.proj")
+            h, c_in = T.nnet.relu(t + short), 4 * w
+    h = h.mean(axis=(2, 3))  # (batch, 4 * 8 * width)
+    probs = T.nnet.softmax(_dense(h, c_in, n_classes, rng, params, "out"))
+    return Model(spec, x, y, params, probs, (channels, image_size, image_size), n_classes)
+
+
+BUILDERS = {"logistic": logistic, "mlp": mlp, "cnn": cnn, "vgg16_like": vgg16_like,
+            "resnet_like": resnet_like}
 
 
 def build(spec):

@@ -1,0 +1,264 @@
+"""The training step as data: every node of the gradient graph, its shapes and its FLOPs.
+
+A :class:`~mgpu_lab.models.Model` carries the symbolic loss; ``T.grad`` of it w.r.t. the
+parameters is the graph each device runs in one step. We never compile it: we walk it in
+the order Theano's VM runs it and ask each op for the shapes of its outputs
+(``op.infer_shape``) given the concrete shapes of its inputs, for a chosen batch size. When an op answers with a
+small symbolic expression (a pool's output size, the target shape of a reshape), a tiny
+evaluator computes it from constants and the shapes found so far. A 152-layer ResNet at
+224 px takes about a second (``T.grad`` included), where compiling it takes minutes.
+
+Each node is tagged *forward* (an ancestor of the loss) or *backward* (only in the
+gradient), which is what :mod:`mgpu_lab.memory` and :func:`count_flops` need.
+"""
+import sys
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._theano import T, theano
+from theano.graph.basic import Constant, NoParams, ancestors, graph_inputs  # noqa: E402
+from theano.compile.sharedvalue import SharedVariable  # noqa: E402
+
+__all__ = ["NodeInfo", "GraphInfo", "training_graph", "vm_order", "analyse", "count_flops",
+           "NO_FLOP_OPS", "FLOPS_PER_ELEMENT"]
+
+# Ops that only move or reinterpret data: no arithmetic. (Which of them are also free in
+# memory, being views in the compiled graph, is mgpu_lab.memory's VIEW_OPS.)
+NO_FLOP_OPS = {"DimShuffle", "Reshape", "Subtensor", "Shape", "Shape_i", "MakeVector",
+            "Alloc", "SpecifyShape", "Rebroadcast", "ViewOp", "OutputGuard", "Flatten"}
+
+# Arithmetic per output element of ops that are not a plain elementwise op (which count 1).
+# Softmax: max, subtract, exp, sum, divide; its gradient: multiply, sum, subtract, multiply.
+FLOPS_PER_ELEMENT = {"Softmax": 5, "SoftmaxGrad": 4, "SoftmaxWithBias": 6}
+
+
+@dataclass
+class NodeInfo:
+    """One op of the training step, for one batch size."""
+
+    node: object  # the theano Apply node
+    op: str  # op class name, e.g. "AbstractConv2d"
+    phase: str  # "forward" (computes the loss) or "backward" (only in the gradients)
+    in_shapes: list  # tuple of ints per input
+    out_shapes: list  # tuple of ints per output
+    flops: int  # floating-point operations of this node
+
+
+@dataclass
+class GraphInfo:
+    """The whole step: nodes in execution order plus the shape of every variable."""
+
+    model: object
+    batch_size: int
+    nodes: list  # NodeInfo, in execution order
+    shapes: dict  # theano Variable -> tuple of ints
+    outputs: list  # [loss, grad_1, ..., grad_k]
+    forward_nodes: set  # Apply nodes the loss needs
+
+    def nbytes(self, var):
+        """Bytes of a variable's value at this batch size."""
+        return int(np.prod(self.shapes[var], dtype=np.int64)) * np.dtype(var.dtype).itemsize
+
+
+# -- the symbolic graph (built once per model) ------------------------------------------
+_GRAPHS = weakref.WeakKeyDictionary()
+
+
+def training_graph(model):
+    """``(outputs, nodes, forward)`` of one step: ``[loss] + grads``, their Apply nodes in
+    execution order (:func:`vm_order`), and the set of forward nodes. Cached per model
+    (``T.grad`` of a 150-layer net takes a moment)."""
+    if model not in _GRAPHS:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 50_000))  # T.grad recurses once per layer or so
+        try:
+            outputs = [model.loss] + list(T.grad(model.loss, model.params))
+        finally:
+            sys.setrecursionlimit(limit)
+        nodes = vm_order(outputs)
+        forward = {v.owner for v in ancestors([model.loss]) if v.owner is not None}
+        _GRAPHS[model] = (outputs, nodes, forward)
+    return _GRAPHS[model]
+
+
+def vm_order(outputs):
+    """Apply nodes in the order Theano's stack VM runs them: demand-driven from the last
+    output back (a node runs once all its inputs exist). The order decides how long each
+    result stays alive, hence the memory peak."""
+    done, order = set(), []
+    stack = [v.owner for v in outputs if v.owner is not None]
+    while stack:
+        node = stack.pop()
+        if node in done:
+            continue
+        missing = [v.owner for v in node.inputs if v.owner is not None and v.owner not in done]
+        if missing:
+            stack.append(node)
+            stack.extend(missing)
+        else:
+            done.add(node)
+            order.append(node)
+    return order
+
+
+# -- a tiny evaluator for the scalar shape expressions ops return ----------------------
+class _Evaluator:
+    """Values of small symbolic expressions, with ``Shape``/``Shape_i`` answered from the
+    shapes already inferred (so no tensor data is ever needed)."""
+
+    def __init__(self, shapes):
+        self.shapes, self.values = shapes, {}
+
+    def shape(self, var):
+        if var not in self.shapes:  # an expression made up by infer_shape: infer it too
+            self.shapes[var] = self._infer(var)
+        return self.shapes[var]
+
+    def _infer(self, var):
+        if isinstance(var, Constant):
+            return np.shape(var.data)
+        node = var.owner
+        in_shapes = [_int64(self.shape(v)) for v in node.inputs]
+        out = node.op.infer_shape(None, node, in_shapes)[node.outputs.index(var)]
+        return tuple(self.as_int(d) for d in out)
+
+    def as_int(self, d):
+        return int(self.value(d)) if hasattr(d, "owner") else int(d)
+
+    def value(self, var):
+        if var in self.values:
+            return self.values[var]
+        if isinstance(var, Constant):
+            return var.data
+        if isinstance(var, SharedVariable):
+            return var.get_value(borrow=True)
+        node = var.owner
+        if node is None:
+            raise ValueError(f"a shape depends on the value of input {var}; cannot infer it")
+        name = type(node.op).__name__
+        if name == "Shape":
+            result = [np.asarray(self.shape(node.inputs[0]), dtype="int64")]
+        elif name == "Shape_i":
+            result = [np.asarray(self.shape(node.inputs[0])[node.op.i], dtype="int64")]
+        else:
+            inputs = [self.value(v) for v in node.inputs]
+            storage = [[None] for _ in node.outputs]
+            params = node.run_params()
+            if params is NoParams:
+                node.op.perform(node, inputs, storage)
+            else:
+                node.op.perform(node, inputs, storage, params)
+            result = [s[0] for s in storage]
+        for out, val in zip(node.outputs, result):
+            self.values[out] = val
+        return self.values[var]
+
+
+def _int64(shape):
+    """Shape entries as numpy int64: a plain Python int would become an int8 Theano
+    constant inside an op's shape formula, and 16*8*8*8 overflows int8."""
+    return tuple(np.int64(d) for d in shape)
+
+
+def _input_shape(var, model, batch_size):
+    if var is model.x:
+        return (batch_size,) + tuple(model.input_shape)
+    if var is model.y:
+        return (batch_size,)
+    if isinstance(var, SharedVariable):
+        return var.get_value(borrow=True).shape
+    if isinstance(var, Constant):
+        return np.shape(var.data)
+    raise ValueError(f"the loss depends on an input other than x and y: {var}")
+
+
+def analyse(model, batch_size):
+    """:class:`GraphInfo` of one training step at ``batch_size`` (shapes + FLOPs per node)."""
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    outputs, nodes, forward = training_graph(model)
+    shapes = {v: tuple(_input_shape(v, model, batch_size)) for v in graph_inputs(outputs)}
+    ev = _Evaluator(shapes)
+    infos = []
+    with theano.config.change_flags(traceback__limit=0):  # no stack trace per new variable
+        for node in nodes:
+            in_shapes = [ev.shape(v) for v in node.inputs]
+            for var, shp in zip(node.outputs, _out_shapes(node, in_shapes, ev)):
+                shapes[var] = shp
+            infos.append(_node_info(node, forward, in_shapes, [shapes[v] for v in node.outputs], ev))
+    return GraphInfo(model, batch_size, infos, shapes, outputs, forward)
+
+
+def _out_shapes(node, in_shapes, ev):
+    """Output shapes of ``node`` as tuples of ints."""
+    if type(node.op).__name__ == "Subtensor":
+        # Slicing a free stand-in of the input's shape (all strides 0, no memory) is
+        # exact and much faster than Subtensor's symbolic shape formula.
+        x = np.lib.stride_tricks.as_strided(np.zeros(1, dtype=node.inputs[0].dtype),
+                                            shape=in_shapes[0], strides=(0,) * len(in_shapes[0]))
+        storage = [[None]]
+        node.op.perform(node, [x] + [ev.value(v) for v in node.inputs[1:]], storage)
+        return [np.shape(storage[0][0])]
+    outs = node.op.infer_shape(None, node, [_int64(s) for s in in_shapes])
+    return [tuple(ev.as_int(d) for d in shp) for shp in outs]
+
+
+def _node_info(node, forward, in_shapes, out_shapes, ev):
+    info = NodeInfo(node, type(node.op).__name__,
+                    "forward" if node in forward else "backward", in_shapes, out_shapes, 0)
+    info.flops = node_flops(info, ev)
+    return info
+
+
+# -- FLOPs -------------------------------------------------------------------------------
+def _size(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def node_flops(info, ev=None):
+    """Floating-point operations of one node (multiply and add count as two).
+
+    conv (and both its gradients): 2*N*Cout*Hout*Wout*Cin*kh*kw; dot: 2*m*k*n;
+    elementwise: 1 per output element; reductions: 1 per input element; max-pool: one
+    comparison per window element; data movement and shape arithmetic: 0.
+    """
+    op, ins, outs = info.op, info.in_shapes, info.out_shapes
+    if op == "AbstractConv2d":  # inputs: image (N,Cin,H,W), kernel (Cout,Cin,kh,kw)
+        cout, cin, kh, kw = ins[1]
+        return 2 * _size(outs[0]) * cin * kh * kw
+    if op == "AbstractConv2d_gradWeights":  # image, topgrad (N,Cout,Ho,Wo) -> kernel
+        _, cin, kh, kw = outs[0]
+        return 2 * _size(ins[1]) * cin * kh * kw
+    if op == "AbstractConv2d_gradInputs":  # kernel (Cout,Cin,kh,kw), topgrad -> image
+        _, cin, kh, kw = ins[0]
+        return 2 * _size(ins[1]) * cin * kh * kw
+    if op in ("Dot", "Dot22", "Gemm", "Gemv", "Dot22Scalar"):
+        k = ins[0][-1] if ins[0] else 1
+        return 2 * _size(outs[0]) * k
+    if op == "Pool":
+        ws = ev.value(info.node.inputs[1]) if ev else (2, 2)
+        return _size(outs[0]) * _size(ws)
+    if op in ("MaxPoolGrad", "AveragePoolGrad"):
+        return 2 * _size(ins[0])  # compare each input with its window's max, add the grad
+    if op in ("Sum", "CAReduce", "Prod", "MaxAndArgmax", "Max", "Min", "Argmax"):
+        return _size(ins[0])
+    if op in NO_FLOP_OPS or not info.node.outputs[0].dtype.startswith("float"):
+        return 0  # data movement, or integer shape arithmetic
+    return FLOPS_PER_ELEMENT.get(op, 1) * sum(_size(s) for s in outs)
+
+
+def count_flops(model, batch_size):
+    """FLOPs of one training step (loss and all gradients) for one batch of ``batch_size``.
+
+    Counted node by node on the uncompiled gradient graph: ``"forward"`` is every op the
+    loss needs, ``"backward"`` every op only the gradients need. Compiling fuses and
+    removes some elementwise ops, so elementwise terms are an upper bound; convolutions
+    and matrix products (nearly all of the total for a real net) are exact.
+    """
+    info = analyse(model, batch_size)
+    fwd = sum(n.flops for n in info.nodes if n.phase == "forward")
+    bwd = sum(n.flops for n in info.nodes if n.phase == "backward")
+    return {"forward": int(fwd), "backward": int(bwd), "total": int(fwd + bwd)}
