@@ -1,0 +1,168 @@
+"""The MPI engine: real ``mpiexec -n 2`` and ``-n 3`` jobs end where the serial engine
+ends; a rank that raises ends the whole job with its message; the benchmark saves what
+it measured. MPI never starts in the pytest process itself: every MPI run is a job."""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mgpu_lab import cli, mpi
+
+pytestmark = pytest.mark.mpi
+
+JOB_TIMEOUT = 120  # seconds for one mpiexec job (warm Theano cache: 5-10 s)
+# float32 tolerance on the parameters after STEPS momentum steps. 'host' stacks exactly
+# as the serial engine does (bit-equal here); 'ring' adds float32 terms in another order,
+# a few units in the last place of parameters of size ~0.1-1: 1e-6 absolute allows that
+# and nothing like a wrong weighting (a plain mean of the uneven splits is far off).
+PARAM_ATOL = 1e-6
+STEPS = 6
+# 47 samples: 24 + 23 on 2 ranks, 16 + 16 + 15 on 3: the batch does not divide by N.
+TRAIN = ["train", "--model", "cnn", "--batch", "47", "--steps", str(STEPS),
+         "--optimizer", "momentum", "--lr", "0.05", "--no-progress"]
+
+
+def run_job(n, args, timeout=JOB_TIMEOUT):
+    return subprocess.run(mpi.mpiexec_command(n, args), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def load_checkpoint(path):
+    with np.load(path) as z:
+        return json.loads(str(z["meta"])), {k: z[k] for k in z.files if k != "meta"}
+
+
+def test_mpiexec_command_uses_this_python():
+    cmd = mpi.mpiexec_command(3, ["-m", "mgpu_lab", "train"], hosts="hosts")
+    assert Path(cmd[0]).parent == Path(sys.executable).parent  # the wheel's mpiexec
+    assert cmd[1:3] == ["-n", "3"] and cmd[3:5] == ["-f", "hosts"]
+    assert cmd[-4:] == [sys.executable, "-m", "mgpu_lab", "train"]
+    assert "OPENBLAS_NUM_THREADS" in cmd  # one BLAS thread per rank, on every machine
+    with pytest.raises(ValueError, match="n_devices must be >= 1"):
+        mpi.mpiexec_command(0, [])
+
+
+def test_engine_rejects_an_unknown_strategy():
+    with pytest.raises(ValueError, match="choose one of host, ring"):
+        mpi.MPIEngine(None, 1, strategy="tree")  # checked before MPI starts
+
+
+@pytest.fixture(scope="module")
+def serial_runs(tmp_path_factory):
+    """The serial engine's checkpoint for 2 and 3 devices (in this process: cheapest)."""
+    d = tmp_path_factory.mktemp("serial")
+    runs = {}
+    for n in (2, 3):
+        path = d / f"serial-{n}.npz"
+        assert cli.main(TRAIN + ["--engine", "serial", "--devices", str(n), "--save", str(path)]) == 0
+        runs[n] = load_checkpoint(path)
+    return runs
+
+
+@pytest.mark.timeout(2 * JOB_TIMEOUT)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("strategy", ["host", "ring"])
+def test_mpi_training_ends_at_the_serial_parameters(n, strategy, serial_runs, tmp_path):
+    path = tmp_path / "mpi.npz"
+    devices = ["--devices", str(n)] if n == 2 else []  # n = 3: defaults to the rank count
+    job = run_job(n, ["-m", "mgpu_lab", *TRAIN, "--engine", "mpi", "--strategy", strategy,
+                      "--save", str(path), *devices])
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert job.stdout.count(f"after {STEPS} steps") == 1  # only rank 0 speaks
+    assert f"{n} device(s), engine=mpi ({strategy})" in job.stdout
+    meta, arrays = load_checkpoint(path)
+    ref_meta, ref = serial_runs[n]
+    assert meta["step"] == STEPS and sorted(arrays) == sorted(ref)
+    # Same losses every step, and the same parameters and momentum at the end.
+    np.testing.assert_allclose([h["loss"] for h in meta["history"]],
+                               [h["loss"] for h in ref_meta["history"]], rtol=1e-6)
+    worst = max(float(np.max(np.abs(arrays[k] - ref[k]))) for k in ref)
+    assert worst <= PARAM_ATOL, f"largest difference to the serial engine: {worst:.3g}"
+
+
+@pytest.mark.timeout(JOB_TIMEOUT)
+def test_devices_must_match_the_rank_count():
+    job = run_job(2, ["-m", "mgpu_lab", *TRAIN, "--engine", "mpi", "--devices", "3"])
+    assert job.returncode != 0
+    assert "--devices 3 but mpiexec started 2 rank(s)" in job.stderr
+
+
+# Runs on 3 ranks: the engine refuses a wrong device count; a non-finite update found on
+# the host (rank 0) is raised on every rank with the parameters untouched; then rank 1
+# alone gets corrupt data and raises while the others wait in a collective call.
+FAILING_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    from mgpu_lab.cli import digits_model
+    from mgpu_lab.data import load_digits
+    from mgpu_lab.errors import NonFiniteGradient
+    from mgpu_lab.mpi import MPIEngine, world
+    from mgpu_lab.trainer import DataParallelTrainer
+
+    comm = world()
+    try:
+        MPIEngine(digits_model("cnn").spec, comm.size + 1)
+    except ValueError as e:
+        print(f"rank {comm.rank}: {e}", flush=True)
+    x, y = load_digits()
+    x, y = x[:40].copy(), y[:40]
+    tr = DataParallelTrainer(digits_model("cnn"), comm.size, engine="mpi", strategy="host")
+    tr.step(x, y)
+    before = tr.model.get_values()
+    try:
+        tr.step(x * np.float32(3e38), y)  # finite input, infinite activations
+    except NonFiniteGradient as e:
+        same = all(np.array_equal(a, b) for a, b in zip(before, tr.model.get_values()))
+        print(f"rank {comm.rank}: NonFiniteGradient, untouched={same}", flush=True)
+    if comm.rank == 1:
+        x[3, 0, 2, 2] = np.nan  # only this rank's copy of the batch is corrupt
+    tr.step(x, y)
+    print(f"rank {comm.rank}: unreachable", flush=True)
+""")
+
+
+@pytest.mark.timeout(JOB_TIMEOUT)
+def test_a_failing_rank_aborts_the_job_with_its_message(tmp_path):
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_SCRIPT)
+    job = run_job(3, [script])
+    assert job.returncode != 0
+    for r in range(3):
+        assert f"rank {r}: MPIEngine: n_devices=4, but this MPI job has 3 rank(s)" in job.stdout
+        assert f"rank {r}: NonFiniteGradient, untouched=True" in job.stdout
+    assert "unreachable" not in job.stdout
+    assert "x holds 1 NaN or infinite values" in job.stderr  # rank 1's own error...
+    assert "rank 1 of 3 raised ValueError; aborting all ranks" in job.stderr  # ...named
+
+
+@pytest.mark.timeout(JOB_TIMEOUT)
+def test_comm_benchmark_saves_measurements_and_prediction(tmp_path):
+    # steps=0: only the exchanges (no Theano graph to compile); tiny sizes and repeats.
+    result = mpi.run_bench(ranks=(2,), sizes_bytes=(4e3, 4e4), repeats=2, steps=0,
+                           timeout=JOB_TIMEOUT, progress=False)
+    rows = result["rows"]
+    assert [(r["strategy"], r["bytes"]) for r in rows] == [
+        ("host", 4000), ("ring", 4000), ("host", 40000), ("ring", 40000)]
+    for r in rows:
+        assert 0 < r["comm_min_s"] <= r["comm_s"] <= r["comm_max_s"] and r["comm_repeats"] == 2
+        assert r["predicted_comm_s"] > 0
+    link = result["links"]["2"]
+    assert link["latency_s"] > 0 and link["bandwidth_Bps"] > 0
+    paths = mpi.save_bench(result, tmp_path)
+    saved = json.loads(paths[0].read_text())
+    assert saved["machine"]["cores"] >= 1 and saved["rows"] == rows
+    header = paths[1].read_text().splitlines()[0].split(",")
+    assert {"n_ranks", "strategy", "bytes", "comm_s", "predicted_comm_s", "cpu"} <= set(header)
+    assert paths[2].suffix == ".png" and paths[2].stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("bad", [["--sizes", "1e6,abc"], ["--sizes", "2"], ["--steps", "-1"],
+                                 ["--ranks", "0"]])
+def test_mpi_bench_rejects_bad_flags(bad, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["mpi-bench", *bad])
+    assert exit_.value.code == 2
+    assert f"argument {bad[0]}" in capsys.readouterr().err
