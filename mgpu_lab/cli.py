@@ -30,10 +30,37 @@ def _positive(text):
     return v
 
 
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < v < float("inf"):  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def _seed(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v < 2**32:  # numpy's RandomState takes exactly these
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**32 - 1, got {v}")
+    return v
+
+
+def _usage_error(command, message):
+    """Exit as argparse does for a bad flag: status 2 and the reason on stderr."""
+    print(f"python -m mgpu_lab {command}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 # -- train --------------------------------------------------------------------------
 def _add_train(sub):
     p = sub.add_parser("train", help="train on the digits data with N devices; print loss and accuracy")
-    p.add_argument("--devices", type=_positive, default=2, help="number of simulated devices (default 2)")
+    p.add_argument("--devices", type=_positive, default=None,
+                   help="number of simulated devices (default 2; with --engine mpi: the number of ranks)")
     p.add_argument("--steps", type=_positive, default=100, help="training steps (default 100)")
     p.add_argument("--batch", type=_positive, default=64, help="global batch size (default 64)")
     p.add_argument("--model", choices=["logistic", "mlp", "cnn"], default="cnn")
@@ -41,8 +68,8 @@ def _add_train(sub):
     p.add_argument("--strategy", choices=["host", "ring"], default="host",
                    help="MPI only: gather to rank 0 (host) or Allreduce (ring)")
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="momentum")
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=_positive_float, default=0.05)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--save", help="write a checkpoint here at the end")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_train)
@@ -64,30 +91,189 @@ def _run_train(args):
     from .trainer import DataParallelTrainer
     x, y = load_digits(flat=args.model != "cnn")
     (xtr, ytr), (xte, yte) = train_test_split(x, y, seed=0)
+    rank = _mpi_ranks(args) if args.engine == "mpi" else 0
+    args.devices = args.devices or 2
+    if not args.devices <= args.batch <= len(xtr):  # each device needs a sample; no batch > data
+        _usage_error("train", f"--batch {args.batch} must lie between --devices ({args.devices}) "
+                              f"and the {len(xtr)} training images")
+    say = print if rank == 0 else (lambda *a, **k: None)  # under mpiexec only rank 0 speaks
     model = digits_model(args.model, args.seed)
-    print(f"model: {model!r}; {args.devices} device(s), engine={args.engine}, "
-          f"batch {args.batch} = {args.devices} splits of ~{args.batch / args.devices:.1f}")
+    say(f"model: {model!r}; {args.devices} device(s), engine={args.engine}"
+        f"{f' ({args.strategy})' if args.engine == 'mpi' else ''}, "
+        f"batch {args.batch} = {args.devices} splits of ~{args.batch / args.devices:.1f}")
     with DataParallelTrainer(model, args.devices, make_optimizer(args.optimizer, args.lr),
                              engine=args.engine, strategy=args.strategy) as tr:
-        tr.fit(xtr, ytr, batch_size=args.batch, steps=args.steps, progress=not args.no_progress)
+        tr.fit(xtr, ytr, batch_size=args.batch, steps=args.steps,
+               progress=not args.no_progress and rank == 0)
         loss, acc = tr.evaluate(xte, yte)
-        print(f"after {tr.step_count} steps: train loss {tr.history[-1]['loss']:.4f}, "
-              f"test loss {loss:.4f}, test accuracy {acc:.1%}")
-        if args.save:
-            print(f"checkpoint: {tr.save(args.save)}")
+        say(f"after {tr.step_count} steps: train loss {tr.history[-1]['loss']:.4f}, "
+            f"test loss {loss:.4f}, test accuracy {acc:.1%}")
+        if args.save and rank == 0:  # rank 0 holds the optimizer state ('host' updates there)
+            say(f"checkpoint: {tr.save(args.save)}")
     return 0
+
+
+def _mpi_ranks(args):
+    """Under mpiexec: --devices defaults to, and must equal, the number of ranks. Returns
+    this process's rank (an uncaught error on any rank then aborts the whole job)."""
+    from .mpi import install_abort_hook, world
+    comm = world()
+    install_abort_hook(comm)
+    args.devices = args.devices or comm.size
+    if args.devices != comm.size:
+        if comm.rank == 0:
+            print(f"error: --devices {args.devices} but mpiexec started {comm.size} rank(s); "
+                  f"with --engine mpi each rank is one device: drop --devices or run "
+                  f"mpiexec -n {args.devices}", file=sys.stderr, flush=True)
+        comm.Barrier()  # every rank exits only after rank 0 has said why
+        raise SystemExit(2)
+    return comm.rank
 
 
 # -- limits (memory model) ------------------------------------------------------------
 def _add_limits(sub):
-    p = sub.add_parser("limits", help="predicted largest batch per GPU kind for 1..N GPUs")
-    p.set_defaults(run=lambda args: print("limits: not implemented yet") or 1)
+    p = sub.add_parser("limits", help="predicted largest batch per GPU kind for 1..N GPUs",
+                       description="The largest batch that fits on 1..N GPUs of a kind, predicted "
+                       "by mgpu_lab.memory from the model's Theano graph (nothing is compiled); GPU "
+                       "memory from vendor datasheets (mgpu_lab.gpus).")
+    p.add_argument("--model", choices=["cnn", "vgg16", "resnet", "mlp"], default="resnet",
+                   help="cnn: plain 3x3 conv stages, average-pool head; vgg16: VGG-16-like; "
+                   "resnet: bottleneck ResNet; mlp: dense layers on the flattened image")
+    p.add_argument("--image-size", type=_positive, default=224, help="pixels per side (default 224)")
+    p.add_argument("--depth", type=_positive, default=None,
+                   help="cnn: conv layers (default 16); resnet: 26, 50, 101, 152 or 200 "
+                   "(default 50); mlp: hidden layers (default 2); vgg16: fixed")
+    p.add_argument("--width", type=_positive, default=None,
+                   help="channels of the first stage (default 64), or mlp units (default 4096)")
+    p.add_argument("--gpu", default="all", help="a GPU name (e.g. V100) or 'all' (default)")
+    p.add_argument("--gpus", type=parse_range, default=[1, 2, 3, 4], help="GPU counts (default 1-4)")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd",
+                   help="optimizer state kept on each GPU (default sgd: none)")
+    p.add_argument("--reserved-mib", type=float, default=0.0,
+                   help="MiB per GPU not available to the step (CUDA context etc.; default 0)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_run_limits)
+
+
+def limits_model(name, image_size=224, depth=None, width=None):
+    """The model ``limits`` predicts for (3 channels, 1000 classes, as ImageNet)."""
+    from . import models
+    if name == "vgg16":
+        return models.vgg16_like(image_size=image_size, width=width or 64)
+    if name == "resnet":
+        return models.resnet_like(depth or 50, image_size=image_size, width=width or 64)
+    if name == "mlp":
+        return models.mlp(n_in=3 * image_size ** 2, hidden=(width or 4096,) * (depth or 2),
+                          n_classes=1000)
+    return models.cnn(image_size=image_size, channels=3, n_classes=1000, width=width or 64,
+                      depth=depth or 16, head="avg")
+
+
+def _run_limits(args):
+    from .gpus import CATALOGUE, get_gpu
+    from .memory import predicted_limits
+    try:
+        gpus = list(CATALOGUE) if args.gpu.lower() == "all" else [get_gpu(args.gpu).name]
+        model = limits_model(args.model, args.image_size, args.depth, args.width)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = predicted_limits({args.model: model}, gpus, args.gpus, args.optimizer,
+                            int(args.reserved_mib * 2 ** 20), progress=not args.no_progress)
+    print(f"{model!r}, {args.optimizer}; bytes per GPU at its largest batch (GiB)")
+    gib = lambda v: f"{v / 2 ** 30:.2f}"  # noqa: E731
+    head = ("GPU", "memory", "n GPUs", "per-GPU batch", "global batch", "params+grads",
+            "optimizer", "activations", "other", "total")
+    table = [head] + [(r["gpu"], f"{r['memory_gib']:.0f} GiB", str(r["n_gpus"]), str(r["per_gpu_batch"]),
+                       str(r["global_batch"]), gib(r["parameters"] + r["gradients"]), gib(r["optimizer"]),
+                       gib(r["activations"]), gib(r["inputs"] + r["transient"] + r["workspace"]),
+                       gib(r["total"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print("other = input batch + backward temporaries + conv workspace. Predicted by "
+          "mgpu_lab.memory from the graph; GPU memory from vendor datasheets (mgpu_lab.gpus).")
+    return 0
 
 
 # -- bench (measured throughput) --------------------------------------------------------
 def _add_bench(sub):
-    p = sub.add_parser("bench", help="measure images/s on 1..N local devices")
-    p.set_defaults(run=lambda args: print("bench: not implemented yet") or 1)
+    p = sub.add_parser("bench", help="measure images/s on 1..N local devices",
+                       description="Real training steps on 1..N local devices (one pinned CPU "
+                       "process each): images/s, speed-up, a time breakdown per step, the N=1 "
+                       "overhead over a bare call, and the cost model's prediction beside it.")
+    p.add_argument("--devices", type=parse_range, default=[1, 2, 3, 4],
+                   help="device counts: N, A-B or A,B,C (default 1-4)")
+    p.add_argument("--model", choices=["cnn", "mlp"], default="cnn",
+                   help="cnn: 32 px RGB, 4 conv layers (compute-bound); mlp: 3072-256-10")
+    p.add_argument("--batch", type=parse_range, default=[64, 128, 256],
+                   help="global batch sizes (default 64,128,256)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration (default 2)")
+    p.add_argument("--repeats", type=_positive, default=5, help="timed runs per configuration (default 5)")
+    p.add_argument("--steps", type=_positive, default=3, help="steps per timed run (default 3)")
+    p.add_argument("--out", default="results", help="folder for bench-*.json and .csv (default results/)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args):
+    from .bench import format_table, format_targets, run_benchmark, save_results
+    if args.warmup < 0:
+        print(f"--warmup must be >= 0, got {args.warmup}", file=sys.stderr)
+        return 2
+    result = run_benchmark(args.model, args.devices, args.batch, warmup=args.warmup,
+                           repeats=args.repeats, steps=args.steps, progress=not args.no_progress)
+    print(format_table(result))
+    print(format_targets(result))
+    json_path, csv_path = save_results(result, args.out)
+    print(f"saved: {json_path}\n       {csv_path}")
+    return 0
+
+
+# -- mpi-bench (host gather vs ring all-reduce on MPI ranks) --------------------------------
+def _add_mpibench(sub):
+    p = sub.add_parser("mpi-bench", help="measure host gather vs ring all-reduce on 2..N MPI ranks",
+                       description="Launches mpiexec -n N for each N (run it without mpiexec): "
+                       "communication time for gradients of each size, whole training steps of an "
+                       "MLP of that gradient size, and the cost model's prediction beside them.")
+    p.add_argument("--ranks", type=parse_range, default=[2, 3, 4], help="rank counts (default 2-4)")
+    p.add_argument("--sizes", type=_byte_sizes, default=[1e6, 1e7, 1e8],
+                   help="gradient sizes in bytes (default 1e6,1e7,1e8)")
+    p.add_argument("--repeats", type=_positive, default=7, help="timed exchanges per size (default 7)")
+    p.add_argument("--steps", type=_steps_or_none, default=5,
+                   help="timed training steps per size, 0 for none (default 5)")
+    p.add_argument("--out", default="results", help="directory for the JSON, CSV and PNG (default results/)")
+    p.set_defaults(run=_run_mpibench)
+
+
+def _byte_sizes(text):
+    """'1e6,1e7' -> [1e6, 1e7]: gradient sizes in bytes, each at least one float32."""
+    try:
+        sizes = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bytes separated by commas, e.g. 1e6,1e7; got {text!r}") from None
+    if min(sizes) < 4:
+        raise argparse.ArgumentTypeError(f"every size must be >= 4 bytes (one float32), got {text!r}")
+    return sizes
+
+
+def _steps_or_none(text):
+    """Training steps per size: 0 (time the exchanges only) or a positive integer."""
+    if text.strip() == "0":
+        return 0
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
+
+
+def _run_mpibench(args):
+    from .mpi import format_bench, run_bench, save_bench
+    result = run_bench(args.ranks, args.sizes, repeats=args.repeats, steps=args.steps)
+    print(format_bench(result))
+    for path in save_bench(result, args.out):
+        print(f"saved: {path}")
+    return 0
 
 
 def build_parser():
@@ -95,7 +281,7 @@ def build_parser():
         prog="python -m mgpu_lab",
         description="Data-parallel training with Theano on simulated devices (CPU processes).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_limits, _add_bench):
+    for add in (_add_train, _add_limits, _add_bench, _add_mpibench):
         add(sub)
     return parser
 

@@ -25,3 +25,296 @@ def loss_curves(histories, title="Training loss on 1..N devices", source="measur
     provenance(ax, source)
     fig.tight_layout()
     return fig
+
+
+# -- throughput: measured (mgpu_lab.bench) and predicted (mgpu_lab.costmodel) ------------
+__all__ += ["throughput", "speedup", "predicted_speedup", "step_breakdown"]
+
+_PHASE_COLOURS = {"compute": "tab:blue", "split": "tab:gray", "scatter": "tab:olive",
+                  "set_params": "tab:green", "fetch": "tab:orange", "sync": "tab:red",
+                  "stack": "tab:purple", "update": "tab:brown", "comm": "tab:orange"}
+
+
+def _bench_source(result):
+    """Provenance of a benchmark result: machine, model, how it was timed."""
+    from .machine import machine_label
+    s = result["settings"]
+    return (f"{machine_label(result['machine'])}; {result['created']}\n{result['model']['spec']}; "
+            f"median of {s['repeats']} runs x {s['steps']} steps after {s['warmup']} warm-up "
+            f"(mgpu_lab.bench); shaded: more devices than cores")
+
+
+def _finish(fig, ax, source):
+    """Provenance under the axes, wrapped, with room kept for it below the x label."""
+    import textwrap
+    lines = [w for line in source.split("\n") for w in textwrap.wrap(line, 115)]
+    fig.tight_layout()  # before the provenance exists, so it does not squeeze the axes
+    provenance(ax, "\n".join(lines))
+    room = (38 + 9 * len(lines)) / 72 / fig.get_figheight()  # points -> figure fraction
+    fig.subplots_adjust(bottom=min(0.6, fig.subplotpars.bottom + room - 0.1))
+    return fig
+
+
+def _by_batch(result):
+    """{batch size: rows sorted by N}."""
+    out = {}
+    for r in sorted(result["rows"], key=lambda r: (r["batch_size"], r["n_devices"])):
+        out.setdefault(r["batch_size"], []).append(r)
+    return out
+
+
+def _shade_oversubscribed(ax, result):
+    cores, top = result["rows"][0]["cores"], max(r["n_devices"] for r in result["rows"])
+    if top > cores:
+        ax.axvspan(cores + 0.5, top + 0.5, color="0.9", zorder=0)
+
+
+def throughput(result, title="Measured throughput on 1..N local devices"):
+    """Images/s vs N per batch size (bars: min-max over runs), with the ideal N x (N=1)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for b, rows in _by_batch(result).items():
+        n = [r["n_devices"] for r in rows]
+        med = [r["images_per_s"] for r in rows]
+        err = [[m - r["images_per_s_min"] for m, r in zip(med, rows)],
+               [r["images_per_s_max"] - m for m, r in zip(med, rows)]]
+        line = ax.errorbar(n, med, yerr=err, marker="o", capsize=3, label=f"batch {b}")
+        if rows[0]["n_devices"] == 1:
+            ax.plot(n, [med[0] * k for k in n], ls=":", color=line[0].get_color(), lw=1)
+    ax.plot([], [], ls=":", color="0.3", label="ideal: N x one device")
+    _shade_oversubscribed(ax, result)
+    ax.set(title=title, xlabel="devices N (CPU processes, one core each)",
+           ylabel="throughput (images/s)")
+    ax.set_xticks(sorted({r["n_devices"] for r in result["rows"]}))
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return _finish(fig, ax, _bench_source(result))
+
+
+def speedup(result, title="Measured speed-up on 1..N local devices"):
+    """Speed-up over one device vs N per batch size, the ideal line, and (dotted) the cost
+    model's prediction from this machine's measured FLOP/s and copy bandwidth."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ns = sorted({r["n_devices"] for r in result["rows"]})
+    ax.plot(ns, ns, color="0.3", lw=1, label="ideal (speed-up = N)")
+    for b, rows in _by_batch(result).items():
+        rows = [r for r in rows if "speedup" in r]
+        line, = ax.plot([r["n_devices"] for r in rows], [r["speedup"] for r in rows],
+                        marker="o", label=f"measured, batch {b}")
+        ax.plot([r["n_devices"] for r in rows], [r["predicted_speedup"] for r in rows],
+                ls=":", marker="x", color=line.get_color(), label=f"predicted, batch {b}")
+    _shade_oversubscribed(ax, result)
+    ax.set(title=title, xlabel="devices N (CPU processes, one core each)",
+           ylabel="speed-up over 1 device (x)")
+    ax.set_xticks(ns)
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    c = result.get("machine_constants")
+    note = (f"\npredicted: mgpu_lab.costmodel with measured {c['flops_per_s'] / 1e9:.1f} GFLOP/s "
+            f"per core, {c['copy_bw'] / 1e9:.1f} GB/s copy, compute x ceil(N / cores)") if c else ""
+    return _finish(fig, ax, _bench_source(result) + note)
+
+
+def predicted_speedup(predictions, title=None):
+    """Predicted speed-up vs N, one colour per GPU kind; solid host gather, dashed ring.
+
+    ``predictions``: :class:`mgpu_lab.costmodel.Prediction` objects (``costmodel.scaling``)
+    of one model and batch size. Predicted, not measured: the provenance line says from what.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    groups = {}
+    for p in predictions:
+        groups.setdefault((p.gpu, p.strategy), []).append(p)
+    colours = {}
+    for (gpu, strategy), ps in groups.items():
+        ps = sorted(ps, key=lambda p: p.n_gpus)
+        colour = colours.setdefault(gpu, f"C{len(colours)}")
+        ax.plot([p.n_gpus for p in ps], [p.speedup for p in ps], color=colour, marker="o", ms=3,
+                ls="-" if strategy == "host" else "--", label=f"{gpu}, {strategy}")
+    ns = sorted({p.n_gpus for p in predictions})
+    ax.plot(ns, ns, color="0.3", lw=1, ls=":", label="ideal (speed-up = N)")
+    p0 = predictions[0]
+    ax.set(title=title or f"Predicted speed-up, global batch {p0.batch_size}",
+           xlabel="GPUs N", ylabel="speed-up over 1 GPU (x)")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return _finish(fig, ax, "predicted, not measured: mgpu_lab.costmodel (FLOPs counted on the model's "
+               "graph; peak FLOP/s and link bandwidths\nfrom mgpu_lab.gpus with their sources; "
+               f"compute efficiency {_efficiency_text(predictions)}); solid: host gather, dashed: ring")
+
+
+def _efficiency_text(predictions):
+    return "assumed " + " / ".join(f"{e:.0%}" for e in sorted({p.efficiency for p in predictions})) \
+        + " of peak"
+
+
+def step_breakdown(result, batch_size=None, title=None):
+    """Stacked bars: where one step's time goes, per N, for one batch size (measured).
+
+    ``result`` is a benchmark result (phases as in :mod:`mgpu_lab.bench`); a list of
+    predictions instead gives predicted compute and communication bars per N.
+    """
+    if not isinstance(result, dict):
+        return _predicted_breakdown(result, title)
+    from .bench import PHASES
+    rows = _by_batch(result)[batch_size or max(_by_batch(result))]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    labels, bottom = [str(r["n_devices"]) for r in rows], [0.0] * len(rows)
+    for phase in PHASES:
+        ms = [max(0.0, 1e3 * r[f"t_{phase}"]) for r in rows]
+        ax.bar(labels, ms, bottom=bottom, color=_PHASE_COLOURS[phase], label=phase)
+        bottom = [a + b for a, b in zip(bottom, ms)]
+    for i, r in enumerate(rows):  # the phases other than compute are thin: say how thin
+        other = r["t_step"] - r["t_compute"]
+        ax.annotate(f"not compute:\n{1e3 * other:.1f} ms ({other / r['t_step']:.1%})",
+                    (i, bottom[i]), ha="center", va="bottom", fontsize=7)
+    ax.set(title=title or f"Measured time per step, batch {rows[0]['batch_size']}",
+           xlabel="devices N (CPU processes)", ylabel="time per step (ms)")
+    ax.set_ylim(0, 1.15 * max(bottom))
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _finish(fig, ax, _bench_source(result).replace("; shaded: more devices than cores", ""))
+
+
+def _predicted_breakdown(predictions, title=None):
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ps = sorted(predictions, key=lambda p: (p.gpu, p.strategy, p.n_gpus))
+    labels = [f"{p.n_gpus} {p.strategy}" for p in ps]
+    compute = [1e3 * p.compute_s for p in ps]
+    ax.bar(labels, compute, color=_PHASE_COLOURS["compute"], label="compute")
+    ax.bar(labels, [1e3 * p.comm_s for p in ps], bottom=compute, color=_PHASE_COLOURS["comm"],
+           label="communication")
+    gpus = ", ".join(sorted({p.gpu for p in ps}))
+    ax.set(title=title or f"Predicted time per step on {gpus}, batch {ps[0].batch_size}",
+           xlabel="GPUs N and strategy", ylabel="time per step (ms)")
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(frameon=False, fontsize=8)
+    return _finish(fig, ax, "predicted, not measured: mgpu_lab.costmodel (bars add up unless overlap=True)")
+
+
+# -- MPI ranks: host gather vs ring all-reduce (mgpu_lab.mpi.run_bench) --------------------
+__all__ += ["mpi_comm"]
+
+_MPI_STYLE = {"host": ("C3", "o"), "ring": ("C0", "s")}
+
+
+def _mpi_source(result):
+    from .machine import machine_label
+    links = "; ".join(f"N={n}: {1e6 * v['latency_s']:.0f} us, {v['bandwidth_Bps'] / 1e9:.1f} GB/s"
+                      for n, v in result["links"].items() if v)
+    return (f"{machine_label(result['machine'])}; mpiexec -n N, median of repeats (bars: min-max)\n"
+            f"predicted (dashed): mgpu_lab.costmodel.comm_seconds with the link measured by "
+            f"ping-pong ({links})")
+
+
+def _mpi_panel(ax_comm, ax_step, rows, strategy):
+    color, marker = _MPI_STYLE[strategy]
+    mb = [r["bytes"] / 1e6 for r in rows]
+    med = [1e3 * r["comm_s"] for r in rows]
+    spread = [[m - 1e3 * r["comm_min_s"] for m, r in zip(med, rows)],
+              [1e3 * r["comm_max_s"] - m for m, r in zip(med, rows)]]
+    ax_comm.errorbar(mb, med, yerr=spread, color=color, marker=marker, capsize=2,
+                     label=f"{strategy}: measured")
+    if all(r.get("predicted_comm_s") is not None for r in rows):
+        ax_comm.plot(mb, [1e3 * r["predicted_comm_s"] for r in rows], color=color, ls="--",
+                     label=f"{strategy}: predicted")
+    steps = [r for r in rows if "step_s" in r]
+    if ax_step is not None and steps:
+        smb = [r["step_bytes"] / 1e6 for r in steps]
+        ax_step.plot(smb, [1e3 * r["step_s"] for r in steps], color=color, marker=marker,
+                     label=f"{strategy}: whole step")
+        ax_step.plot(smb, [1e3 * r["step_comm_s"] for r in steps], color=color, ls=":",
+                     marker=marker, mfc="none", label=f"{strategy}: its communication")
+
+
+def mpi_comm(result, title="MPI ranks: gather to the host vs ring all-reduce"):
+    """Communication time vs gradient size, one panel per N: measured (solid, bars min-max)
+    beside the cost model's prediction (dashed). Below, when measured: time per training
+    step and its communication part. ``result``: :func:`mgpu_lab.mpi.run_bench`."""
+    ranks = sorted({r["n_ranks"] for r in result["rows"]})
+    with_steps = any("step_s" in r for r in result["rows"])
+    fig, axes = plt.subplots(2 if with_steps else 1, len(ranks), squeeze=False, sharex=True,
+                             sharey="row", figsize=(0.8 + 3.3 * len(ranks), 1.4 + 3.0 * (1 + with_steps)))
+    cores = result["machine"]["cores"]
+    for j, n in enumerate(ranks):
+        for s in _MPI_STYLE:
+            rows = sorted((r for r in result["rows"] if r["n_ranks"] == n and r["strategy"] == s),
+                          key=lambda r: r["bytes"])
+            if rows:
+                _mpi_panel(axes[0][j], axes[1][j] if with_steps else None, rows, s)
+        over = " (oversubscribed)" if n > cores else ""
+        axes[0][j].set_title(f"N = {n} ranks on {cores} cores{over}", fontsize=9)
+        for ax in axes[:, j]:
+            ax.set(xscale="log", yscale="log")
+            ax.grid(alpha=0.3, which="both")
+        axes[-1][j].set_xlabel("gradient size (MB)")
+    axes[0][0].set_ylabel("communication time (ms)")
+    axes[0][0].legend(frameon=False, fontsize=7)
+    if with_steps:
+        axes[1][0].set_ylabel("time per training step (ms)")
+        axes[1][0].legend(frameon=False, fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    provenance(axes[-1][0], _mpi_source(result))
+    return fig
+
+
+# -- memory: batch limits and where the bytes go (mgpu_lab.memory) ---------------------------
+__all__ += ["batch_limits", "memory_breakdown"]
+
+_MEMORY_SOURCE = ("predicted by mgpu_lab.memory from the graph; GPU memory from vendor "
+                  "datasheets (mgpu_lab.gpus)")
+
+
+def batch_limits(rows, title="Largest batch that fits on 1..N GPUs (predicted)", claim=12):
+    """Largest global batch vs number of GPUs, one line per GPU kind, one panel per model.
+    ``rows``: :func:`mgpu_lab.memory.predicted_limits`. ``claim``: marks the chapter's
+    "about a dozen images" on one GPU (None: no mark)."""
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(names), squeeze=False, figsize=(0.8 + 3.6 * len(names), 3.9))
+    for ax, name in zip(axes[0], names):
+        mine = [r for r in rows if r["model"] == name]
+        for i, gpu in enumerate(dict.fromkeys(r["gpu"] for r in mine)):
+            pts = sorted((r["n_gpus"], r["global_batch"]) for r in mine if r["gpu"] == gpu)
+            mem = next(r["memory_gib"] for r in mine if r["gpu"] == gpu)
+            ax.plot(*zip(*pts), marker="o", lw=1.6, ls=("-", "--", "-.", ":")[i % 4],
+                    label=f"{gpu} ({mem:.0f} GiB)")  # styles differ: equal memory overlaps
+        if claim:
+            ax.plot([1], [claim], marker="*", ms=12, color="k", ls="none",
+                    label=f"chapter: ~{claim} images on 1 GPU")
+        ax.set(title=name, xlabel="number of GPUs", ylabel="largest global batch (images)")
+        ax.set_xticks(sorted({r["n_gpus"] for r in mine}))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(frameon=False, fontsize=7)
+    fig.suptitle(title)
+    return _with_provenance(fig, axes[0][0], _MEMORY_SOURCE)
+
+
+def _with_provenance(fig, ax, text):
+    """Lay the figure out, then write ``text`` under ``ax`` with room kept for it."""
+    fig.tight_layout()
+    provenance(ax, text)
+    fig.subplots_adjust(bottom=min(0.5, fig.subplotpars.bottom + 48 / 72 / fig.get_figheight() - 0.1))
+    return fig
+
+
+def memory_breakdown(estimates, xlabel="per-device batch (samples)", capacity=None,
+                     title="Where one device's memory goes (predicted)",
+                     source="predicted by mgpu_lab.memory from the graph"):
+    """Stacked bars of the named byte counts. ``estimates``: {x label (a batch size or an
+    image size): :func:`mgpu_lab.memory.estimate` dict}; ``capacity``: (bytes, label) to
+    draw as a line, e.g. a GPU's memory."""
+    from .memory import TERMS
+    labels = [str(k) for k in estimates]
+    fig, ax = plt.subplots(figsize=(6.4, 3.9))
+    bottom = [0.0] * len(labels)
+    for term in TERMS:
+        vals = [e[term] / 2 ** 20 for e in estimates.values()]
+        if any(vals):
+            ax.bar(labels, vals, bottom=bottom, label=term)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+    if capacity:
+        ax.axhline(capacity[0] / 2 ** 20, color="k", ls="--", lw=1, label=capacity[1])
+    ax.set(title=title, xlabel=xlabel, ylabel="memory per device (MiB)")
+    ax.legend(frameon=False, fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return _with_provenance(fig, ax, source)
