@@ -1,0 +1,119 @@
+"""Build the book once per test session, the way ``make book`` does, unless an
+up-to-date successful build already exists.
+
+"Up to date" is decided by content, not by file times: a successful build writes a stamp
+(``_build/.book-build-ok``) holding a SHA-256 over everything the book is made from (the
+chapters and their assets in ``book/``, ``_config.yml``, ``_toc.yml`` and the library's
+source). A failed build writes no stamp, so the next session builds again and reports the
+failure again. The build log goes to ``_build/book-build.log``.
+"""
+import functools
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+__all__ = ["ROOT", "HTML", "LOG", "BookBuild", "chapters", "book_flags", "sources_digest",
+           "build_book", "built_book"]
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "_build"
+HTML = BUILD / "html"
+LOG = BUILD / "book-build.log"
+STAMP = BUILD / ".book-build-ok"
+DEFAULT_FLAGS = "-W -n --keep-going"  # as the Makefile's BOOK_FLAGS
+BUILD_TIMEOUT_S = 1500  # a cold build on 2 cores takes a few minutes; this is a hang guard
+
+
+@dataclass(frozen=True)
+class BookBuild:
+    returncode: int  # 0: the build succeeded (no cell error, no Sphinx warning)
+    log: str  # the tail of jupyter-book's output
+    rebuilt: bool  # False when an up-to-date successful build was reused
+    seconds: float
+
+    def page(self, docname):
+        return HTML / f"{docname}.html"
+
+
+def chapters():
+    """Docnames of every page in the table of contents, in reading order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    names = [toc["root"]]
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        names += [c["file"] for c in part["chapters"]]
+    return [re.sub(r"\.(md|ipynb)$", "", n) for n in names]
+
+
+def book_flags():
+    """The Makefile's BOOK_FLAGS (so the test builds exactly like ``make book``)."""
+    makefile = ROOT / "Makefile"
+    if makefile.exists():
+        m = re.search(r"^BOOK_FLAGS\s*:?=\s*(.*)$", makefile.read_text(), re.M)
+        if m:
+            return m.group(1).split()
+    return DEFAULT_FLAGS.split()
+
+
+def _source_files():
+    book = [p for p in (ROOT / "book").rglob("*") if p.is_file()
+            and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts]
+    return sorted(book + [ROOT / "_config.yml", ROOT / "_toc.yml"]
+                  + list((ROOT / "mgpu_lab").glob("*.py")))
+
+
+def sources_digest():
+    h = hashlib.sha256()
+    for path in _source_files():
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _up_to_date(digest):
+    return (STAMP.exists() and STAMP.read_text().strip() == digest
+            and all((HTML / f"{c}.html").exists() for c in chapters()))
+
+
+@functools.lru_cache(maxsize=None)
+def build_book():
+    """Build (or reuse) the book; returns a :class:`BookBuild`. Memoised per process."""
+    import time
+    digest = sources_digest()
+    if _up_to_date(digest):
+        return BookBuild(0, LOG.read_text()[-6000:] if LOG.exists() else "", False, 0.0)
+    exe = Path(sys.executable).with_name("jupyter-book")
+    launcher = [str(exe)] if exe.exists() else [
+        sys.executable, "-c", "from jupyter_book.cli.main import main; main()"]
+    cmd = [*launcher, "build", str(ROOT), *book_flags()]
+    BUILD.mkdir(exist_ok=True)
+    STAMP.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env,
+                              timeout=BUILD_TIMEOUT_S)
+        code, out = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        code, out = -1, f"{e.stdout or ''}{e.stderr or ''}\nTIMEOUT after {BUILD_TIMEOUT_S} s"
+    seconds = time.perf_counter() - t0
+    LOG.write_text(f"$ {' '.join(cmd)}\n{out}")
+    if code == 0:
+        STAMP.write_text(digest + "\n")
+    return BookBuild(code, out[-6000:], True, seconds)
+
+
+@pytest.fixture(scope="session")
+def built_book():
+    """The built book; fails (with the build's log) if the build did not succeed."""
+    result = build_book()
+    if result.returncode != 0:
+        pytest.fail(f"`jupyter-book build . {' '.join(book_flags())}` failed "
+                    f"(exit {result.returncode}); full log in {LOG}. Its end:\n{result.log}",
+                    pytrace=False)
+    return result

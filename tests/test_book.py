@@ -1,0 +1,170 @@
+"""The book: every chapter executes and renders, with its figures, exercises and solutions.
+
+The build itself (``jupyter-book build . $(BOOK_FLAGS)``, as ``make book``) runs once per
+session in the ``built_book`` fixture (tests/bookbuild.py): it fails on any cell error
+(``allow_errors: false``) and on any Sphinx warning (``-W``). The tests below then read
+the HTML it wrote. Two checks need no build: the chapters' sources never redefine a
+library function, and every listing of library code names a real function.
+"""
+import ast
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from bookbuild import HTML, ROOT, built_book, chapters  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(1800)  # the session's first test waits for the build
+
+BOOK = ROOT / "book"
+NUMBERED = [c for c in chapters() if re.match(r"book/\d\d_", c)]  # chapters 1..9
+NOTEBOOKS = sorted(p for p in BOOK.glob("*.md") if "kernelspec:" in p.read_text())
+
+# Figures each page must show (at least): generated plots are PNG files in _images/.
+EXPECTED_FIGURES = {
+    "book/intro": 1, "book/01_how_to_use": 0, "book/02_why_more_gpus": 2,
+    "book/03_four_steps": 0, "book/04_checking_the_maths": 1, "book/05_training": 2,
+    "book/06_throughput": 3, "book/07_batch_limits": 4, "book/08_communication": 3,
+    "book/09_beyond": 3, "book/teachers_guide": 0,
+}
+
+
+class _Page(HTMLParser):
+    """Images, exercise titles, solution dropdowns and hidden solution cells of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.dropdowns, self.hidden_cells = [], [], []
+        self.text, self._in_title = [], False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "img":
+            self.images.append(a.get("src", ""))
+        if tag == "details" and "sd-dropdown" in classes:
+            self.dropdowns.append(("solution" in classes, "open" in a))
+        if tag == "div" and "tag_solution" in classes:
+            self.hidden_cells.append("tag_hide-cell" in classes)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(docname):
+    page = _Page()
+    page.feed((HTML / f"{docname}.html").read_text())
+    page.text = "".join(page.text)
+    return page
+
+
+def test_toc_lists_every_chapter_and_the_guide():
+    assert len(NUMBERED) == 9, NUMBERED
+    assert "book/teachers_guide" in chapters()
+    for c in chapters():
+        assert (ROOT / f"{c}.md").exists(), f"_toc.yml lists {c}, but {c}.md is missing"
+    assert set(EXPECTED_FIGURES) == set(chapters())
+
+
+@pytest.mark.parametrize("docname", chapters())
+def test_page_is_rendered(built_book, docname):
+    page = built_book.page(docname)
+    assert page.exists(), f"{page} was not written by the build"
+    text = _parse(docname).text
+    assert len(text) > 1500, f"{docname}: the page holds only {len(text)} characters of text"
+
+
+@pytest.mark.parametrize("docname", chapters())
+def test_figures_are_image_files(built_book, docname):
+    page_path = built_book.page(docname)
+    images = _parse(docname).images
+    assert len(images) >= EXPECTED_FIGURES[docname], (
+        f"{docname}: {len(images)} images, expected at least {EXPECTED_FIGURES[docname]}")
+    for src in images:
+        assert not re.match(r"(https?:)?//", src), f"{docname}: image from the network: {src}"
+        assert not src.startswith("data:"), f"{docname}: inline image instead of a file"
+        f = (page_path.parent / src).resolve()
+        assert f.is_file() and f.stat().st_size > 0, f"{docname}: image {src} is not a file"
+
+
+@pytest.mark.parametrize("docname", chapters())
+def test_no_error_in_outputs(built_book, docname):
+    html = built_book.page(docname).read_text()
+    for bad in ("Traceback (most recent call last)", 'class="output traceback',
+                'class="output stderr'):
+        assert bad not in html, f"{docname}: an output holds {bad!r}"
+    # e.g. "UserWarning:" or "KeyError:" printed by a cell. Chapter 3 prints one error on
+    # purpose (the library's message for a batch too small to split), as "ValueError: ...".
+    text = _parse(docname).text
+    for m in re.finditer(r"(\w*)(Error|Warning|Exception):", text):
+        assert m.group(0) == "ValueError:" and docname == "book/03_four_steps", (
+            f"{docname}: unexpected {m.group(0)!r} in ...{text[m.start() - 80:m.end() + 80]}...")
+
+
+@pytest.mark.parametrize("docname", NUMBERED)
+def test_exercises_have_hidden_solutions(built_book, docname):
+    page = _parse(docname)
+    exercises = sorted(set(re.findall(r"Exercise (\d+\.\d+)", page.text)))
+    assert 2 <= len(exercises) <= 4, f"{docname}: {len(exercises)} exercises"
+    n = int(docname.split("/")[1][:2])
+    assert exercises == [f"{n}.{i}" for i in range(1, len(exercises) + 1)], exercises
+    solutions = [d for d in page.dropdowns if d[0]]
+    assert len(solutions) == len(exercises), (
+        f"{docname}: {len(exercises)} exercises but {len(solutions)} solution dropdowns")
+    assert not any(is_open for _, is_open in solutions), f"{docname}: a solution starts open"
+    assert all(page.hidden_cells), f"{docname}: a solution code cell is not hidden"
+    for e in exercises:
+        assert f"Solution {e}" in page.text, f"{docname}: no solution titled 'Solution {e}'"
+
+
+def _public_library_names():
+    names = set()
+    for path in (ROOT / "mgpu_lab").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                names.add(node.name)
+    return names
+
+
+def _code_cells(path):
+    return re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", path.read_text(), re.S)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapters_call_the_library_and_never_redefine_it(path):
+    library = _public_library_names()
+    cells = _code_cells(path)
+    assert cells, f"{path.name} has no code cells"
+    assert any("mgpu_lab" in c for c in cells), f"{path.name} never imports mgpu_lab"
+    for cell in cells:
+        code = "\n".join(l for l in cell.splitlines() if not l.startswith(("%", ":")))
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                assert node.name not in library, (
+                    f"{path.name} defines {node.name}, which mgpu_lab already has: "
+                    f"import it instead")
+
+
+def _listings():
+    """(chapter, file, object) of every literalinclude of library code with :pyobject:."""
+    out = []
+    for path in sorted(BOOK.glob("*.md")):
+        for m in re.finditer(r"```\{literalinclude\} (\S+)\n:pyobject: (\S+)", path.read_text()):
+            out.append((path.stem, m.group(1), m.group(2)))
+    return out
+
+
+def test_library_listings_come_from_the_source(built_book):
+    listings = _listings()
+    assert len(listings) >= 6, listings
+    for chapter, file, obj in listings:
+        source = (BOOK / file).resolve()
+        assert source.parent == ROOT / "mgpu_lab", f"{chapter}: {file} is not library code"
+        name = obj.split(".")[-1]
+        tree = ast.parse(source.read_text())
+        defs = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assert name in defs, f"{chapter} lists {obj}, which {file} does not define"
+        html = (HTML / "book" / f"{chapter}.html").read_text()
+        assert re.search(rf'def</span>(<span class="w"> </span>|\s)*<span class="nf">{name}<', html), (
+            f"{chapter}: the listing of {obj} is not on the page")
