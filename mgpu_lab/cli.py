@@ -209,7 +209,7 @@ def _add_bench(sub):
     p.add_argument("--batch", type=parse_range, default=[64, 128, 256],
                    help="global batch sizes (default 64,128,256)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration (default 2)")
-    p.add_argument("--repeats", type=_positive, default=5, help="timed runs per configuration (default 5)")
+    p.add_argument("--repeats", type=_positive, default=7, help="timed runs per configuration (default 7)")
     p.add_argument("--steps", type=_positive, default=3, help="steps per timed run (default 3)")
     p.add_argument("--out", default="results", help="folder for bench-*.json and .csv (default results/)")
     p.add_argument("--no-progress", action="store_true")

@@ -34,8 +34,12 @@ from .validate import check_n_devices
 
 __all__ = ["DevicePool", "PIN_ENV", "cores"]
 
-# One BLAS thread per device, or N devices on N cores fight over 2N threads.
-PIN_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# One BLAS thread per device, or N devices on N cores fight over 2N threads. The MALLOC_
+# pair keeps freed memory inside the process: by default glibc gives each step's large
+# activation buffers back to the OS and page-faults them in again at the next step, which
+# cost the benchmark CNN 10-15 % of its step time (mgpu_lab.bench measured it).
+PIN_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20), "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
 _env_lock = threading.Lock()
 
 
@@ -120,7 +124,8 @@ def _worker_main(device, spec, conn, core):
 def _worker_step(device, model, fn, shapes, bufs, start, n):
     """Set params, run the gradient of samples [start, start+n), write grads row ``device``."""
     t0 = time.perf_counter()
-    model.set_values(unflatten(bufs["params"].array, shapes))  # copies out of shared memory
+    for p, v in zip(model.params, unflatten(bufs["params"].array, shapes)):
+        p.get_value(borrow=True)[...] = v  # one copy out of shared memory, into Theano's own array
     x = bufs["x"].array[start * model_dim(model):(start + n) * model_dim(model)]
     x = x.reshape((n,) + model.input_shape)  # (n, *input_shape), a view
     y = bufs["y"].array[start:start + n]
@@ -155,6 +160,7 @@ class DevicePool:
         self._finalizer = weakref.finalize(self, _shutdown, self.workers, self.conns, self._bufs)
         self.cores = cores()
         self.oversubscribed = self.n_devices > len(self.cores)
+        self.spin = self.n_devices < len(self.cores)  # the host has a core of its own: see _wait
         try:
             self._allocate(batch_capacity=max(64, self.n_devices))
             self._start_workers(start_timeout)
@@ -214,6 +220,18 @@ class DevicePool:
         self.close()
         return WorkerDied(d, code)
 
+    def _wait(self, waitables, timeout):
+        """Block until a reply (or a dead worker) is ready. With a core to spare and no
+        deadline, poll instead of sleeping, as CUDA's default does when the GPUs leave the
+        host a core: on this VM a process that slept through a step wakes ~0.4 ms late,
+        about a third of the pool's overhead at N=1 (mgpu_lab.bench measures it)."""
+        if not (self.spin and timeout is None):
+            return wait(waitables, timeout=timeout)
+        ready = wait(waitables, timeout=0)
+        while not ready:
+            ready = wait(waitables, timeout=0)
+        return ready
+
     def _collect(self, devices, timeout=None):
         """One reply from each device; a dead worker or an error shuts the pool down."""
         pending, replies, errors = set(devices), {}, {}
@@ -221,7 +239,7 @@ class DevicePool:
         while pending:
             waitables = [self.conns[d] for d in pending] + [self.workers[d].sentinel for d in pending]
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = wait(waitables, timeout=left)
+            ready = self._wait(waitables, left)
             if not ready:
                 self.close()
                 raise TimeoutError(f"devices {sorted(pending)} did not answer within {timeout:.0f} s")
