@@ -20,34 +20,22 @@ def parse_range(text):
     return values
 
 
-def _positive(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _number(convert, low, high, what):
+    """An argparse type: ``convert(text)`` that must lie in [low, high); NaN never does."""
+    def parse(text):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not low <= v < high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+    return parse
 
 
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < v < float("inf"):  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return v
-
-
-def _seed(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= v < 2**32:  # numpy's RandomState takes exactly these
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**32 - 1, got {v}")
-    return v
+_positive = _number(int, 1, float("inf"), "a positive integer")
+_positive_float = _number(float, float.fromhex("0x1p-1074"), float("inf"), "a positive number")
+_seed = _number(int, 0, 2**32, "a seed from 0 to 2**32 - 1")  # what numpy's RandomState takes
 
 
 def _usage_error(command, message):

@@ -25,7 +25,7 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
-from .engine import GradientResult, check_fits, flatten, unflatten
+from .engine import Engine, GradientResult, check_fits, flatten, unflatten
 from .errors import DeviceError, PoolClosed, WorkerDied
 from .gradients import stack_gradients
 from .models import build
@@ -143,7 +143,7 @@ def model_dim(model):
 
 
 # -- the pool (runs in the parent) --------------------------------------------------
-class DevicePool:
+class DevicePool(Engine):
     """N simulated GPUs. Use as a context manager; workers never outlive it.
 
     ``pool.gradients(values, x, y)`` splits the batch, has device i compute the gradient
@@ -307,12 +307,6 @@ class DevicePool:
         if not self.closed:
             self.closed = True
             self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         state = "closed" if self.closed else f"{len(self.workers)} workers"

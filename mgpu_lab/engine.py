@@ -17,7 +17,7 @@ from .models import build
 from .split import split_batch, split_sizes
 from .validate import check_n_devices
 
-__all__ = ["GradientResult", "SerialEngine", "check_fits", "flatten", "unflatten"]
+__all__ = ["GradientResult", "Engine", "SerialEngine", "check_fits", "flatten", "unflatten"]
 
 
 @dataclass
@@ -72,7 +72,22 @@ def check_fits(model, sizes, memory_bytes):
                                     max_batch_size(model, memory_bytes), n)
 
 
-class SerialEngine:
+class Engine:
+    """What every engine shares: ``gradients(values, x, y)``, ``closed``, ``close()``, ``with``."""
+
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SerialEngine(Engine):
     """N simulated devices run one after another in this process (reference engine)."""
 
     def __init__(self, model_spec, n_devices=1, memory_bytes=None):
@@ -105,12 +120,3 @@ class SerialEngine:
         breakdown = {"split": t_split - t0, "compute": sum(secs),
                      "stack": time.perf_counter() - t_stack}
         return GradientResult(stacked, loss, sizes, secs, breakdown)
-
-    def close(self):
-        self.closed = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -258,7 +258,10 @@ def count_flops(model, batch_size):
     removes some elementwise ops, so elementwise terms are an upper bound; convolutions
     and matrix products (nearly all of the total for a real net) are exact.
     """
-    info = analyse(model, batch_size)
-    fwd = sum(n.flops for n in info.nodes if n.phase == "forward")
-    bwd = sum(n.flops for n in info.nodes if n.phase == "backward")
-    return {"forward": int(fwd), "backward": int(bwd), "total": int(fwd + bwd)}
+    cache = model.__dict__.setdefault("_flops_by_batch", {})  # a graph walk costs seconds
+    if batch_size not in cache:
+        info = analyse(model, batch_size)
+        fwd = sum(n.flops for n in info.nodes if n.phase == "forward")
+        bwd = sum(n.flops for n in info.nodes if n.phase == "backward")
+        cache[batch_size] = {"forward": int(fwd), "backward": int(bwd), "total": int(fwd + bwd)}
+    return dict(cache[batch_size])

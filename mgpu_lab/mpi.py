@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import GradientResult, check_fits, flatten, unflatten
+from .engine import Engine, GradientResult, check_fits, flatten, unflatten
 from .errors import DeviceError, NonFiniteGradient, PoolClosed
 from .gradients import stack_gradients
 from .models import build
@@ -152,7 +152,7 @@ def _host_exchange(comm, flat, rows, sizes, new_params):
 
 
 # -- the engine -------------------------------------------------------------------------
-class MPIEngine:
+class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with the process
     """N devices = the N ranks of ``comm`` (``MPI.COMM_WORLD`` by default).
 
     Same interface as :class:`~mgpu_lab.engine.SerialEngine` and
@@ -303,16 +303,6 @@ class MPIEngine:
         if self.rank == ROOT:
             raise error
         raise NonFiniteGradient(text) if flag[0] == _NON_FINITE else DeviceError(ROOT, text)
-
-    def close(self):
-        """Stop using the engine (MPI itself ends with the process)."""
-        self.closed = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         return (f"<MPIEngine {self.model.spec.describe()} rank {self.rank} of {self.size}, "
