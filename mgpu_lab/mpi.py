@@ -108,10 +108,14 @@ def install_abort_hook(comm=None):
     previous = sys.excepthook
 
     def hook(kind, value, tb):
-        previous(kind, value, tb)  # the rank's traceback on its stderr
+        # The one-line summary first: Abort tears the job down while mpiexec may still be
+        # forwarding this rank's stderr, and a long traceback can arrive cut short.
         sys.stderr.write(f"mgpu_lab.mpi: rank {comm.rank} of {comm.size} raised "
-                         f"{kind.__name__}; aborting all ranks\n")
+                         f"{kind.__name__}: {value}; aborting all ranks\n")
         sys.stderr.flush()
+        previous(kind, value, tb)  # the rank's traceback on its stderr
+        sys.stderr.flush()
+        time.sleep(0.5)  # let mpiexec forward the output before the job is torn down
         comm.Abort(1)
 
     hook._mgpu_abort = True
