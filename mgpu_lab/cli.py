@@ -196,7 +196,8 @@ def _add_bench(sub):
                    help="cnn: 32 px RGB, 4 conv layers (compute-bound); mlp: 3072-256-10")
     p.add_argument("--batch", type=parse_range, default=[64, 128, 256],
                    help="global batch sizes (default 64,128,256)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration (default 2)")
+    p.add_argument("--warmup", type=_number(int, 0, float("inf"), "an integer >= 0"), default=2,
+                   help="untimed steps per configuration (default 2)")
     p.add_argument("--repeats", type=_positive, default=7, help="timed runs per configuration (default 7)")
     p.add_argument("--steps", type=_positive, default=3, help="steps per timed run (default 3)")
     p.add_argument("--out", default="results", help="folder for bench-*.json and .csv (default results/)")
@@ -206,9 +207,6 @@ def _add_bench(sub):
 
 def _run_bench(args):
     from .bench import format_table, format_targets, run_benchmark, save_results
-    if args.warmup < 0:
-        print(f"--warmup must be >= 0, got {args.warmup}", file=sys.stderr)
-        return 2
     result = run_benchmark(args.model, args.devices, args.batch, warmup=args.warmup,
                            repeats=args.repeats, steps=args.steps, progress=not args.no_progress)
     print(format_table(result))

@@ -231,6 +231,7 @@ CLI_CASES = [  # (argv, what stderr must say)
     (["train", "--lr", "-0.1"], "argument --lr: expected a positive number, got -0.1"),
     (["train", "--lr", "nan"], "argument --lr: expected a positive number, got nan"),
     (["train", "--seed", "-1"], "argument --seed: expected a seed from 0 to 2**32 - 1, got -1"),
+    (["bench", "--warmup", "-1"], "argument --warmup: expected an integer >= 0, got -1"),
     (["train", "--devices", "4", "--batch", "3"],
      "--batch 3 must lie between --devices (4) and the 1438 training images"),
     (["train", "--batch", "5000"], "--batch 5000 must lie between --devices (2) and the 1438"),
