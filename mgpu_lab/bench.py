@@ -27,7 +27,6 @@ The machine is shared: every row also records how many cores *other* processes u
 while it was measured (``foreign_load_cores``); the printed targets warn when it is high.
 """
 import base64
-import csv
 import json
 import math
 import os
@@ -35,12 +34,12 @@ import pickle
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from .data import synthetic_images
 from .devices import PIN_ENV, cores
+from .machine import save_result
 from .models import ModelSpec, build
 from .validate import check_n_devices
 
@@ -481,23 +480,11 @@ def run_benchmark(model="cnn", devices=(1, 2, 3, 4), batch_sizes=(64, 128, 256),
 def save_results(result, out_dir="results"):
     """Write ``bench-<timestamp>.json`` (everything) and ``.csv`` (one row per N x batch,
     with the machine's CPU, cores and library versions on every row). Returns both paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = result["created"].replace(":", "").replace("-", "").replace("T", "-")
-    base = out / f"bench-{stamp}"
-    json_path, csv_path = base.with_suffix(".json"), base.with_suffix(".csv")
-    json_path.write_text(json.dumps(result, indent=1))
     m = result["machine"]
     extra = {"model": result["model"]["spec"], "created": result["created"], "cpu": m["cpu"],
              "machine_cores": m["cores"], "python": m["python"], "numpy": m["numpy"],
              "theano": m["theano"], "kind": "measured (predicted_* columns: cost model)"}
-    fields = list(dict.fromkeys(k for r in result["rows"] for k in r)) + list(extra)
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in result["rows"]:
-            w.writerow({**r, **extra})
-    return json_path, csv_path
+    return save_result(result, out_dir, "bench", extra)[:2]
 
 
 def format_table(result):

@@ -1,9 +1,12 @@
 """What machine a measurement came from: every saved result and measured figure says it."""
+import csv
+import json
 import os
 import platform
 import sys
+from pathlib import Path
 
-__all__ = ["machine_info", "machine_label"]
+__all__ = ["machine_info", "machine_label", "save_result"]
 
 
 def _cpu_model():
@@ -36,3 +39,24 @@ def machine_label(info=None):
     """A one-line provenance label for figure captions: 'measured on <cpu>, <n> cores'."""
     info = info or machine_info()
     return f"measured on {info['cpu']}, {info['cores']} cores (simulated devices = CPU processes)"
+
+
+def save_result(result, out_dir, prefix, extra):
+    """Write ``<prefix>-<timestamp>.json`` (all of ``result``) and ``.csv`` (one line per
+    ``result["rows"]`` entry, the ``extra`` columns -- machine, versions -- on every line).
+
+    Returns (json path, csv path, the path stem for files that go beside them).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = result["created"].replace(":", "").replace("-", "").replace("T", "-")
+    base = out / f"{prefix}-{stamp}"
+    json_path, csv_path = base.with_suffix(".json"), base.with_suffix(".csv")
+    json_path.write_text(json.dumps(result, indent=1))
+    fields = list(dict.fromkeys(k for r in result["rows"] for k in r)) + list(extra)
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in result["rows"]:
+            w.writerow({**r, **extra})
+    return json_path, csv_path, base

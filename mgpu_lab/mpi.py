@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .devices import PIN_ENV
 from .engine import Engine, GradientResult, check_fits, flatten, unflatten
 from .errors import DeviceError, NonFiniteGradient, PoolClosed
 from .gradients import stack_gradients
+from .machine import save_result
 from .models import build
 from .split import split_batch, split_sizes
 from .validate import check_n_devices
@@ -44,8 +46,9 @@ __all__ = ["STRATEGIES", "MPIEngine", "mpiexec_path", "mpiexec_command", "world"
 
 STRATEGIES = ("host", "ring")
 ROOT = 0  # the host rank of the 'host' strategy
-# One BLAS thread per rank: a rank is one device on one core (as devices.PIN_ENV).
-RANK_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# A rank is one device on one core: the same environment as a local device's worker
+# (one BLAS thread, freed memory kept in the process).
+RANK_ENV = PIN_ENV
 _OK, _NON_FINITE, _FAILED = 0, 1, 2  # the host's verdict on an update, broadcast to all
 
 
@@ -539,23 +542,11 @@ def run_bench(ranks=(2, 3, 4), sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIE
 def save_bench(result, out_dir="results", figure=True):
     """Write ``mpi-bench-<timestamp>.json``, ``.csv`` (one row per N x strategy x size, the
     machine on every row) and, with ``figure``, the ``.png`` of :func:`plots.mpi_comm`."""
-    import csv
-    import json
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = result["created"].replace(":", "").replace("-", "").replace("T", "-")
-    base = out / f"mpi-bench-{stamp}"
-    paths = [base.with_suffix(".json"), base.with_suffix(".csv")]
-    paths[0].write_text(json.dumps(result, indent=1))
     m = result["machine"]
     extra = {"created": result["created"], "cpu": m["cpu"], "machine_cores": m["cores"],
              "python": m["python"], "numpy": m["numpy"], "kind": result["kind"]}
-    fields = list(dict.fromkeys(k for r in result["rows"] for k in r)) + list(extra)
-    with open(paths[1], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in result["rows"]:
-            w.writerow({**r, **extra})
+    json_path, csv_path, base = save_result(result, out_dir, "mpi-bench", extra)
+    paths = [json_path, csv_path]
     if figure:
         from .plots import mpi_comm
         fig = mpi_comm(result)

@@ -9,7 +9,6 @@ library function, and every listing of library code names a real function.
 import ast
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
