@@ -3,7 +3,10 @@
 theano-pymc 1.1.2 reads ``THEANO_FLAGS`` once, at import time, so every other module
 imports ``theano``/``T`` from here and never sets flags of its own.
 
-* ``floatX=float32``: the book's tolerance statements are float32 ones.
+* ``floatX=float32``, the one dtype of the library: the book's tolerances are float32
+  ones, the devices' shared buffers and MPI's ``MPI.FLOAT`` messages are float32. Every
+  module spells it ``floatX`` (imported from here); another floatX in ``THEANO_FLAGS`` is
+  refused at import with a clear error rather than half-honoured.
 * ``blas__ldflags=`` (empty): on numpy 1.23 Theano's BLAS probe fails and the import
   breaks unless the flag is set; empty makes Theano call numpy's own BLAS through the
   numpy C-API (so ``OPENBLAS_NUM_THREADS`` governs its threads).
@@ -38,7 +41,10 @@ with warnings.catch_warnings():
     import theano  # noqa: E402
     import theano.tensor as T  # noqa: E402
 
-floatX = theano.config.floatX
+floatX = "float32"
+if theano.config.floatX != floatX:
+    raise ImportError(f"mgpu_lab runs in float32 only, but THEANO_FLAGS sets floatX="
+                      f"{theano.config.floatX}; drop floatX from THEANO_FLAGS")
 
 
 def _version_ignoring_empty_props(linker, fgraph):

@@ -1,6 +1,16 @@
-"""``python -m mgpu_lab {train,limits,bench}``: one function per command."""
+"""``python -m mgpu_lab {train,limits,bench,mpi-bench}``: one function per command."""
 import argparse
 import sys
+
+from .data import load_digits, train_test_split
+from .engines.mpi import install_abort_hook, world
+from .gradients import STRATEGIES
+from .measure import bench, mpi_bench
+from .optim import make_optimizer
+from .predict.gpus import CATALOGUE, get_gpu
+from .predict.memory import predicted_limits
+from .presets import BENCH_MODELS, DIGITS_MODELS, IMAGENET_MODELS, digits_model, imagenet_model
+from .trainer import ENGINES, DataParallelTrainer
 
 __all__ = ["main", "parse_range"]
 
@@ -51,9 +61,9 @@ def _add_train(sub):
                    help="number of simulated devices (default 2; with --engine mpi: the number of ranks)")
     p.add_argument("--steps", type=_positive, default=100, help="training steps (default 100)")
     p.add_argument("--batch", type=_positive, default=64, help="global batch size (default 64)")
-    p.add_argument("--model", choices=["logistic", "mlp", "cnn"], default="cnn")
-    p.add_argument("--engine", choices=["local", "serial", "mpi"], default="local")
-    p.add_argument("--strategy", choices=["host", "ring"], default="host",
+    p.add_argument("--model", choices=DIGITS_MODELS, default="cnn")
+    p.add_argument("--engine", choices=list(ENGINES), default="local")
+    p.add_argument("--strategy", choices=STRATEGIES, default="host",
                    help="MPI only: gather to rank 0 (host) or Allreduce (ring)")
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="momentum")
     p.add_argument("--lr", type=_positive_float, default=0.05)
@@ -63,20 +73,7 @@ def _add_train(sub):
     p.set_defaults(run=_run_train)
 
 
-def digits_model(name, seed=0):
-    """The book's models for the 8x8 digits."""
-    from . import models
-    if name == "cnn":
-        return models.cnn(image_size=8, channels=1, width=8, depth=2, seed=seed)
-    if name == "mlp":
-        return models.mlp(n_in=64, hidden=(64,), seed=seed)
-    return models.logistic(n_in=64, seed=seed)
-
-
 def _run_train(args):
-    from .data import load_digits, train_test_split
-    from .optim import make_optimizer
-    from .trainer import DataParallelTrainer
     x, y = load_digits(flat=args.model != "cnn")
     (xtr, ytr), (xte, yte) = train_test_split(x, y, seed=0)
     rank = _mpi_ranks(args) if args.engine == "mpi" else 0
@@ -104,7 +101,6 @@ def _run_train(args):
 def _mpi_ranks(args):
     """Under mpiexec: --devices defaults to, and must equal, the number of ranks. Returns
     this process's rank (an uncaught error on any rank then aborts the whole job)."""
-    from .mpi import install_abort_hook, world
     comm = world()
     install_abort_hook(comm)
     args.devices = args.devices or comm.size
@@ -122,9 +118,9 @@ def _mpi_ranks(args):
 def _add_limits(sub):
     p = sub.add_parser("limits", help="predicted largest batch per GPU kind for 1..N GPUs",
                        description="The largest batch that fits on 1..N GPUs of a kind, predicted "
-                       "by mgpu_lab.memory from the model's Theano graph (nothing is compiled); GPU "
-                       "memory from vendor datasheets (mgpu_lab.gpus).")
-    p.add_argument("--model", choices=["cnn", "vgg16", "resnet", "mlp"], default="resnet",
+                       "by mgpu_lab.predict.memory from the model's Theano graph (nothing is compiled); GPU "
+                       "memory from vendor datasheets (mgpu_lab.predict.gpus).")
+    p.add_argument("--model", choices=IMAGENET_MODELS, default="resnet",
                    help="cnn: plain 3x3 conv stages, average-pool head; vgg16: VGG-16-like; "
                    "resnet: bottleneck ResNet; mlp: dense layers on the flattened image")
     p.add_argument("--image-size", type=_positive, default=224, help="pixels per side (default 224)")
@@ -143,26 +139,10 @@ def _add_limits(sub):
     p.set_defaults(run=_run_limits)
 
 
-def limits_model(name, image_size=224, depth=None, width=None):
-    """The model ``limits`` predicts for (3 channels, 1000 classes, as ImageNet)."""
-    from . import models
-    if name == "vgg16":
-        return models.vgg16_like(image_size=image_size, width=width or 64)
-    if name == "resnet":
-        return models.resnet_like(depth or 50, image_size=image_size, width=width or 64)
-    if name == "mlp":
-        return models.mlp(n_in=3 * image_size ** 2, hidden=(width or 4096,) * (depth or 2),
-                          n_classes=1000)
-    return models.cnn(image_size=image_size, channels=3, n_classes=1000, width=width or 64,
-                      depth=depth or 16, head="avg")
-
-
 def _run_limits(args):
-    from .gpus import CATALOGUE, get_gpu
-    from .memory import predicted_limits
     try:
         gpus = list(CATALOGUE) if args.gpu.lower() == "all" else [get_gpu(args.gpu).name]
-        model = limits_model(args.model, args.image_size, args.depth, args.width)
+        model = imagenet_model(args.model, args.image_size, args.depth, args.width)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -180,7 +160,7 @@ def _run_limits(args):
     for row in table:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
     print("other = input batch + backward temporaries + conv workspace. Predicted by "
-          "mgpu_lab.memory from the graph; GPU memory from vendor datasheets (mgpu_lab.gpus).")
+          "mgpu_lab.predict.memory from the graph; GPU memory from vendor datasheets (mgpu_lab.predict.gpus).")
     return 0
 
 
@@ -192,7 +172,7 @@ def _add_bench(sub):
                        "overhead over a bare call, and the cost model's prediction beside it.")
     p.add_argument("--devices", type=parse_range, default=[1, 2, 3, 4],
                    help="device counts: N, A-B or A,B,C (default 1-4)")
-    p.add_argument("--model", choices=["cnn", "mlp"], default="cnn",
+    p.add_argument("--model", choices=list(BENCH_MODELS), default="cnn",
                    help="cnn: 32 px RGB, 4 conv layers (compute-bound); mlp: 3072-256-10")
     p.add_argument("--batch", type=parse_range, default=[64, 128, 256],
                    help="global batch sizes (default 64,128,256)")
@@ -206,12 +186,11 @@ def _add_bench(sub):
 
 
 def _run_bench(args):
-    from .bench import format_table, format_targets, run_benchmark, save_results
-    result = run_benchmark(args.model, args.devices, args.batch, warmup=args.warmup,
-                           repeats=args.repeats, steps=args.steps, progress=not args.no_progress)
-    print(format_table(result))
-    print(format_targets(result))
-    json_path, csv_path = save_results(result, args.out)
+    result = bench.run(args.model, args.devices, args.batch, warmup=args.warmup,
+                       repeats=args.repeats, steps=args.steps, progress=not args.no_progress)
+    print(bench.format_table(result))
+    print(bench.format_targets(result))
+    json_path, csv_path = bench.save(result, args.out)
     print(f"saved: {json_path}\n       {csv_path}")
     return 0
 
@@ -254,10 +233,9 @@ def _steps_or_none(text):
 
 
 def _run_mpibench(args):
-    from .mpi import format_bench, run_bench, save_bench
-    result = run_bench(args.ranks, args.sizes, repeats=args.repeats, steps=args.steps)
-    print(format_bench(result))
-    for path in save_bench(result, args.out):
+    result = mpi_bench.run(args.ranks, args.sizes, repeats=args.repeats, steps=args.steps)
+    print(mpi_bench.format_table(result))
+    for path in mpi_bench.save(result, args.out):
         print(f"saved: {path}")
     return 0
 

@@ -1,12 +1,13 @@
 """The book's data: UCI handwritten digits (shipped in ``data/``) and synthetic images."""
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
 
 from ._theano import floatX
 
-__all__ = ["DATA_DIR", "load_digits", "synthetic_images", "train_test_split"]
+__all__ = ["DATA_DIR", "load_digits", "synthetic_images", "random_batch", "train_test_split"]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -50,3 +51,22 @@ def synthetic_images(n, image_size=32, channels=3, n_classes=10, seed=0, noise=0
     base = np.sin(freq * grid[None, :, None]) * np.cos(freq * grid[None, None, :])
     x = base[:, None, :, :] + noise * rng.standard_normal((n, channels, image_size, image_size))
     return x.astype(floatX), y
+
+
+def random_batch(model, n, seed=0):
+    """``n`` learnable samples shaped for ``model``: x (n, *input_shape) floatX, y (n,) int32.
+
+    Image models get :func:`synthetic_images`; a flat input of 3*s*s values gets the same
+    images flattened; any other shape gets standard-normal values and random labels.
+    """
+    shape, n_classes = tuple(model.input_shape), model.n_classes
+    if len(shape) == 3:  # (channels, size, size)
+        return synthetic_images(n, image_size=shape[1], channels=shape[0],
+                                n_classes=n_classes, seed=seed)
+    size = math.isqrt(int(np.prod(shape)) // 3)
+    if len(shape) == 1 and 3 * size * size == shape[0]:  # flat RGB images, as an MLP reads them
+        x, y = synthetic_images(n, image_size=size, channels=3, n_classes=n_classes, seed=seed)
+        return x.reshape((n,) + shape), y
+    rng = np.random.RandomState(seed)
+    return (rng.standard_normal((n,) + shape).astype(floatX),
+            rng.randint(0, n_classes, n).astype(np.int32))

@@ -1,21 +1,21 @@
 """The errors the engines raise, each carrying what a user needs to act on it."""
 
-__all__ = ["DeviceOutOfMemory", "DeviceError", "WorkerDied", "PoolClosed",
+__all__ = ["DeviceOutOfMemory", "DeviceError", "WorkerDied", "EngineClosed",
            "NonFiniteGradient", "CheckpointError"]
 
 
 class DeviceOutOfMemory(MemoryError):
     """A split needs more memory than its device has; raised before any work starts."""
 
-    def __init__(self, device, needed, capacity, largest_fit, split_size):
-        self.device, self.needed, self.capacity = device, needed, capacity
+    def __init__(self, device, needed, memory_bytes, largest_fit, split_size):
+        self.device, self.needed, self.memory_bytes = device, needed, memory_bytes
         self.largest_fit, self.split_size = largest_fit, split_size
         hint = (f"the largest split that fits is {largest_fit} samples" if largest_fit
                 else "not even one sample fits: use a device with more memory or a smaller model")
         super().__init__(
             f"device {device}: a split of {split_size} samples needs {needed:,} bytes "
-            f"({needed / 2**20:.1f} MiB) but the device holds {capacity:,} bytes "
-            f"({capacity / 2**20:.1f} MiB); {hint}")
+            f"({needed / 2**20:.1f} MiB) but the device holds {memory_bytes:,} bytes "
+            f"({memory_bytes / 2**20:.1f} MiB); {hint}")
 
 
 class DeviceError(RuntimeError):
@@ -36,8 +36,8 @@ class WorkerDied(RuntimeError):
                          f"down and the parameters are those from before the step")
 
 
-class PoolClosed(RuntimeError):
-    """The pool was used after ``close()`` (or after a worker died)."""
+class EngineClosed(RuntimeError):
+    """An engine was used after ``close()`` (or, for a pool, after a worker died)."""
 
 
 class NonFiniteGradient(FloatingPointError):

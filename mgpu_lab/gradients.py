@@ -1,19 +1,27 @@
-"""Step 3: turn per-device gradients into the gradient of the whole batch.
+"""Step 3: turn the N devices' gradients into the gradient of the whole batch.
 
-Each device returns the gradient of the *mean* loss over its own split of n_i samples.
-The mean loss over the batch of N = sum n_i samples is sum_i (n_i / N) * loss_i, so its
-gradient is the weighted sum sum_i (n_i / N) * g_i. A plain average (1/n) * sum g_i is
-only right when every split has the same size.
+Notation, here and in the book: B samples in the batch, N devices, n_i samples on device
+i (sum n_i = B), P parameters. Each device returns the gradient g_i of the *mean* loss
+over its own split. The mean loss over the batch is sum_i (n_i / B) * loss_i, so its
+gradient is the weighted sum sum_i (n_i / B) * g_i. A plain average (1/N) * sum g_i is
+right for each batch only when every split has the same size (chapter 4).
+
+``STRATEGIES`` names the two ways engines combine gradients: ``host`` (the devices send
+their gradients to the host, which stacks them and updates) and ``ring`` (the devices
+reduce the weighted gradients among themselves and each applies the update).
 """
 import numpy as np
 
 from ._theano import floatX
 
-__all__ = ["stack_gradients", "mean_gradients", "full_batch_gradient", "all_finite"]
+__all__ = ["STRATEGIES", "stack_gradients", "stack_losses", "mean_gradients",
+           "full_batch_gradient", "all_finite"]
+
+STRATEGIES = ("host", "ring")
 
 
 def stack_gradients(per_device_grads, split_sizes):
-    """sum_i (n_i / N) g_i for each parameter: the gradient of the full-batch mean loss.
+    """sum_i (n_i / B) g_i for each parameter: the gradient of the full-batch mean loss.
 
     per_device_grads: one list per device, each a list of arrays shaped like the params.
     split_sizes: n_i, the number of samples each device's gradient was averaged over.
@@ -43,6 +51,11 @@ def stack_gradients(per_device_grads, split_sizes):
             acc += np.multiply(per_device_grads[d][j], weights[d], out=scratch)
         out.append(acc)
     return out
+
+
+def stack_losses(losses, split_sizes):
+    """sum_i (n_i / B) loss_i: the batch's mean loss from the N splits' mean losses."""
+    return float(np.dot(losses, split_sizes) / sum(split_sizes))
 
 
 def mean_gradients(per_device_grads):

@@ -29,9 +29,6 @@ class ModelSpec:
     def of(cls, name, **kwargs):
         return cls(name, tuple(sorted(kwargs.items())))
 
-    def build(self):
-        return build(self)
-
     def describe(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs)
         return f"{self.name}({args})"
@@ -96,7 +93,7 @@ class Model:
         f = self.loss_and_gradients_function()
         return lambda x, y: f(x, y)[1:]
 
-    def loss_function(self):
+    def loss_and_accuracy_function(self):
         """Compiled ``f(x, y) -> (mean loss, accuracy)``."""
         if self._eval_fn is None:
             acc = T.mean(T.eq(T.argmax(self.probs, axis=1), self.y))

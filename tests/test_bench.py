@@ -5,18 +5,20 @@ import json
 import numpy as np
 import pytest
 
-from mgpu_lab import bench
+from mgpu_lab import presets
+from mgpu_lab.data import random_batch
+from mgpu_lab.measure import bench
 from mgpu_lab.cli import main
-from mgpu_lab.devices import cores
-from mgpu_lab.graph import count_flops
+from mgpu_lab.engines.pinning import cores
+from mgpu_lab.predict.graph import count_flops
 
 
 @pytest.fixture(scope="module")
 def short_run(cnn, tmp_path_factory):
     """1 and 3 devices (3 > 2 cores here: oversubscribed), two batch sizes, tiny repeats."""
-    result = bench.run_benchmark(cnn, devices=[3, 1], batch_sizes=[24, 12], warmup=1,
+    result = bench.run(cnn, devices=[3, 1], batch_sizes=[24, 12], warmup=1,
                                  repeats=2, steps=1, progress=False)
-    paths = bench.save_results(result, tmp_path_factory.mktemp("results"))
+    paths = bench.save(result, tmp_path_factory.mktemp("results"))
     return result, paths
 
 
@@ -86,18 +88,18 @@ def test_table_and_targets_text(short_run):
 
 
 def test_synthetic_batch_fits_the_models(cnn):
-    x, y = bench.synthetic_batch(cnn, 5)
+    x, y = random_batch(cnn, 5)
     assert x.shape == (5, 1, 8, 8) and x.dtype == np.float32 and y.dtype == np.int32
-    mlp = bench.bench_model("mlp")
-    x, y = bench.synthetic_batch(mlp, 3)
+    mlp = presets.bench_model("mlp")
+    x, y = random_batch(mlp, 3)
     assert x.shape == (3, 3 * 32 * 32) and 0 <= y.min() and y.max() < 10
 
 
 def test_bad_requests_fail_before_any_process_starts(cnn):
     with pytest.raises(ValueError, match="cannot be split over 4 devices"):
-        bench.run_benchmark(cnn, devices=[1, 4], batch_sizes=[2, 8], progress=False)
+        bench.run(cnn, devices=[1, 4], batch_sizes=[2, 8], progress=False)
     with pytest.raises(ValueError, match="unknown benchmark model 'vgg'"):
-        bench.bench_model("vgg")
+        presets.bench_model("vgg")
 
 
 @pytest.mark.slow
@@ -109,13 +111,13 @@ def test_cli_bench_saves_json_and_csv(tmp_path, capsys):
     saved = sorted(p.suffix for p in tmp_path.iterdir())
     assert saved == [".csv", ".json"]
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert result["model"]["spec"] == bench.BENCH_MODELS["cnn"].describe()
+    assert result["model"]["spec"] == presets.BENCH_MODELS["cnn"].describe()
 
 
 def test_measured_figures_say_where_they_were_measured(short_run):
     import matplotlib.pyplot as plt
 
-    from mgpu_lab import plots
+    from mgpu_lab.figures import plots
     result, _ = short_run
     for make in (plots.throughput, plots.speedup, plots.step_breakdown):
         fig = make(result)

@@ -3,8 +3,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from mgpu_lab import costmodel, graph, models
-from mgpu_lab.costmodel import (comm_seconds, compute_seconds, gradient_bytes, host_gather_seconds,
+from mgpu_lab import models
+from mgpu_lab.predict import costmodel, graph
+from mgpu_lab.predict.costmodel import (comm_seconds, compute_seconds, gradient_bytes, host_gather_seconds,
                                 largest_split, predict, ring_allreduce_seconds, scaling, step_seconds)
 
 # A made-up GPU with round numbers, so every expected value below is worked out by hand.
@@ -132,7 +133,7 @@ def test_scaling_covers_every_combination(mlp, linear_flops):
 
 
 def test_catalogue_gpus_by_name(mlp, linear_flops):
-    from mgpu_lab.gpus import get_gpu
+    from mgpu_lab.predict.gpus import get_gpu
     v100 = get_gpu("V100")
     host = predict(mlp, "V100", 2, 64, strategy="host", latency=0)
     ring = predict(mlp, "v100", 2, 64, strategy="ring", latency=0)
@@ -150,13 +151,13 @@ def test_catalogue_gpus_by_name(mlp, linear_flops):
 def test_prediction_figures_say_they_are_predicted(mlp, linear_flops):
     import matplotlib.pyplot as plt
 
-    from mgpu_lab import plots
+    from mgpu_lab.figures import plots
     ps = scaling(mlp, ["K80", "V100"], [1, 2, 4], 64)
     for fig in (plots.predicted_speedup(ps), plots.step_breakdown(ps)):
         ax = fig.axes[0]
         assert ax.get_title() and ("(x)" in ax.get_ylabel() or "(ms)" in ax.get_ylabel())
         notes = " ".join(t.get_text() for t in ax.texts)
-        assert "predicted, not measured" in notes and "mgpu_lab.costmodel" in notes
+        assert "predicted, not measured" in notes and "mgpu_lab.predict.costmodel" in notes
         plt.close(fig)
     fig = plots.predicted_speedup(ps)
     labels = fig.axes[0].get_legend_handles_labels()[1]

@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 from mgpu_lab import models
-from mgpu_lab.devices import DevicePool
-from mgpu_lab.engine import SerialEngine
-from mgpu_lab.errors import DeviceError, PoolClosed, WorkerDied
+from mgpu_lab.engines.local import DevicePool
+from mgpu_lab.engines.serial import SerialEngine
+from mgpu_lab.errors import DeviceError, EngineClosed, WorkerDied
 from mgpu_lab.optim import Momentum
 from mgpu_lab.trainer import DataParallelTrainer
 
@@ -124,7 +124,7 @@ def test_trainer_survives_dead_workers_and_restarts_its_pool(cnn, digits):
             tr.step(x, y)
         assert wait_gone(pids) == []  # the other worker was stopped too
         assert all(np.array_equal(a, b) for a, b in zip(tr.model.get_values(), before))
-        with pytest.raises(PoolClosed, match="closed"):
+        with pytest.raises(EngineClosed, match="closed"):
             first.gradients(before, x, y)
         loss = tr.step(x, y)  # the next step starts a fresh pool
         assert tr.engine is not first and set(tr.engine.pids()).isdisjoint(pids)
@@ -160,14 +160,14 @@ def test_exception_in_a_step_carries_the_worker_traceback_and_pool_closes_cleanl
         tb = err.value.remote_traceback
         assert "_worker_step" in tb and "ValueError" in tb and "reshape" in tb
     assert pool.closed and wait_gone(pids) == []
-    with pytest.raises(PoolClosed, match="DevicePool is closed"):
+    with pytest.raises(EngineClosed, match="DevicePool is closed"):
         pool.gradients(model.get_values(), x, y)
 
 
 def test_a_closed_serial_engine_refuses_work_too(cnn):
     engine = SerialEngine(cnn.spec, 2)
     engine.close()
-    with pytest.raises(PoolClosed, match="this SerialEngine is closed; create a new one"):
+    with pytest.raises(EngineClosed, match="this SerialEngine is closed; create a new one"):
         engine.gradients(cnn.get_values(), np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, np.int32))
 
 

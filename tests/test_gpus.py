@@ -1,9 +1,9 @@
-"""mgpu_lab.gpus: the catalogue of real GPUs and its look-up."""
+"""mgpu_lab.predict.gpus: the catalogue of real GPUs and its look-up."""
 import re
 
 import pytest
 
-from mgpu_lab.gpus import BOOK_GPUS, CATALOGUE, GPU, get_gpu, gpu_names, usable_bytes
+from mgpu_lab.predict.gpus import BOOK_GPUS, CATALOGUE, GPU, get_gpu, gpu_names, usable_bytes
 
 GiB, GB = 2 ** 30, 10 ** 9
 

@@ -1,9 +1,9 @@
-"""mgpu_lab.graph: shapes of every intermediate result and FLOPs, from the uncompiled graph."""
+"""mgpu_lab.predict.graph: shapes of every intermediate result and FLOPs, from the uncompiled graph."""
 import numpy as np
 import pytest
 
 from mgpu_lab import models
-from mgpu_lab.graph import analyse, count_flops, training_graph
+from mgpu_lab.predict.graph import analyse, count_flops, training_graph
 
 
 @pytest.fixture(scope="module")

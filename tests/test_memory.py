@@ -1,13 +1,16 @@
-"""mgpu_lab.memory: the estimate against Theano's profiler, batch limits, simulated device
+"""mgpu_lab.predict.memory: the estimate against Theano's profiler, batch limits, simulated device
 memory in DevicePool, the presets, the limits CLI and figures."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgpu_lab import memory, models, plots
+from mgpu_lab import models
+from mgpu_lab.figures import plots
+from mgpu_lab.measure import memory_check
+from mgpu_lab.predict import memory
 from mgpu_lab.cli import main
-from mgpu_lab.devices import DevicePool
+from mgpu_lab.engines.local import DevicePool
 from mgpu_lab.errors import DeviceOutOfMemory
 
 
@@ -27,7 +30,7 @@ def test_estimate_within_10_percent_of_theanos_profiler(mlp, cnn, deep96):
     nets = {"mlp 64-64-10": mlp, "cnn 8px": cnn, "resnet-ish 96px": deep96}
     sizes = {"mlp 64-64-10": (128, 512, 2048), "cnn 8px": (16, 64, 256),
              "resnet-ish 96px": (4, 16, 32)}
-    rows = memory.compare_with_profiler(nets, sizes)
+    rows = memory_check.compare_with_profiler(nets, sizes)
     print("\nnet               batch   estimate   profiled   error")
     for r in rows:
         print(f"{r['net']:16s} {r['batch']:6d} {r['estimate']:10,d} {r['profiled']:10,d} "
@@ -120,7 +123,7 @@ def test_pool_refuses_a_split_that_does_not_fit_before_any_work(cnn, digits):
             pool.gradients(values, x[:30], y[:30])  # splits of 15 and 15
         e = err.value
         needed = memory.estimate(cnn, 15)["total"]
-        assert (e.device, e.needed, e.capacity, e.largest_fit) == (0, needed, capacity, 10)
+        assert (e.device, e.needed, e.memory_bytes, e.largest_fit) == (0, needed, capacity, 10)
         msg = str(e)
         for part in ("device 0", f"{needed:,} bytes", f"{capacity:,} bytes",
                      "the largest split that fits is 10 samples"):
@@ -133,7 +136,7 @@ def test_pool_refuses_a_split_that_does_not_fit_before_any_work(cnn, digits):
 
 def test_measured_limits_on_two_devices(cnn):
     capacity = memory.estimate(cnn, 12)["total"]
-    (row,) = memory.measured_limits(cnn.spec, capacity, (2,), progress=False)
+    (row,) = memory_check.measured_limits(cnn.spec, capacity, (2,), progress=False)
     assert row["global_batch"] == row["predicted"] == 24
     assert row["per_device_batch"] == 12
     assert row["replicated_bytes"] == 2 * 4 * cnn.n_params
@@ -173,7 +176,7 @@ def test_figures(mlp):
     ax = fig.axes[0]
     assert ax.get_xlabel() == "number of GPUs" and "images" in ax.get_ylabel()
     assert "predicted" in fig._suptitle.get_text()
-    assert any("predicted by mgpu_lab.memory" in t.get_text() for t in ax.texts)
+    assert any("predicted by mgpu_lab.predict.memory" in t.get_text() for t in ax.texts)
     assert len(ax.get_lines()) == 3  # two GPU kinds + the chapter's claim
     fig2 = plots.memory_breakdown({b: memory.estimate(mlp, b) for b in (8, 16)},
                                   capacity=(10 ** 6, "1 MB device"))

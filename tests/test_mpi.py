@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mgpu_lab import cli, mpi
+from mgpu_lab import cli
+from mgpu_lab.engines import mpi
+from mgpu_lab.measure import mpi_bench
 
 pytestmark = pytest.mark.mpi
 
@@ -97,10 +99,10 @@ def test_devices_must_match_the_rank_count():
 # alone gets corrupt data and raises while the others wait in a collective call.
 FAILING_SCRIPT = textwrap.dedent("""
     import numpy as np
-    from mgpu_lab.cli import digits_model
+    from mgpu_lab.presets import digits_model
     from mgpu_lab.data import load_digits
     from mgpu_lab.errors import NonFiniteGradient
-    from mgpu_lab.mpi import MPIEngine, world
+    from mgpu_lab.engines.mpi import MPIEngine, world
     from mgpu_lab.trainer import DataParallelTrainer
 
     comm = world()
@@ -143,7 +145,7 @@ def test_a_failing_rank_aborts_the_job_with_its_message(tmp_path):
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_comm_benchmark_saves_measurements_and_prediction(tmp_path):
     # steps=0: only the exchanges (no Theano graph to compile); tiny sizes and repeats.
-    result = mpi.run_bench(ranks=(2,), sizes_bytes=(4e3, 4e4), repeats=2, steps=0,
+    result = mpi_bench.run(ranks=(2,), sizes_bytes=(4e3, 4e4), repeats=2, steps=0,
                            timeout=JOB_TIMEOUT, progress=False)
     rows = result["rows"]
     assert [(r["strategy"], r["bytes"]) for r in rows] == [
@@ -153,7 +155,7 @@ def test_comm_benchmark_saves_measurements_and_prediction(tmp_path):
         assert r["predicted_comm_s"] > 0
     link = result["links"]["2"]
     assert link["latency_s"] > 0 and link["bandwidth_Bps"] > 0
-    paths = mpi.save_bench(result, tmp_path)
+    paths = mpi_bench.save(result, tmp_path)
     saved = json.loads(paths[0].read_text())
     assert saved["machine"]["cores"] >= 1 and saved["rows"] == rows
     header = paths[1].read_text().splitlines()[0].split(",")

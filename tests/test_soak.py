@@ -8,7 +8,7 @@ break the bound 8-10 times over; the run measures growth of 0-16 KiB.
 """
 import pytest
 
-from mgpu_lab import soak
+from mgpu_lab.measure import soak
 
 WARMUP, STEPS = 50, 300
 MAX_RSS_GROWTH = 512 * 2**10

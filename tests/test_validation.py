@@ -13,10 +13,10 @@ import pytest
 
 from mgpu_lab import models
 from mgpu_lab.cli import main as cli_main
-from mgpu_lab.devices import DevicePool
-from mgpu_lab.engine import SerialEngine
+from mgpu_lab.engines.local import DevicePool
+from mgpu_lab.engines.serial import SerialEngine
 from mgpu_lab.errors import DeviceOutOfMemory, NonFiniteGradient
-from mgpu_lab.memory import estimate
+from mgpu_lab.predict.memory import estimate
 from mgpu_lab.optim import Momentum
 from mgpu_lab.split import split_batch
 from mgpu_lab.trainer import DataParallelTrainer
@@ -178,7 +178,7 @@ def test_a_device_memory_too_small_for_one_sample_is_refused_before_any_work(cnn
                                                  rf"bytes .* but the device holds {one - 1:,} bytes "
                                                  r".*not even one sample fits") as err:
         make(cnn.spec, 2, memory_bytes=one - 1)
-    assert (err.value.needed, err.value.capacity, err.value.largest_fit) == (one, one - 1, 0)
+    assert (err.value.needed, err.value.memory_bytes, err.value.largest_fit) == (one, one - 1, 0)
     assert set(psutil.Process().children()) <= children_before  # no worker was started
 
 
@@ -210,7 +210,7 @@ def test_an_unknown_model_name_lists_the_known_ones():
 
 
 def test_an_unknown_gpu_name_lists_the_known_ones():
-    from mgpu_lab.gpus import get_gpu, gpu_names
+    from mgpu_lab.predict.gpus import get_gpu, gpu_names
     with pytest.raises(ValueError, match="unknown GPU 'GTX 9000'; known GPUs: K80, .*H100") as err:
         get_gpu("GTX 9000")
     assert all(name in str(err.value) for name in gpu_names())

@@ -1,12 +1,12 @@
-"""Simulated GPUs: one worker process per device, each with its own compiled function.
+"""The local engine: one worker process per simulated GPU, each with its own compiled function.
 
 A "device" here is a process pinned to one CPU core (BLAS limited to one thread), which
 rebuilds the model from its spec and compiles its own Theano gradient function, as each
 GPU would. Data moves through shared memory, not pickles:
 
-    params  float32[P]        host -> every device (the broadcast)
-    batch   x float32[B*D], y int32[B]   each device reads its own contiguous split
-    grads   float32[N, P]     device i writes row i (the fetch back to the host)
+    params  floatX[P]         host -> every device (the broadcast)
+    batch   x floatX[B*D], y int32[B]    device i reads samples [a_i, b_i) (split_bounds)
+    grads   floatX[N, P]      device i writes row i (the fetch back to the host)
 
 Only tiny control messages go through pipes. Workers die with the pool: on ``close()``,
 on any error, on Ctrl-C, and (pipe EOF) if the parent itself dies.
@@ -25,21 +25,14 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
-from .engine import Engine, GradientResult, check_fits, flatten, unflatten
-from .errors import DeviceError, PoolClosed, WorkerDied
-from .gradients import stack_gradients
-from .models import build
-from .split import split_sizes
-from .validate import check_n_devices
+from .._theano import floatX
+from ..errors import DeviceError, WorkerDied
+from ..models import build
+from .base import Engine, flatten, unflatten
+from .pinning import PIN_ENV, cores, pin
 
-__all__ = ["DevicePool", "PIN_ENV", "cores"]
+__all__ = ["DevicePool"]
 
-# One BLAS thread per device, or N devices on N cores fight over 2N threads. The MALLOC_
-# pair keeps freed memory inside the process: by default glibc gives each step's large
-# activation buffers back to the OS and page-faults them in again at the next step, which
-# cost the benchmark CNN 10-15 % of its step time (mgpu_lab.bench measured it).
-PIN_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20), "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
 _env_lock = threading.Lock()
 
 
@@ -67,11 +60,6 @@ def _pinned_spawn_env():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-def cores():
-    """The CPU cores this process may run on."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
-
-
 class _Buffer:
     """A named shared-memory block seen as a numpy array."""
 
@@ -91,8 +79,7 @@ class _Buffer:
 # -- the worker (runs in the child process) -----------------------------------------
 def _worker_main(device, spec, conn, core):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if core is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {core})
+    pin(core)  # where the system allows it
     try:
         model = build(spec)
         fn = model.loss_and_gradients_function()
@@ -121,14 +108,13 @@ def _worker_main(device, spec, conn, core):
             conn.send(("error", traceback.format_exc()))
 
 
-def _worker_step(device, model, fn, shapes, bufs, start, n):
-    """Set params, run the gradient of samples [start, start+n), write grads row ``device``."""
+def _worker_step(device, model, fn, shapes, bufs, start, stop):
+    """Set params, run the gradient of samples [start, stop), write grads row ``device``."""
     t0 = time.perf_counter()
     for p, v in zip(model.params, unflatten(bufs["params"].array, shapes)):
         p.get_value(borrow=True)[...] = v  # one copy out of shared memory, into Theano's own array
-    x = bufs["x"].array[start * model_dim(model):(start + n) * model_dim(model)]
-    x = x.reshape((n,) + model.input_shape)  # (n, *input_shape), a view
-    y = bufs["y"].array[start:start + n]
+    x = bufs["x"].array.reshape((-1,) + model.input_shape)[start:stop]  # (n_i, *input_shape), a view
+    y = bufs["y"].array[start:stop]
     t1 = time.perf_counter()
     loss, *grads = fn(x, y)
     t2 = time.perf_counter()
@@ -137,26 +123,25 @@ def _worker_step(device, model, fn, shapes, bufs, start, n):
     return float(loss), {"set_params": t1 - t0, "compute": t2 - t1, "fetch": t3 - t2}
 
 
-def model_dim(model):
+def _floats_per_sample(model):
     """Floats per sample, e.g. 3*224*224 for a 224 px RGB image."""
     return int(np.prod(model.input_shape))
 
 
 # -- the pool (runs in the parent) --------------------------------------------------
 class DevicePool(Engine):
-    """N simulated GPUs. Use as a context manager; workers never outlive it.
-
-    ``pool.gradients(values, x, y)`` splits the batch, has device i compute the gradient
-    of split i, and returns the stacked full-batch gradient as a :class:`GradientResult`.
+    """N simulated GPUs, one worker process each. Use as a context manager; workers never
+    outlive it. ``pool.step(values, x, y, update)`` (see :class:`~.base.Engine`); the host
+    never compiles the model, it only holds the graph for shapes and checks.
     """
 
-    def __init__(self, model_spec, n_devices=1, memory_bytes=None, start_timeout=300.0):
-        self.model = build(model_spec)  # graph only, for shapes and checks; never compiled here
-        self.n_devices = check_n_devices(n_devices)
-        self.memory_bytes = memory_bytes
-        check_fits(self.model, [1], memory_bytes)  # before any worker starts: one sample must fit
+    closes_itself = " (closed explicitly, or after a worker died)"
+
+    def __init__(self, model, n_devices=1, memory_bytes=None, strategy="host",
+                 start_timeout=300.0):
+        super().__init__(model, n_devices, memory_bytes, strategy)  # checks before any worker starts
         self.shapes = self.model.param_shapes
-        self.closed, self.workers, self.conns, self._bufs = False, [], [], {}
+        self.workers, self.conns, self._bufs = [], [], {}
         self._finalizer = weakref.finalize(self, _shutdown, self.workers, self.conns, self._bufs)
         self.cores = cores()
         self.oversubscribed = self.n_devices > len(self.cores)
@@ -170,12 +155,12 @@ class DevicePool(Engine):
 
     # -- set-up ---------------------------------------------------------------------
     def _allocate(self, batch_capacity):
-        P, D = self.model.n_params, model_dim(self.model)
+        P, D = self.model.n_params, _floats_per_sample(self.model)
         old = dict(self._bufs)
         self._bufs.clear()
-        self._bufs.update(params=old.get("params") or _Buffer((P,), np.float32),
-                          grads=old.get("grads") or _Buffer((self.n_devices, P), np.float32),
-                          x=_Buffer((batch_capacity * D,), np.float32),
+        self._bufs.update(params=old.get("params") or _Buffer((P,), floatX),
+                          grads=old.get("grads") or _Buffer((self.n_devices, P), floatX),
+                          x=_Buffer((batch_capacity * D,), floatX),
                           y=_Buffer((batch_capacity,), np.int32))
         for key in ("x", "y"):
             if key in old:
@@ -224,7 +209,7 @@ class DevicePool(Engine):
         """Block until a reply (or a dead worker) is ready. With a core to spare and no
         deadline, poll instead of sleeping, as CUDA's default does when the GPUs leave the
         host a core: on this VM a process that slept through a step wakes ~0.4 ms late,
-        about a third of the pool's overhead at N=1 (mgpu_lab.bench measures it)."""
+        about a third of the pool's overhead at N=1 (mgpu_lab.measure.bench measures it)."""
         if not (self.spin and timeout is None):
             return wait(waitables, timeout=timeout)
         ready = wait(waitables, timeout=0)
@@ -258,45 +243,32 @@ class DevicePool(Engine):
             raise DeviceError(d, errors[d][1])
         return replies
 
-    # -- the step -------------------------------------------------------------------
-    def gradients(self, values, x, y):
-        """Stacked gradient of the mean loss over ``(x, y)``, computed on the N devices."""
-        if self.closed:
-            raise PoolClosed("this DevicePool is closed (closed explicitly, or after a worker "
-                             "died); create a new pool")
+    # -- the step: each device computes its split, the host stacks (Engine._exchange) ------
+    def _compute(self, values, x, y, bounds, t):
         t0 = time.perf_counter()
-        x, y = self.model.check_batch(x, y)
-        sizes = split_sizes(len(x), self.n_devices)
-        check_fits(self.model, sizes, self.memory_bytes)  # before any work: nothing half-done
         if len(x) > self.capacity:
             self._allocate(batch_capacity=len(x))
             self._broadcast(self._attach_message())
-        t1 = time.perf_counter()
         flatten(values, out=self._bufs["params"].array)  # broadcast: one copy, all devices read it
         self._bufs["x"].array[:x.size] = x.ravel()
         self._bufs["y"].array[:len(y)] = y
-        t2 = time.perf_counter()
-        starts = np.cumsum([0] + sizes[:-1])
+        t1 = time.perf_counter()
         try:
-            for d in range(self.n_devices):
-                self._send(d, ("step", int(starts[d]), sizes[d]))
+            for d, (a, b) in enumerate(bounds):
+                self._send(d, ("step", a, b))
             replies = self._collect(range(self.n_devices))
         except (KeyboardInterrupt, OSError):
             self.close()  # workers are mid-step: the only safe state is no workers at all
             raise
-        t3 = time.perf_counter()
-        rows = self._bufs["grads"].array
-        stacked = stack_gradients([unflatten(rows[d], self.shapes) for d in range(self.n_devices)], sizes)
+        t2 = time.perf_counter()
         losses = [replies[d][1] for d in range(self.n_devices)]
         per_dev = [replies[d][2] for d in range(self.n_devices)]
-        t4 = time.perf_counter()
-        breakdown = {"split": t1 - t0, "scatter": t2 - t1,
-                     "set_params": max(p["set_params"] for p in per_dev),
-                     "compute": max(p["compute"] for p in per_dev),
-                     "fetch": max(p["fetch"] for p in per_dev),
-                     "wait": t3 - t2, "stack": t4 - t3}
-        return GradientResult(stacked, float(np.dot(losses, sizes) / len(x)), sizes,
-                              [p["compute"] for p in per_dev], breakdown)
+        t.scatter = t1 - t0
+        for phase in ("set_params", "compute", "fetch"):  # the slowest device's, as on GPUs
+            setattr(t, phase, max(p[phase] for p in per_dev))
+        t.sync = max(0.0, (t2 - t1) - t.set_params - t.compute - t.fetch)
+        rows = self._bufs["grads"].array  # (N, P): device d wrote row d
+        return losses, [p["compute"] for p in per_dev], [unflatten(r, self.shapes) for r in rows]
 
     # -- shutdown -------------------------------------------------------------------
     def pids(self):

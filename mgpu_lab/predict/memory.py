@@ -4,7 +4,7 @@ A device (a GPU, or here a worker process) holds, during a step on a split of ``
 
 * ``parameters``     the model's weights (a full replica on every device);
 * ``gradients``      one gradient per weight (also a full replica; allocated once, as the
-                     per-device gradient row of :class:`~mgpu_lab.devices.DevicePool`);
+                     per-device gradient row of :class:`~mgpu_lab.engines.local.DevicePool`);
 * ``optimizer``      optimizer state: 0 for SGD, 1x the weights for momentum, 2x for Adam
                      (when the update runs on the device, as in most GPU frameworks);
 * ``inputs``         the split itself: images and labels;
@@ -17,27 +17,29 @@ A device (a GPU, or here a worker process) holds, during a step on a split of ``
 
 Only ``inputs``, ``activations`` and ``transient`` grow with ``n``. Every device holds
 its own copy of the rest, so N devices of C bytes fit N x one device's batch, but fewer
-samples than one device of N x C bytes would (:func:`measured_limits` shows both).
+samples than one device of N x C bytes would (:func:`mgpu_lab.measure.memory_check.measured_limits` shows both).
 
 The activations and temporaries come from replaying the uncompiled gradient graph
-(:mod:`mgpu_lab.graph`) in execution order, the way Theano's garbage collector frees
+(:mod:`mgpu_lab.predict.graph`) in execution order, the way Theano's garbage collector frees
 results after their last use, with the two memory savings Theano's compiler makes: views
 (transpose, reshape) cost nothing, and an elementwise op writes over an input that dies
 there (fusion and in-place; see :data:`IN_PLACE_OPS`). :func:`simulate` gives that
 replay; its ``peak`` is what Theano's own memory profiler reports for the compiled
-function (see :func:`profiled_peak`; within 2 % on the test nets).
+function (see :mod:`mgpu_lab.measure.memory_check`; within 2 % on the test nets).
 """
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from .._theano import floatX
+from .gpus import BOOK_GPUS, get_gpu
 from .graph import analyse
 
 __all__ = ["OPTIMIZER_SLOTS", "VIEW_OPS", "IN_PLACE_OPS", "TERMS", "Simulation", "simulate",
-           "estimate", "max_batch_size", "profiled_peak", "compare_with_profiler",
-           "measured_limits", "preset_nets", "predicted_limits"]
+           "estimate", "max_batch_size", "predicted_limits"]
 
 # Arrays of optimizer state per weight (see mgpu_lab.optim).
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
@@ -173,7 +175,7 @@ def estimate(model, batch_size, optimizer="sgd"):
     cache = _CACHE.setdefault(model, {})
     if key not in cache:
         sim = simulate(model, batch_size)
-        p = 4 * model.n_params  # float32 weights
+        p = np.dtype(floatX).itemsize * model.n_params
         est = {"parameters": p, "gradients": p, "optimizer": OPTIMIZER_SLOTS[optimizer] * p,
                "inputs": int(batch_size) * (4 * int(np.prod(model.input_shape)) + 4),
                "activations": sim.activations,
@@ -184,14 +186,14 @@ def estimate(model, batch_size, optimizer="sgd"):
     return dict(cache[key])
 
 
-def max_batch_size(model, device_bytes, n_devices=1, optimizer="sgd"):
+def max_batch_size(model, memory_bytes, n_devices=1, optimizer="sgd"):
     """The largest global batch whose split fits on each of ``n_devices`` devices of
-    ``device_bytes``: ``n_devices * m`` where ``m`` is the largest per-device split with
-    ``estimate(model, m)["total"] <= device_bytes`` (0 if not even one sample fits)."""
+    ``memory_bytes``: ``n_devices * m`` where ``m`` is the largest per-device split with
+    ``estimate(model, m)["total"] <= memory_bytes`` (0 if not even one sample fits)."""
     if n_devices < 1:
         raise ValueError(f"n_devices must be >= 1, got {n_devices}")
     total = lambda n: estimate(model, n, optimizer)["total"]  # noqa: E731
-    return int(n_devices) * _largest_fitting(total, int(device_bytes))
+    return int(n_devices) * _largest_fitting(total, int(memory_bytes))
 
 
 def _largest_fitting(total, capacity):
@@ -219,159 +221,16 @@ def _largest_fitting(total, capacity):
     return lo
 
 
-# -- Theano's own measurement ----------------------------------------------------------
-def profiled_peak(model, batch_sizes, seed=0, allow_gc=True):
-    """``{batch: bytes}``: the peak memory Theano's profiler reports for the compiled
-    gradient function (loss and all gradients), one compile, one call per batch size.
-
-    That peak ("Max peak memory with current setting" of the profiler's memory summary)
-    counts every intermediate result and output while the stack VM runs the graph with
-    garbage collection, views and in-place ops; not the inputs (x, y, parameters) nor
-    buffers an op keeps to itself. :func:`simulate`'s ``peak`` counts the same things.
-    ``allow_gc=False``: the summary's "Max peak memory if allow_gc=False" instead
-    (:func:`simulate`'s ``no_gc``). Memory profiling is switched on only inside this
-    function (``change_flags``).
-    """
-    import io
-    import re
-    import warnings
-
-    from ._theano import theano
-    from theano.compile.profiling import ProfileStats  # noqa: E402
-    from .graph import training_graph
-    outputs = training_graph(model)[0]
-    rng, peaks = np.random.RandomState(seed), {}
-    with theano.config.change_flags(profile=True, profile_memory=True), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "CVM does not support memory profile": expected
-        stats = ProfileStats(atexit_print=False)
-        fn = theano.function([model.x, model.y], outputs, profile=stats,
-                             name=f"profiled:{model.spec.name}")
-        for b in batch_sizes:
-            x = rng.standard_normal((b,) + model.input_shape).astype(model.x.dtype)
-            fn(x, rng.randint(0, model.n_classes, size=b).astype("int32"))
-            text = io.StringIO()
-            stats.summary_memory(text)  # shapes of this last call
-            label = r"current setting" if allow_gc else r"allow_gc=False[^\n]*"
-            found = re.search(label + r"\s+CPU: (\d+)KB", text.getvalue())
-            if not found:
-                raise RuntimeError("Theano's memory summary has an unexpected format:\n"
-                                   + text.getvalue()[:2000])
-            peaks[b] = int(found.group(1)) * 1024
-    return peaks
-
-
-def compare_with_profiler(nets, batch_sizes):
-    """Rows ``{net, batch, estimate, profiled, error_pct, device_terms, device_terms_pct}``:
-    :func:`simulate`'s peak against :func:`profiled_peak` (like with like), and beside it
-    gradients + activations + transient as :func:`estimate` holds them on a device (all
-    gradients allocated up front, so at least the peak). ``nets``: {name: model};
-    ``batch_sizes``: a tuple, or {name: tuple}."""
-    rows = []
-    for name, model in nets.items():
-        sizes = batch_sizes[name] if isinstance(batch_sizes, dict) else batch_sizes
-        for b, measured in profiled_peak(model, sizes).items():
-            est = simulate(model, b).peak
-            e = estimate(model, b)
-            kept = e["gradients"] + e["activations"] + e["transient"]
-            pct = lambda v: 100.0 * (v - measured) / measured  # noqa: E731
-            rows.append({"net": name, "batch": b, "estimate": est, "profiled": measured,
-                         "error_pct": pct(est), "device_terms": kept, "device_terms_pct": pct(kept)})
-    return rows
-
-
-# -- the batch limit on 1..N devices: measured on DevicePool, predicted for real GPUs ----
-def _bisect_runs(runs, start, guess=None):
-    """Largest b >= start - 1 with ``runs(b)``, for ``runs`` true up to a limit then false.
-
-    A ``guess`` (the prediction) is tried first: if it runs and ``guess + 1`` does not,
-    that bracket is the answer in two runs; otherwise double from ``start`` and bisect.
-    """
-    if guess and guess >= start and runs(guess) and not runs(guess + 1):
-        return guess
-    lo, b = start - 1, start
-    while runs(b):  # double until a batch is refused
-        lo, b = b, 2 * b
-    hi = b
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if runs(mid) else (lo, mid)
-    return lo
-
-
-def measured_limits(model_spec, capacity_bytes, n_devices_list=(1, 2, 3, 4), seed=0,
-                    progress=True):
-    """For each N: the largest global batch that really runs on a
-    :class:`~mgpu_lab.devices.DevicePool` of N devices with ``capacity_bytes`` each,
-    found by bisection (a refused batch raises ``DeviceOutOfMemory`` before any work).
-
-    Each row also says where the memory goes: parameters + gradients (+ optimizer state)
-    are held by *every* device, so N devices fit N x the activations of one device but
-    less than one device with N x the memory would (``one_big_device``, predicted).
-    ``x_one_device``: the global batch over the first row's per-device batch.
-    """
-    from tqdm.auto import tqdm
-
-    from .devices import DevicePool
-    from .errors import DeviceOutOfMemory
-    from .models import build
-    model = build(model_spec)
-    spec, values = model.spec, model.get_values()
-    rng, rows = np.random.RandomState(seed), []
-    for n in tqdm(list(n_devices_list), desc="devices", disable=not progress):
-        with DevicePool(spec, n, memory_bytes=capacity_bytes) as pool:
-            def runs(b):
-                x = rng.standard_normal((b,) + model.input_shape).astype("float32")
-                y = rng.randint(0, model.n_classes, size=b).astype("int32")
-                try:
-                    pool.gradients(values, x, y)
-                    return True
-                except DeviceOutOfMemory:
-                    return False
-            limit = _bisect_runs(runs, start=n, guess=max_batch_size(model, capacity_bytes, n))
-        rows.append(_limit_row(model, capacity_bytes, n, limit))
-    base = rows[0]["global_batch"] / rows[0]["n_devices"] if rows and rows[0]["global_batch"] else None
-    for r in rows:
-        r["x_one_device"] = r["global_batch"] / base if base else float("nan")
-    return rows
-
-
-def _limit_row(model, capacity, n, limit):
-    """One row of a limits table: what a batch ``limit`` on ``n`` devices costs where."""
-    per = -(-limit // n) if limit else 0  # the largest split
-    e = estimate(model, max(per, 1))
-    replicated = e["parameters"] + e["gradients"] + e["optimizer"]
-    per_sample = estimate(model, 2)["total"] - estimate(model, 1)["total"]
-    return {"n_devices": n, "capacity_bytes": int(capacity), "global_batch": int(limit),
-            "per_device_batch": int(per), "predicted": max_batch_size(model, capacity, n),
-            "replicated_bytes": replicated, "replicated_share": replicated / capacity,
-            # what the split itself costs: activations, inputs, temporaries, workspace
-            "activation_bytes": e["total"] - replicated, "bytes_per_sample": per_sample,
-            "one_big_device": max_batch_size(model, n * capacity)}
-
-
-def preset_nets(image_size=224):
-    """The book's ImageNet-sized nets (built once per call; VGG-16 takes a few seconds)."""
-    from .models import resnet_like, vgg16_like
-    return {"VGG-16-like": vgg16_like(image_size=image_size),
-            "ResNet-50-like": resnet_like(50, image_size=image_size),
-            "ResNet-152-like": resnet_like(152, image_size=image_size)}
-
-
-def predicted_limits(nets=None, gpus=None, n_gpus=(1, 2, 3, 4), optimizer="sgd",
+def predicted_limits(nets, gpus=None, n_gpus=(1, 2, 3, 4), optimizer="sgd",
                      reserved_bytes=0, progress=True):
     """Rows ``{model, gpu, memory_gib, n_gpus, per_gpu_batch, global_batch, <terms>}``:
     the largest batch per GPU kind for 1..N GPUs, predicted from the graph.
 
-    ``nets``: {name: model} (default :func:`preset_nets`); ``gpus``: names from
-    :mod:`mgpu_lab.gpus` (default its ``BOOK_GPUS``); ``reserved_bytes``: memory per GPU
+    ``nets``: {name: model}; ``gpus``: names from :mod:`mgpu_lab.predict.gpus` (default
+    its ``BOOK_GPUS``); ``reserved_bytes``: memory per GPU
     not available to the step (CUDA context, framework); the terms are bytes per GPU at
     the per-GPU batch.
     """
-    from tqdm.auto import tqdm
-
-    from .gpus import BOOK_GPUS, get_gpu
-    nets = preset_nets() if nets is None else nets
     kinds = [get_gpu(g) for g in (BOOK_GPUS if gpus is None else gpus)]
     rows = []
     for (name, model), gpu in tqdm([(item, g) for item in nets.items() for g in kinds],

@@ -1,9 +1,15 @@
 """Matplotlib figures for the book. Every figure has a title, axis labels with units, and
 says whether it is *measured* (on which machine) or *predicted* (by which model)."""
+import textwrap
+
 import matplotlib
 
 matplotlib.use(matplotlib.get_backend() if "inline" in matplotlib.get_backend() else "Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from ..engines.base import Timings  # noqa: E402
+from ..measure.machine import machine_label  # noqa: E402
+from ..predict.memory import TERMS  # noqa: E402
 
 __all__ = ["provenance", "loss_curves"]
 
@@ -27,26 +33,25 @@ def loss_curves(histories, title="Training loss on 1..N devices", source="measur
     return fig
 
 
-# -- throughput: measured (mgpu_lab.bench) and predicted (mgpu_lab.costmodel) ------------
+# -- throughput: measured (mgpu_lab.measure.bench) and predicted (mgpu_lab.predict.costmodel) ------------
 __all__ += ["throughput", "speedup", "predicted_speedup", "step_breakdown"]
 
 _PHASE_COLOURS = {"compute": "tab:blue", "split": "tab:gray", "scatter": "tab:olive",
                   "set_params": "tab:green", "fetch": "tab:orange", "sync": "tab:red",
-                  "stack": "tab:purple", "update": "tab:brown", "comm": "tab:orange"}
+                  "exchange": "tab:pink", "stack": "tab:purple", "update": "tab:brown",
+                  "comm": "tab:orange"}
 
 
 def _bench_source(result):
     """Provenance of a benchmark result: machine, model, how it was timed."""
-    from .machine import machine_label
     s = result["settings"]
     return (f"{machine_label(result['machine'])}; {result['created']}\n{result['model']['spec']}; "
             f"median of {s['repeats']} runs x {s['steps']} steps after {s['warmup']} warm-up "
-            f"(mgpu_lab.bench); shaded: more devices than cores")
+            f"(mgpu_lab.measure.bench); shaded: more devices than cores")
 
 
 def _finish(fig, ax, source):
     """Provenance under the axes, wrapped, with room kept for it below the x label."""
-    import textwrap
     lines = [w for line in source.split("\n") for w in textwrap.wrap(line, 115)]
     fig.tight_layout()  # before the provenance exists, so it does not squeeze the axes
     provenance(ax, "\n".join(lines))
@@ -109,7 +114,7 @@ def speedup(result, title="Measured speed-up on 1..N local devices"):
     ax.legend(frameon=False, fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     c = result.get("machine_constants")
-    note = (f"\npredicted: mgpu_lab.costmodel with measured {c['flops_per_s'] / 1e9:.1f} GFLOP/s "
+    note = (f"\npredicted: mgpu_lab.predict.costmodel with measured {c['flops_per_s'] / 1e9:.1f} GFLOP/s "
             f"per core, {c['copy_bw'] / 1e9:.1f} GB/s copy, compute x ceil(N / cores)") if c else ""
     return _finish(fig, ax, _bench_source(result) + note)
 
@@ -117,7 +122,7 @@ def speedup(result, title="Measured speed-up on 1..N local devices"):
 def predicted_speedup(predictions, title=None):
     """Predicted speed-up vs N, one colour per GPU kind; solid host gather, dashed ring.
 
-    ``predictions``: :class:`mgpu_lab.costmodel.Prediction` objects (``costmodel.scaling``)
+    ``predictions``: :class:`mgpu_lab.predict.costmodel.Prediction` objects (``costmodel.scaling``)
     of one model and batch size. Predicted, not measured: the provenance line says from what.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -137,8 +142,8 @@ def predicted_speedup(predictions, title=None):
            xlabel="GPUs N", ylabel="speed-up over 1 GPU (x)")
     ax.legend(frameon=False, fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    return _finish(fig, ax, "predicted, not measured: mgpu_lab.costmodel (FLOPs counted on the model's "
-               "graph; peak FLOP/s and link bandwidths\nfrom mgpu_lab.gpus with their sources; "
+    return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.costmodel (FLOPs counted on the model's "
+               "graph; peak FLOP/s and link bandwidths\nfrom mgpu_lab.predict.gpus with their sources; "
                f"compute efficiency {_efficiency_text(predictions)}); solid: host gather, dashed: ring")
 
 
@@ -150,16 +155,15 @@ def _efficiency_text(predictions):
 def step_breakdown(result, batch_size=None, title=None):
     """Stacked bars: where one step's time goes, per N, for one batch size (measured).
 
-    ``result`` is a benchmark result (phases as in :mod:`mgpu_lab.bench`); a list of
+    ``result`` is a benchmark result (phases: :class:`~mgpu_lab.engines.base.Timings`); a list of
     predictions instead gives predicted compute and communication bars per N.
     """
     if not isinstance(result, dict):
         return _predicted_breakdown(result, title)
-    from .bench import PHASES
     rows = _by_batch(result)[batch_size or max(_by_batch(result))]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     labels, bottom = [str(r["n_devices"]) for r in rows], [0.0] * len(rows)
-    for phase in PHASES:
+    for phase in Timings.phases():
         ms = [max(0.0, 1e3 * r[f"t_{phase}"]) for r in rows]
         ax.bar(labels, ms, bottom=bottom, color=_PHASE_COLOURS[phase], label=phase)
         bottom = [a + b for a, b in zip(bottom, ms)]
@@ -187,21 +191,20 @@ def _predicted_breakdown(predictions, title=None):
            xlabel="GPUs N and strategy", ylabel="time per step (ms)")
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(frameon=False, fontsize=8)
-    return _finish(fig, ax, "predicted, not measured: mgpu_lab.costmodel (bars add up unless overlap=True)")
+    return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.costmodel (bars add up unless overlap=True)")
 
 
-# -- MPI ranks: host gather vs ring all-reduce (mgpu_lab.mpi.run_bench) --------------------
+# -- MPI ranks: host gather vs ring all-reduce (mgpu_lab.measure.mpi_bench.run) --------------------
 __all__ += ["mpi_comm"]
 
 _MPI_STYLE = {"host": ("C3", "o"), "ring": ("C0", "s")}
 
 
 def _mpi_source(result):
-    from .machine import machine_label
     links = "; ".join(f"N={n}: {1e6 * v['latency_s']:.0f} us, {v['bandwidth_Bps'] / 1e9:.1f} GB/s"
                       for n, v in result["links"].items() if v)
     return (f"{machine_label(result['machine'])}; mpiexec -n N, median of repeats (bars: min-max)\n"
-            f"predicted (dashed): mgpu_lab.costmodel.comm_seconds with the link measured by "
+            f"predicted (dashed): mgpu_lab.predict.costmodel.comm_seconds with the link measured by "
             f"ping-pong ({links})")
 
 
@@ -228,7 +231,7 @@ def _mpi_panel(ax_comm, ax_step, rows, strategy):
 def mpi_comm(result, title="MPI ranks: gather to the host vs ring all-reduce"):
     """Communication time vs gradient size, one panel per N: measured (solid, bars min-max)
     beside the cost model's prediction (dashed). Below, when measured: time per training
-    step and its communication part. ``result``: :func:`mgpu_lab.mpi.run_bench`."""
+    step and its communication part. ``result``: :func:`mgpu_lab.measure.mpi_bench.run`."""
     ranks = sorted({r["n_ranks"] for r in result["rows"]})
     with_steps = any("step_s" in r for r in result["rows"])
     fig, axes = plt.subplots(2 if with_steps else 1, len(ranks), squeeze=False, sharex=True,
@@ -257,16 +260,16 @@ def mpi_comm(result, title="MPI ranks: gather to the host vs ring all-reduce"):
     return fig
 
 
-# -- memory: batch limits and where the bytes go (mgpu_lab.memory) ---------------------------
+# -- memory: batch limits and where the bytes go (mgpu_lab.predict.memory) ---------------------------
 __all__ += ["batch_limits", "memory_breakdown"]
 
-_MEMORY_SOURCE = ("predicted by mgpu_lab.memory from the graph; GPU memory from vendor "
-                  "datasheets (mgpu_lab.gpus)")
+_MEMORY_SOURCE = ("predicted by mgpu_lab.predict.memory from the graph; GPU memory from vendor "
+                  "datasheets (mgpu_lab.predict.gpus)")
 
 
 def batch_limits(rows, title="Largest batch that fits on 1..N GPUs (predicted)", claim=12):
     """Largest global batch vs number of GPUs, one line per GPU kind, one panel per model.
-    ``rows``: :func:`mgpu_lab.memory.predicted_limits`. ``claim``: marks the chapter's
+    ``rows``: :func:`mgpu_lab.predict.memory.predicted_limits`. ``claim``: marks the chapter's
     "about a dozen images" on one GPU (None: no mark)."""
     names = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(names), squeeze=False, figsize=(0.8 + 3.6 * len(names), 3.9))
@@ -299,11 +302,10 @@ def _with_provenance(fig, ax, text):
 
 def memory_breakdown(estimates, xlabel="per-device batch (samples)", capacity=None,
                      title="Where one device's memory goes (predicted)",
-                     source="predicted by mgpu_lab.memory from the graph"):
+                     source="predicted by mgpu_lab.predict.memory from the graph"):
     """Stacked bars of the named byte counts. ``estimates``: {x label (a batch size or an
-    image size): :func:`mgpu_lab.memory.estimate` dict}; ``capacity``: (bytes, label) to
+    image size): :func:`mgpu_lab.predict.memory.estimate` dict}; ``capacity``: (bytes, label) to
     draw as a line, e.g. a GPU's memory."""
-    from .memory import TERMS
     labels = [str(k) for k in estimates]
     fig, ax = plt.subplots(figsize=(6.4, 3.9))
     bottom = [0.0] * len(labels)

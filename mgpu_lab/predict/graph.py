@@ -9,7 +9,7 @@ evaluator computes it from constants and the shapes found so far. A 152-layer Re
 224 px takes about a second (``T.grad`` included), where compiling it takes minutes.
 
 Each node is tagged *forward* (an ancestor of the loss) or *backward* (only in the
-gradient), which is what :mod:`mgpu_lab.memory` and :func:`count_flops` need.
+gradient), which is what :mod:`mgpu_lab.predict.memory` and :func:`count_flops` need.
 """
 import sys
 import weakref
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._theano import T, theano
+from .._theano import T, theano
 from theano.graph.basic import Constant, NoParams, ancestors, graph_inputs  # noqa: E402
 from theano.compile.sharedvalue import SharedVariable  # noqa: E402
 
@@ -25,7 +25,7 @@ __all__ = ["NodeInfo", "GraphInfo", "training_graph", "vm_order", "analyse", "co
            "NO_FLOP_OPS", "FLOPS_PER_ELEMENT"]
 
 # Ops that only move or reinterpret data: no arithmetic. (Which of them are also free in
-# memory, being views in the compiled graph, is mgpu_lab.memory's VIEW_OPS.)
+# memory, being views in the compiled graph, is mgpu_lab.predict.memory's VIEW_OPS.)
 NO_FLOP_OPS = {"DimShuffle", "Reshape", "Subtensor", "Shape", "Shape_i", "MakeVector",
             "Alloc", "SpecifyShape", "Rebroadcast", "ViewOp", "OutputGuard", "Flatten"}
 

@@ -10,8 +10,8 @@ A step is computed, not simulated:
     step     = compute + comm        (or max(compute, comm) when they overlap)
     images/s = batch / step;  speed-up = images/s(N) / images/s(1);  efficiency = speed-up / N
 
-FLOPs come from the model's own gradient graph (:func:`mgpu_lab.graph.count_flops`);
-peak FLOP/s and link bandwidths from the GPU catalogue (:mod:`mgpu_lab.gpus`, each with
+FLOPs come from the model's own gradient graph (:func:`mgpu_lab.predict.graph.count_flops`);
+peak FLOP/s and link bandwidths from the GPU catalogue (:mod:`mgpu_lab.predict.gpus`, each with
 its source). Everything this module returns is a *prediction*, never a measurement.
 
 The same formulas predict this machine's local devices (CPU processes) when given the
@@ -23,14 +23,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._theano import floatX
-from .models import build
+from .._theano import floatX
+from ..gradients import STRATEGIES
+from ..models import build
+from . import graph
+from .gpus import get_gpu
 
-__all__ = ["Prediction", "STRATEGIES", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
+__all__ = ["Prediction", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
            "gradient_bytes", "largest_split", "compute_seconds", "host_gather_seconds",
            "ring_allreduce_seconds", "comm_seconds", "step_seconds", "predict", "scaling"]
-
-STRATEGIES = ("host", "ring")
 
 # Assumption, not a measurement: the fraction of peak fp32 FLOP/s a CNN's training step
 # sustains on a GPU. Peak assumes every unit does a fused multiply-add every cycle; real
@@ -125,10 +126,7 @@ def _check(n_gpus, batch_size, strategy, cores):
 
 
 def _gpu(gpu):
-    if isinstance(gpu, str):
-        from .gpus import get_gpu  # the catalogue, only when asked for by name
-        return get_gpu(gpu)
-    return gpu
+    return get_gpu(gpu) if isinstance(gpu, str) else gpu
 
 
 def _peer_bw(gpu):
@@ -138,9 +136,8 @@ def _peer_bw(gpu):
 
 def _one(model, gpu, n, batch, strategy, overlap, efficiency, latency, cores):
     """(split, flops, compute_s, comm_s, step_s) of one configuration."""
-    from .graph import count_flops
     split = largest_split(batch, n)
-    flops = count_flops(model, split)["total"]
+    flops = graph.count_flops(model, split)["total"]
     waves = 1 if cores is None else math.ceil(n / cores)  # devices pinned round-robin
     compute = compute_seconds(flops, gpu.fp32_flops, efficiency, waves)
     comm = comm_seconds(strategy, gradient_bytes(model), n, gpu.host_bw, _peer_bw(gpu), latency)

@@ -4,8 +4,8 @@ import psutil
 import pytest
 from conftest import GRAD_ATOL, GRAD_RTOL
 
-from mgpu_lab.devices import DevicePool
-from mgpu_lab.engine import SerialEngine
+from mgpu_lab.engines.local import DevicePool
+from mgpu_lab.engines.serial import SerialEngine
 
 
 def gone(pid):

@@ -4,131 +4,61 @@ For every device count N and global batch size B the benchmark runs full trainin
 (split, N devices compute, fetch, stack, SGD update, parameter broadcast) through
 :class:`~mgpu_lab.trainer.DataParallelTrainer`: ``warmup`` steps are thrown away, then
 ``repeats`` timed runs of ``steps`` steps each give the median and spread of images/s.
-Each step's time is broken into phases (seconds, medians over the timed steps):
-
-    split       check and cut the batch                      (host)
-    scatter     parameters and batch into shared memory      (host: the broadcast's send)
-    set_params  device copies the parameters in              (device: the broadcast's receive)
-    compute     the device's compiled gradient function      (slowest device)
-    fetch       device writes its gradients for the host     (the transfer to the host)
-    sync        messages and waiting: the rest of the device phase
-    stack       weighted sum of the N gradients               (host)
-    update      optimizer step and parameter bookkeeping      (host)
+Each step's time is broken into the phases of :class:`~mgpu_lab.engines.base.Timings`
+(split, scatter, set_params, compute, fetch, sync, exchange, stack, update; seconds,
+medians over the timed steps), as the engine timed them.
 
 The baseline is a *bare call*: the compiled Theano function on the same batch, with no
 pool around it, in a fresh process pinned to one core with one BLAS thread (as every device
 is). It lives through the whole benchmark and its runs alternate with the pool's, so the
 N=1 overhead compares runs made back to back. Counted FLOPs / its time is this core's
 FLOP/s; the same process also measures the copy bandwidth into shared memory and a message
-round trip. With those three machine numbers :mod:`mgpu_lab.costmodel` predicts the local
+round trip. With those three machine numbers :mod:`mgpu_lab.predict.costmodel` predicts the local
 scaling, and the benchmark reports how far the prediction is from the measurement.
 
 The machine is shared: every row also records how many cores *other* processes used
 while it was measured (``foreign_load_cores``); the printed targets warn when it is high.
 """
-import base64
-import json
-import math
+import contextlib
 import os
-import pickle
-import subprocess
-import sys
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .data import synthetic_images
-from .devices import PIN_ENV, cores
-from .machine import save_result
-from .models import ModelSpec, build
-from .validate import check_n_devices
+from ..data import random_batch
+from ..engines.base import Timings
+from ..engines.pinning import PIN_ENV
+from ..models import build
+from ..optim import SGD
+from ..predict.costmodel import predict
+from ..predict.gpus import GPU
+from ..predict.graph import count_flops
+from ..presets import bench_model
+from ..trainer import DataParallelTrainer
+from ..validate import check_n_devices
+from .baseline import BareCall
+from .cpuload import CpuMeter
+from .machine import machine_info, save_result
 
-__all__ = ["BENCH_MODELS", "PHASES", "bench_model", "synthetic_batch", "BareCall",
-           "measure_devices", "machine_constants", "local_device", "predict_local",
-           "run_benchmark", "save_results", "format_table", "format_targets"]
+__all__ = ["PHASES", "measure_devices", "machine_constants", "local_device", "predict_local",
+           "run", "save", "format_table", "format_targets"]
 
-# The benchmark's models. The CNN (32 px RGB, 4 conv layers of width 16, 101,482 params,
-# ~30.5 MFLOP per image and step) keeps a CPU core busy ~1 ms per image while its gradient
-# is only 0.4 MB: compute-bound, like a real conv net on a GPU. The MLP is the opposite
-# (0.8 M params, cheap per image): it shows what communication costs.
-BENCH_MODELS = {
-    "cnn": ModelSpec.of("cnn", image_size=32, channels=3, n_classes=10, width=16, depth=4,
-                        residual=False, head="flatten", fc=(), seed=0),
-    "mlp": ModelSpec.of("mlp", n_in=3 * 32 * 32, hidden=(256,), n_classes=10, seed=0),
-}
-PHASES = ("split", "scatter", "set_params", "compute", "fetch", "sync", "stack", "update")
+PHASES = Timings.phases()  # the step's phases, as the engines time them
 LEARNING_RATE = 0.01  # small: the benchmark trains for real but only needs finite steps
-_MARK = "@bench "  # prefix of the baseline subprocess's result lines on stdout
 # Runs during which other processes used more than this many cores are set aside when
 # there are enough quiet ones: the benchmark measures the pool, not its neighbours.
 QUIET_LOAD = 0.1
 
 
-def bench_model(name):
-    """The benchmark's model called ``name`` ('cnn' or 'mlp')."""
-    if name not in BENCH_MODELS:
-        raise ValueError(f"unknown benchmark model {name!r}; choose one of {', '.join(BENCH_MODELS)}")
-    return build(BENCH_MODELS[name])
-
-
-def synthetic_batch(model, n, seed=0):
-    """``n`` learnable samples shaped for ``model``: images for a CNN, flat for an MLP."""
-    shape = model.input_shape
-    if len(shape) == 3:  # (channels, size, size)
-        return synthetic_images(n, image_size=shape[1], channels=shape[0],
-                                n_classes=model.n_classes, seed=seed)
-    size = int(math.isqrt(int(np.prod(shape)) // 3))
-    if 3 * size * size == int(np.prod(shape)):  # flat RGB images, as the MLP reads them
-        x, y = synthetic_images(n, image_size=size, channels=3, n_classes=model.n_classes, seed=seed)
-        return x.reshape((n,) + shape), y
-    rng = np.random.RandomState(seed)
-    return (rng.standard_normal((n,) + shape).astype(np.float32),
-            rng.randint(0, model.n_classes, n).astype(np.int32))
-
-
 # -- measured: the pool ------------------------------------------------------------------
 def _phases(record):
-    """Phase -> seconds of one trainer history record (see the module docstring)."""
-    device = record["t_set_params"] + record["t_compute"] + record["t_fetch"]
-    engine = record["t_split"] + record["t_scatter"] + record["t_wait"] + record["t_stack"]
-    return {"split": record["t_split"], "scatter": record["t_scatter"],
-            "set_params": record["t_set_params"], "compute": record["t_compute"],
-            "fetch": record["t_fetch"], "sync": record["t_wait"] - device,
-            "stack": record["t_stack"], "update": record["seconds"] - engine,
-            "engine": engine, "step": record["seconds"]}
-
-
-class _CpuMeter:
-    """CPU time used by *other* processes while we measure, in cores (0 = a quiet machine).
-
-    System-wide busy time (psutil) minus the CPU time of this process and of ``pids``,
-    over the wall time. A row with foreign load above ~0.1 core is not trustworthy.
-    """
-
-    def __init__(self, pids):
-        import psutil
-        self.procs = [psutil.Process()] + [psutil.Process(p) for p in pids]
-        self.psutil, self.busy, self.own, self.wall = psutil, 0.0, 0.0, 0.0
-
-    def _now(self):
-        t = self.psutil.cpu_times()
-        busy = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-        own = sum(sum(p.cpu_times()[:2]) for p in self.procs)
-        return busy, own, time.perf_counter()
-
-    def __enter__(self):
-        self._start = self._now()
-        return self
-
-    def __exit__(self, *exc):
-        end = self._now()
-        self.busy += end[0] - self._start[0]
-        self.own += end[1] - self._start[1]
-        self.wall += end[2] - self._start[2]
-
-    @property
-    def foreign_cores(self):
-        return max(0.0, self.busy - self.own) / self.wall if self.wall else 0.0
+    """Phase -> seconds of one trainer history record: the engine's :class:`Timings`, plus
+    ``engine`` (everything the engine did but the update) and ``step`` (the trainer's
+    whole step, its own bookkeeping included)."""
+    t = record["timings"]
+    return {**{k: getattr(t, k) for k in PHASES}, "engine": t.total - t.update,
+            "step": record["seconds"]}
 
 
 def _timed_run(tr, xb, yb, steps, bar):
@@ -142,8 +72,6 @@ def _timed_run(tr, xb, yb, steps, bar):
 
 def _start_trainers(stack, spec, devices, bar):
     """One trainer (and pool) per N, workers started: spawn and compile are never timed."""
-    from .optim import SGD
-    from .trainer import DataParallelTrainer
     trainers = {}
     for n in devices:
         bar.set_description(f"bench: starting {n} device(s)")
@@ -184,120 +112,6 @@ def _row(n, b, runs, engine):
     return row
 
 
-# -- measured: the bare call, pinned like a device -------------------------------------------
-def _emit(obj):
-    print(_MARK + json.dumps(obj), flush=True)
-
-
-def _copy_bandwidth(n_bytes, repeats=50):
-    """Bytes/s of copying ``n_bytes`` of float32 into a shared-memory block."""
-    from multiprocessing import shared_memory
-    n = max(1, n_bytes // 4)
-    shm = shared_memory.SharedMemory(create=True, size=4 * n)
-    try:
-        dst, src = np.ndarray((n,), np.float32, buffer=shm.buf), np.ones(n, np.float32)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            np.copyto(dst, src)
-            times.append(time.perf_counter() - t0)
-        del dst
-    finally:
-        shm.close()
-        shm.unlink()
-    return 4 * n / float(np.median(times))
-
-
-def _baseline_child():
-    """The bare-call process: pins itself, compiles, then answers one command per line."""
-    job = pickle.loads(base64.b64decode(sys.stdin.readline()))
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {job["core"]})
-    model = build(job["spec"])
-    fn = model.loss_and_gradients_function()
-    x, y = synthetic_batch(model, job["max_batch"])
-    _emit({"ready": True})
-    for line in sys.stdin:  # until the parent closes our stdin
-        cmd = json.loads(line)
-        if cmd["cmd"] == "bare":
-            xb, yb = x[:cmd["batch_size"]], y[:cmd["batch_size"]]
-            times = []
-            for _ in range(cmd["steps"]):
-                t0 = time.perf_counter()
-                fn(xb, yb)  # the result is dropped here, inside the timing, as a device does
-                times.append(time.perf_counter() - t0)
-            _emit({"seconds": times})
-        elif cmd["cmd"] == "copy":
-            _emit({"copy_bw": _copy_bandwidth(cmd["bytes"])})
-        else:
-            _emit({})  # ping
-
-
-class BareCall:
-    """A fresh process pinned to one core with one BLAS thread (as every device is) that
-    runs the compiled gradient function bare, with no pool around it, on request.
-
-    It lives through the whole benchmark, so bare calls and pool steps alternate: a change
-    of load on the machine affects both sides of the N=1 overhead alike.
-    """
-
-    def __init__(self, spec, max_batch, core=None):
-        env = {**os.environ, **PIN_ENV}  # before the child's numpy loads: 1 BLAS thread
-        code = "from mgpu_lab.bench import _baseline_child; _baseline_child()"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
-        job = {"spec": spec, "core": cores()[0] if core is None else core, "max_batch": max_batch}
-        self._send(base64.b64encode(pickle.dumps(job)).decode())
-        self._reply()  # ready: compiled
-
-    def _send(self, line):
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def _reply(self):
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the bare-call process exited (code {self.proc.wait()}); "
-                                   f"its error is printed above")
-            if line.startswith(_MARK):  # anything else is Theano talking
-                return json.loads(line[len(_MARK):])
-
-    def seconds(self, batch_size, steps):
-        """Seconds of each of ``steps`` bare calls on ``batch_size`` samples, in a row."""
-        self._send(json.dumps({"cmd": "bare", "batch_size": int(batch_size), "steps": int(steps)}))
-        return self._reply()["seconds"]
-
-    def copy_bandwidth(self, n_bytes):
-        self._send(json.dumps({"cmd": "copy", "bytes": int(n_bytes)}))
-        return self._reply()["copy_bw"]
-
-    def round_trip(self, n=200):
-        """Median seconds of one message to this process and its answer back."""
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            self._send('{"cmd": "ping"}')
-            self._reply()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 # -- one measurement: every (N, batch) and the bare call, interleaved ------------------------
 def _warm_up(trainers, bare, batch_sizes, x, y, warmup, bar):
     bar.set_description("bench: warm-up")
@@ -319,7 +133,6 @@ def measure_devices(spec, devices, batch_sizes, x, y, warmup=2, repeats=5, steps
     load from elsewhere hits all configurations alike instead of one N, each bare call sits
     next to its N=1 run, and neither always goes first.
     """
-    import contextlib
     bar = _progress(0, False) if bar is None else bar
     with contextlib.ExitStack() as stack:
         bare = stack.enter_context(BareCall(spec, max(batch_sizes))) if baseline else None
@@ -335,7 +148,7 @@ def measure_devices(spec, devices, batch_sizes, x, y, warmup=2, repeats=5, steps
                     if what == "bare":
                         bare_runs[b].append(_bare_run(bare, b, steps, bar))
                         continue
-                    with _CpuMeter(trainers[what].engine.pids()) as meter:
+                    with CpuMeter(trainers[what].engine.pids()) as meter:
                         rate, records = _timed_run(trainers[what], x[:b], y[:b], steps, bar)
                     runs[what, b].append({"rate": rate, "records": records,
                                           "foreign": meter.foreign_cores})
@@ -349,7 +162,7 @@ def measure_devices(spec, devices, batch_sizes, x, y, warmup=2, repeats=5, steps
 
 
 def _bare_run(bare, b, steps, bar):
-    with _CpuMeter([bare.proc.pid]) as meter:
+    with CpuMeter([bare.proc.pid]) as meter:
         seconds = bare.seconds(b, steps)
     bar.update(steps)
     return {"bare_s": float(np.median(seconds)), "bare_foreign": meter.foreign_cores}
@@ -373,19 +186,16 @@ def _baseline_summary(bare, bare_runs, model):
 def local_device(flops_per_s, copy_bw, machine=None):
     """One local device (a pinned CPU core) described as the catalogue describes a GPU,
     with this machine's measured FLOP/s and shared-memory copy bandwidth."""
-    from .gpus import GPU
-    from .machine import machine_info
     machine = machine or machine_info()
     link = "shared memory (memcpy between processes)"
     return GPU("local CPU core", int(machine.get("memory_bytes") or 0), float(flops_per_s),
                link, float(copy_bw), link, float(copy_bw),
-               f"measured by mgpu_lab.bench on {machine['cpu']}")
+               f"measured by mgpu_lab.measure.bench on {machine['cpu']}")
 
 
 def machine_constants(model, baseline):
     """This core's FLOP/s (counted FLOPs / bare-call time; median over batch sizes), the
     shared-memory copy bandwidth and the message round trip, all measured."""
-    from .graph import count_flops
     for b in baseline["bare"]:
         b["flops"] = count_flops(model, b["batch_size"])["total"]
         b["flops_per_s"] = b["flops"] / b["bare_s"]
@@ -395,7 +205,6 @@ def machine_constants(model, baseline):
 
 def predict_local(model, rows, constants, n_cores, machine=None):
     """Add the cost model's prediction (host gather, ``n_cores`` shared) to every row."""
-    from .costmodel import predict
     device = local_device(constants["flops_per_s"], constants["copy_bw"], machine)
     one = {r["batch_size"]: r["images_per_s"] for r in rows if r["n_devices"] == 1}
     for r in rows:
@@ -434,12 +243,10 @@ def _targets(rows, base):
 
 
 def _progress(total, progress):
-    from tqdm.auto import tqdm
     return tqdm(total=total, disable=not progress, unit="step", desc="bench")
 
 
 def _describe(model, devices, batch_sizes, warmup, repeats, steps):
-    from .machine import machine_info
     return {"kind": "measured", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "machine": machine_info(), "load_average": {"before": os.getloadavg()},
             "model": {"spec": model.spec.describe(), "name": model.spec.name,
@@ -449,12 +256,12 @@ def _describe(model, devices, batch_sizes, warmup, repeats, steps):
                          "blas_threads_per_device": int(PIN_ENV["OPENBLAS_NUM_THREADS"])}}
 
 
-def run_benchmark(model="cnn", devices=(1, 2, 3, 4), batch_sizes=(64, 128, 256),
+def run(model="cnn", devices=(1, 2, 3, 4), batch_sizes=(64, 128, 256),
                   warmup=2, repeats=5, steps=3, progress=True, baseline=True):
     """Measure every (N, batch size) and the bare call, then add the local prediction.
 
-    ``model``: a name in :data:`BENCH_MODELS`, a Model or a ModelSpec. Returns a JSON-able
-    dict (see :func:`save_results`); nothing in it is predicted except the ``predicted_*``
+    ``model``: a name in :data:`mgpu_lab.presets.BENCH_MODELS`, a Model or a ModelSpec.
+    Returns a JSON-able dict (see :func:`save`); nothing in it is predicted except the ``predicted_*``
     fields of the rows.
     """
     model = bench_model(model) if isinstance(model, str) else build(model)
@@ -464,7 +271,7 @@ def run_benchmark(model="cnn", devices=(1, 2, 3, 4), batch_sizes=(64, 128, 256),
         raise ValueError(f"need warmup >= 0, repeats >= 1, steps >= 1; got {warmup}, {repeats}, {steps}")
     result = _describe(model, devices, batch_sizes, warmup, repeats, steps)
     per_batch = (warmup + repeats * steps) * (len(devices) + bool(baseline))
-    x, y = synthetic_batch(model, max(batch_sizes))
+    x, y = random_batch(model, max(batch_sizes))
     with _progress(per_batch * len(batch_sizes), progress) as bar:
         rows, base = measure_devices(model.spec, devices, batch_sizes, x, y, warmup, repeats,
                                      steps, bar, baseline)
@@ -477,7 +284,7 @@ def run_benchmark(model="cnn", devices=(1, 2, 3, 4), batch_sizes=(64, 128, 256),
 
 
 # -- saving and printing -----------------------------------------------------------------
-def save_results(result, out_dir="results"):
+def save(result, out_dir="results"):
     """Write ``bench-<timestamp>.json`` (everything) and ``.csv`` (one row per N x batch,
     with the machine's CPU, cores and library versions on every row). Returns both paths."""
     m = result["machine"]

@@ -6,6 +6,11 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy
+
+from .._theano import theano
+from ..engines.pinning import cores
+
 __all__ = ["machine_info", "machine_label", "save_result"]
 
 
@@ -22,15 +27,11 @@ def _cpu_model():
 
 def machine_info():
     """CPU model, usable cores, memory and library versions, as a JSON-able dict."""
-    import numpy
-
-    from ._theano import theano
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         mem = None
-    return {"cpu": _cpu_model(), "cores": cores, "memory_bytes": mem,
+    return {"cpu": _cpu_model(), "cores": len(cores()), "memory_bytes": mem,
             "platform": platform.platform(), "python": sys.version.split()[0],
             "numpy": numpy.__version__, "theano": theano.__version__}
 

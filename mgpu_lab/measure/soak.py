@@ -17,12 +17,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import psutil
+from tqdm.auto import tqdm
 
-from .models import build, mlp
-from .optim import Momentum
-from .trainer import DataParallelTrainer, batch_indices
+from ..data import random_batch
+from ..models import build
+from ..optim import Momentum
+from ..presets import SOAK_MODEL
+from ..trainer import DataParallelTrainer, batch_indices
 
 __all__ = ["SoakResult", "run", "process_usage"]
 
@@ -79,34 +81,29 @@ def process_usage(pid):
 
 
 def _history_bytes(history):
-    """Approximate bytes held by ``history``: the list, its dicts, their keys and values."""
+    """Approximate bytes held by ``history``: the list, its dicts, their values, and each
+    record's :class:`~mgpu_lab.engines.base.Timings` with its fields."""
     total = sys.getsizeof(history)
     for h in history:
         total += sys.getsizeof(h) + sum(sys.getsizeof(v) for v in h.values())
+        total += sum(sys.getsizeof(v) for v in vars(h["timings"]).values())
+        total += sys.getsizeof(vars(h["timings"]))
     return total  # keys are interned strings shared by every entry
 
 
-def _data(model, n, seed):
-    """``n`` random samples in the model's input shape: x (n, *input_shape), y (n,)."""
-    rng = np.random.RandomState(seed)
-    x = rng.rand(n, *model.input_shape).astype(np.float32)
-    return x, rng.randint(0, model.n_classes, n).astype(np.int32)
-
-
-def run(steps=1000, n_devices=4, model_spec=None, batch_size=64, sample_every=50, seed=0,
+def run(steps=1000, n_devices=4, model=None, batch_size=64, sample_every=50, seed=0,
         keep_history=True, progress=True):
     """Train ``steps`` steps on ``n_devices`` local devices; sample RSS and fds as it goes.
 
-    ``model_spec`` defaults to the digits MLP (64-64-10). Samples are taken after step 1
+    ``model`` (a Model or ModelSpec) defaults to the digits MLP (64-64-10). Samples are taken after step 1
     (the pool is up and compiled) and after every ``sample_every`` steps. Each step draws a
     new batch from ``4 * batch_size`` random samples, as ``fit`` would. ``keep_history=False`` empties
     ``trainer.history`` after every step. Returns a :class:`SoakResult`.
     """
-    from tqdm.auto import tqdm
     if steps < 1 or sample_every < 1:
         raise ValueError(f"steps and sample_every must be >= 1, got {steps} and {sample_every}")
-    model = build(model_spec) if model_spec is not None else mlp(n_in=64, hidden=(64,), seed=0)
-    x, y = _data(model, 4 * batch_size, seed)  # 4 batches an epoch, reshuffled every epoch
+    model = build(SOAK_MODEL if model is None else model)
+    x, y = random_batch(model, 4 * batch_size, seed)  # 4 batches an epoch, reshuffled every epoch
     result = SoakResult(model.spec.describe(), n_devices, batch_size)
     with DataParallelTrainer(model.spec, n_devices, Momentum(0.01), engine="local") as tr:
         for step in tqdm(range(steps), disable=not progress, desc="soak", unit="step"):
