@@ -65,7 +65,7 @@ def _source_files():
     book = [p for p in (ROOT / "book").rglob("*") if p.is_file()
             and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts]
     return sorted(book + [ROOT / "_config.yml", ROOT / "_toc.yml"]
-                  + list((ROOT / "mgpu_lab").glob("*.py")))
+                  + list((ROOT / "mgpu_lab").rglob("*.py")))
 
 
 def sources_digest():

@@ -7,7 +7,7 @@ outputs of the old code. This extension
 * makes every page depend on the library's source files (Sphinx re-reads a page when one
   of them is newer than the last build), and
 * empties the execution cache when the library's content changed since the last build
-  (a SHA-256 over ``mgpu_lab/*.py`` kept beside the cache), so re-read pages execute again.
+  (a SHA-256 over ``mgpu_lab/**/*.py`` kept beside the cache), so re-read pages execute again.
 """
 import hashlib
 import shutil
@@ -22,8 +22,8 @@ _STAMP = "mgpu_lab.sha256"
 def library_digest(library_dir=LIBRARY_DIR):
     """SHA-256 over the names and contents of the library's Python files."""
     h = hashlib.sha256()
-    for path in sorted(Path(library_dir).glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(Path(library_dir).rglob("*.py")):  # subpackages too
+        h.update(str(path.relative_to(library_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -46,7 +46,7 @@ def _clear_stale_cache(app, config):
 
 
 def _depend_on_library(app, docname, source):
-    for path in sorted(LIBRARY_DIR.glob("*.py")):
+    for path in sorted(LIBRARY_DIR.rglob("*.py")):
         app.env.note_dependency(str(path))
 
 

@@ -2,11 +2,13 @@
 
 Pinning needs ``os.sched_setaffinity`` (Linux). Where it is missing (macOS, Windows)
 devices run unpinned: the results are the same, the timings noisier. :func:`pinning`
-says which it is, so a page can tell its reader.
+says which it is, so a page can tell its reader. ``MGPU_NO_PINNING=1`` in the environment
+makes a Linux machine behave as one without pinning (worker processes inherit it), which
+is how the tests check that path.
 """
 import os
 
-__all__ = ["PIN_ENV", "cores", "can_pin", "pin", "pinning"]
+__all__ = ["PIN_ENV", "cores", "can_pin", "pin", "pinning", "affinity"]
 
 # One BLAS thread per device, or N devices on N cores fight over 2N threads. The MALLOC_
 # pair keeps freed memory inside the process: by default glibc gives each step's large
@@ -18,6 +20,8 @@ PIN_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS
 
 def can_pin():
     """True where a process can be bound to one core (``os.sched_setaffinity`` exists)."""
+    if os.environ.get("MGPU_NO_PINNING"):
+        return False
     return hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
 
 
@@ -40,3 +44,11 @@ def pinning():
         return f"devices are pinned, one per core ({len(cores())} cores available)"
     return ("this system cannot pin a process to a core (no sched_setaffinity): devices run "
             "unpinned, so results are the same but timings are noisier")
+
+
+def affinity(pid=None):
+    """The cores process ``pid`` (default: this one) may run on, or None where the system
+    cannot tell (no ``sched_getaffinity``: macOS, Windows)."""
+    if not can_pin():
+        return None
+    return sorted(os.sched_getaffinity(pid or 0))
