@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from mgpu_lab.predict.gpus import BOOK_GPUS, CATALOGUE, GPU, get_gpu, gpu_names, usable_bytes
+from mgpu_lab.predict.gpus import (BOOK_GPUS, CATALOGUE, DEFAULT_RESERVED, GPU, get_gpu, gpu_names,
+                                   usable_bytes)
 
 GiB, GB = 2 ** 30, 10 ** 9
 
@@ -19,8 +20,9 @@ def test_every_figure_is_sane_and_sourced(name):
     assert g.name == name
     assert 8 * GiB <= g.memory_bytes <= 96 * GiB and g.memory_bytes % GiB == 0
     assert 1e12 < g.fp32_flops < 1e14
-    assert re.fullmatch(r"PCIe [345]\.0 x16", g.host_link)
-    assert 10 * GB <= g.host_bw <= 64 * GB  # per direction: half the datasheet's both-ways figure
+    assert re.match(r"PCIe [345]\.0 x16", g.host_link)
+    # per direction: half the datasheet's both-ways figure, shared by the GPUs of a board
+    assert 10 * GB <= g.host_bw * g.gpus_per_board <= 64 * GB
     assert g.peer_bw >= g.host_bw and g.peer_or_host_bw() == g.peer_bw
     assert g.peer_link.startswith("NVLink") == (g.peer_bw > g.host_bw)
     assert "datasheet" in g.source and re.search(r"\b20[12]\d\b", g.source)
@@ -33,6 +35,39 @@ def test_generations_get_faster_and_links_wider():
     assert [g.host_bw for g in gpus] == sorted(g.host_bw for g in gpus)
     # PCIe per direction: gen 3 ~16 GB/s, each generation doubles it
     assert get_gpu("V100").host_bw == 16 * GB and get_gpu("H100").host_bw == 4 * 16 * GB
+
+
+def test_a_k80_gpu_gets_half_of_its_boards_link():
+    k80 = get_gpu("K80")
+    assert k80.gpus_per_board == 2 and "shared by the board's 2 GPUs" in k80.host_link
+    assert k80.host_bw == get_gpu("P100-PCIe").host_bw / 2 == 8 * GB  # PCIe 3.0 x16: 16 GB/s per direction
+    assert k80.peer_bw == 8 * GB
+    assert k80.base_fp32_flops == pytest.approx(2.8e12)  # 5.6 TFLOPS per board at base clock
+
+
+def test_tensor_core_peaks():
+    assert get_gpu("V100").peak() == get_gpu("V100").fp32_flops
+    assert get_gpu("V100").peak("fp16") == 125e12
+    assert get_gpu("A100").peak("tf32") == 156e12 and get_gpu("A100").peak("bf16") == 312e12
+    assert get_gpu("H100").peak("tf32") == pytest.approx(494.5e12)  # 989 with sparsity / 2
+    assert get_gpu("H100").peak("bf16") == pytest.approx(989.5e12)
+    with pytest.raises(ValueError, match="K80 has no 'tf32' peak"):
+        get_gpu("K80").peak("tf32")
+
+
+def test_calibrations_are_single_gpu_resnet50_figures_with_sources():
+    cals = {(g.name, p): c for g in CATALOGUE.values() for p, c in g.calibration.items()}
+    assert {("K80", "fp32"), ("P100", "fp32"), ("V100", "fp32"), ("A100-80GB", "tf32")} <= set(cals)
+    for (name, precision), c in cals.items():
+        assert ", 1 GPU" in c.source and ("TensorFlow" in c.source or "NVIDIA" in c.source)
+        g = get_gpu(name)
+        # efficiency = images/s * FLOPs per image / peak, by hand
+        assert c.efficiency(g.peak(precision)) == pytest.approx(
+            c.images_per_s * c.flops / c.batch / g.peak(precision))
+        assert 0.1 < c.efficiency(g.peak(precision)) < 0.7
+    assert cals[("P100", "fp32")].images_per_s == 219 and cals[("K80", "fp32")].batch == 64
+    with pytest.raises(ValueError, match="winograd"):
+        cals[("K80", "fp32")].efficiency(1e12, winograd=0.5)
 
 
 def test_lookup_ignores_case_and_returns_gpu_objects_unchanged():
@@ -51,5 +86,6 @@ def test_unknown_name_lists_the_known_ones():
 
 
 def test_usable_bytes():
+    assert DEFAULT_RESERVED == 512 * 2 ** 20
     assert usable_bytes("K80") == 12 * GiB - 512 * 2 ** 20
     assert usable_bytes("K80", reserved=0) == 12 * GiB

@@ -146,7 +146,7 @@ def test_measured_limits_on_two_devices(cnn):
 
 # -- predicted limits, CLI, figures -----------------------------------------------------------
 def test_predicted_limits(mlp):
-    rows = memory.predicted_limits({"mlp": mlp}, ["K80", "v100"], (1, 2, 4),
+    rows = memory.predicted_limits({"mlp": mlp}, ["K80", "v100"], (1, 2, 4), optimizer="sgd",
                                    reserved_bytes=2 ** 30, progress=False)
     assert [(r["gpu"], r["n_gpus"]) for r in rows] == [
         ("K80", 1), ("K80", 2), ("K80", 4), ("V100", 1), ("V100", 2), ("V100", 4)]
@@ -160,14 +160,26 @@ def test_limits_cli(capsys):
             "--gpus", "1-2", "--no-progress"]
     assert main(args + ["--gpu", "k80"]) == 0
     out = capsys.readouterr().out
-    per = memory.max_batch_size(models.mlp(n_in=192, hidden=(16,), n_classes=1000), 12 * 2 ** 30)
+    # defaults: momentum state on every GPU, 512 MiB reserved per GPU; both said in the output
+    per = memory.max_batch_size(models.mlp(n_in=192, hidden=(16,), n_classes=1000),
+                                12 * 2 ** 30 - 512 * 2 ** 20, optimizer="momentum")
     assert "per-GPU batch" in out and "global batch" in out
+    assert "optimizer momentum" in out and "512 MiB reserved per GPU" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("K80")]
     # GPU, memory (2 words), n GPUs, per-GPU batch, global batch, ...
     assert [r[3:6] for r in rows] == [["1", str(per), str(per)], ["2", str(per), str(2 * per)]]
     assert main(args + ["--gpu", "X100"]) == 2
     err = capsys.readouterr().err
     assert "unknown GPU 'X100'" in err and "V100" in err and "H100" in err
+
+
+def test_predicted_limits_default_to_momentum_and_a_reservation(mlp):
+    row = memory.predicted_limits({"mlp": mlp}, ["K80"], (1,), progress=False)[0]
+    assert (row["update_rule"], row["reserved_bytes"]) == ("momentum", 512 * 2 ** 20)
+    assert row["optimizer"] == 4 * mlp.n_params  # momentum: one array of state per weight
+    assert row["per_gpu_batch"] == memory.max_batch_size(mlp, 12 * 2 ** 30 - 512 * 2 ** 20,
+                                                         optimizer="momentum")
+    assert row["total"] <= 12 * 2 ** 30 - 512 * 2 ** 20
 
 
 def test_figures(mlp):

@@ -1,26 +1,70 @@
-"""A catalogue of real GPUs: memory, peak float32 speed, host link and peer link.
+"""A catalogue of real GPUs: memory, peak speeds, host link, peer link, and a calibration.
 
-Every figure is copied from the vendor's datasheet named in ``source`` (figures are the
-datasheet's, not measurements of ours). Conventions, so the numbers can be compared:
+Every hardware figure is copied from the vendor's datasheet named in ``source`` (figures
+are the datasheet's, not measurements of ours). Conventions, so the numbers can be compared:
 
 * ``memory_bytes``: the datasheet's "GB" of GPU memory read as GiB (2**30 bytes), which
   is what ``nvidia-smi`` reports, less nothing: the CUDA context and ECC take a few
   hundred MiB that a real run does not get (see :func:`usable_bytes`).
 * ``fp32_flops``: peak float32 FLOP/s (FMA counted as 2) at boost clock, without Tensor
-  Cores (the book's Theano code runs plain float32).
-* ``host_bw`` / ``peer_bw``: bytes/s **per direction**. Datasheets quote links as the
-  sum of both directions ("PCIe 32 GB/s", "NVLink 300 GB/s"); we halve that.
-  A GPU without NVLink talks to its peers over PCIe: its ``peer_link`` says so and its
-  ``peer_bw`` is the PCIe figure (``peer_bw`` may be ``None`` only for a GPU a user
-  describes without any peer path; :meth:`GPU.peer_or_host_bw` then falls back to PCIe).
+  Cores (the book's Theano code runs plain float32). ``tensor_flops``: the datasheet's
+  dense Tensor Core peaks by precision ("tf32", "bf16", "fp16"); datasheets print the
+  figures "with sparsity" too, which are twice these. :meth:`GPU.peak` picks one.
+* ``host_bw`` / ``peer_bw``: bytes/s **per direction, per GPU, with every GPU busy**.
+  Datasheets quote links as the sum of both directions ("PCIe 32 GB/s", "NVLink 300
+  GB/s"); we halve that. A board with two GPUs behind one PCIe link (the K80) gives each
+  GPU half of it again (``gpus_per_board``). A GPU without NVLink talks to its peers over
+  PCIe: its ``peer_link`` says so and its ``peer_bw`` is the PCIe figure (``peer_bw`` may
+  be ``None`` only for a GPU a user describes without any peer path;
+  :meth:`GPU.peer_or_host_bw` then falls back to PCIe).
+* ``calibration``: {precision: :class:`Calibration`}, one published single-GPU training
+  throughput of ResNet-50 that fixes the GPU's sustained efficiency (the fraction of
+  :meth:`GPU.peak` a training step reaches). Only single-GPU figures are used: the
+  multi-GPU figures of the same sources stay unseen, to test the model
+  (``data/published_throughput.csv``, chapter 10 of the book).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["GPU", "CATALOGUE", "BOOK_GPUS", "get_gpu", "gpu_names", "usable_bytes"]
+__all__ = ["GPU", "Calibration", "CATALOGUE", "BOOK_GPUS", "PRECISIONS", "DEFAULT_RESERVED",
+           "get_gpu", "gpu_names", "usable_bytes"]
 
 GiB = 2 ** 30
 GB = 10 ** 9
 TFLOPS = 10 ** 12
+
+# "fp32": plain float32 units; the others run the convolutions and matrix products on
+# Tensor Cores ("fp16"/"bf16": mixed precision with float32 master weights).
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+# Assumption, not a datasheet figure: memory per GPU a training step never gets (the CUDA
+# context with its kernels, the framework's own allocations and libraries). Its size varies
+# with the GPU, the driver and the framework; users report a few hundred MiB to ~0.8 GB for
+# a bare PyTorch process (e.g. github.com/pytorch/pytorch/issues/34323: 781 MB in nvidia-smi).
+DEFAULT_RESERVED = 512 * 2 ** 20
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One published single-GPU throughput of ResNet-50 (``mgpu_lab.models.resnet_like(50)``
+    stands for it) and the FLOPs our graph counts for that step.
+
+    ``flops``: :func:`mgpu_lab.predict.graph.count_flops` of ResNet-50 at ``batch``;
+    ``winograd_flops``: the part of it in 3x3 stride-1 convolutions (all three directions),
+    which fast convolution algorithms do with fewer multiplications (chapter 10)."""
+
+    images_per_s: float
+    batch: int  # per GPU
+    flops: int  # one training step at ``batch``, counted on our graph
+    winograd_flops: int  # of which in 3x3 stride-1 convolutions
+    source: str
+
+    def efficiency(self, peak_flops, winograd=1.0):
+        """The fraction of ``peak_flops`` the published step sustains: FLOPs per second
+        it did (our count, 3x3 convolutions divided by ``winograd``) over the peak."""
+        if winograd < 1:
+            raise ValueError(f"winograd must be >= 1 (1: direct convolution), got {winograd}")
+        flops = self.flops - self.winograd_flops * (1 - 1 / winograd)
+        return self.images_per_s * flops / (self.batch * peak_flops)
 
 
 @dataclass(frozen=True)
@@ -31,10 +75,14 @@ class GPU:
     memory_bytes: int
     fp32_flops: float  # peak float32 FLOP/s
     host_link: str  # e.g. "PCIe 3.0 x16"
-    host_bw: float  # bytes/s per direction, GPU <-> host
+    host_bw: float  # bytes/s per direction, GPU <-> host, every GPU busy
     peer_link: str  # e.g. "NVLink 2.0 (6 links)" or "none (PCIe)"
     peer_bw: float | None  # bytes/s per direction per GPU, or None without a peer link
     source: str  # vendor datasheet name, year
+    tensor_flops: dict = field(default_factory=dict, hash=False)  # {precision: dense FLOP/s}
+    calibration: dict = field(default_factory=dict, hash=False)  # {precision: Calibration}
+    gpus_per_board: int = 1  # GPUs sharing one host link (K80: 2)
+    base_fp32_flops: float | None = None  # at base clock, where the datasheet gives it
 
     @property
     def memory_gib(self):
@@ -44,31 +92,87 @@ class GPU:
         """Bandwidth between two GPUs: the peer link if there is one, else PCIe."""
         return self.peer_bw if self.peer_bw is not None else self.host_bw
 
+    def peak(self, precision="fp32"):
+        """Peak FLOP/s at ``precision``: float32 units, or the Tensor Cores' dense peak."""
+        if precision == "fp32":
+            return self.fp32_flops
+        if precision not in self.tensor_flops:
+            have = ", ".join(["fp32", *self.tensor_flops])
+            raise ValueError(f"{self.name} has no {precision!r} peak in the catalogue; it has: {have}")
+        return self.tensor_flops[precision]
+
 
 _PCIE3 = ("PCIe 3.0 x16", 32 * GB / 2)  # datasheets: "32 GB/s" both directions together
 _PCIE4 = ("PCIe 4.0 x16", 64 * GB / 2)
 _PCIE5 = ("PCIe 5.0 x16", 128 * GB / 2)
 _PCIE3_PEER = ("PCIe 3.0 x16 peer-to-peer (no NVLink)", 32 * GB / 2)
+# K80: the board's two GPUs sit behind an on-board PCIe switch and share its one x16 link
+# to the host. With both GPUs sending, each gets half of it; rings that cross boards share
+# the same link, so their peer bandwidth is halved too.
+_K80_LINK = ("PCIe 3.0 x16, shared by the board's 2 GPUs", 32 * GB / 2 / 2)
+_K80_PEER = ("PCIe 3.0 via the board's switch / the host (no NVLink)", 32 * GB / 2 / 2)
+
+_TF = "TensorFlow benchmarks (tensorflow.org/performance/benchmarks, tested May 2017)"
+_DLE = ("NVIDIA DeepLearningExamples, PyTorch ResNet50 v1.5 README, 'Training performance' "
+        "(pytorch-21.03 NGC container); batch from its configs.yml")
+
+
+# ResNet-50-like at 224 px, one training step, counted on our graph (tests recount them):
+# all FLOPs at each calibration batch, and the 3x3 stride-1 conv FLOPs per image (these
+# are exactly linear in the batch; the total is not quite, by the softmax and mean terms).
+RN50_FLOPS, RN50_WINOGRAD_FLOPS = 24_403_366_035, 9_017_229_312
+RN50_STEP_FLOPS = {64: 1_561_813_689_456, 112: 2_733_173_935_872, 256: 6_247_254_675_120}
+
+
+def _rn50(images_per_s, batch, source):
+    """A ResNet-50 calibration at ``batch`` images per GPU."""
+    return Calibration(images_per_s, batch, RN50_STEP_FLOPS[batch], RN50_WINOGRAD_FLOPS * batch,
+                       source)
 
 CATALOGUE = {g.name: g for g in [
     # K80: a board with two GK210 GPUs; the datasheet gives the board's totals
-    # (8.74 TFLOPS float32 with GPU Boost, 24 GB GDDR5); one GPU gets half of each.
-    GPU("K80", 12 * GiB, 8.74 * TFLOPS / 2, *_PCIE3, *_PCIE3_PEER,
-        "NVIDIA Tesla K80 GPU Accelerator datasheet, 2014 (per GPU = half the board)"),
+    # (8.74 TFLOPS float32 with GPU Boost, 5.6 at base clock, 24 GB GDDR5); one GPU gets half.
+    GPU("K80", 12 * GiB, 8.74 * TFLOPS / 2, *_K80_LINK, *_K80_PEER,
+        "NVIDIA Tesla K80 GPU Accelerator datasheet, 2014 (per GPU = half the board)",
+        calibration={"fp32": _rn50(51.9, 64,
+                                   _TF + ", Google Compute Engine K80, synthetic data, 1 GPU")},
+        gpus_per_board=2, base_fp32_flops=5.6 * TFLOPS / 2),
     GPU("P100-PCIe", 16 * GiB, 9.3 * TFLOPS, *_PCIE3, *_PCIE3_PEER,
         "NVIDIA Tesla P100 datasheet, 2016 (P100 for PCIe-based servers, 16 GB)"),
     GPU("P100", 16 * GiB, 10.6 * TFLOPS, *_PCIE3, "NVLink 1.0 (4 links)", 160 * GB / 2,
-        "NVIDIA Tesla P100 datasheet, 2016 (P100 for NVLink-optimized servers, SXM2)"),
+        "NVIDIA Tesla P100 datasheet, 2016 (P100 for NVLink-optimized servers, SXM2)",
+        calibration={"fp32": _rn50(219, 64,
+                                   _TF + ", NVIDIA DGX-1 (P100), synthetic data, 1 GPU")}),
     GPU("V100", 16 * GiB, 15.7 * TFLOPS, *_PCIE3, "NVLink 2.0 (6 links)", 300 * GB / 2,
-        "NVIDIA Tesla V100 GPU Accelerator datasheet, 2018 (V100 SXM2, 16 GB)"),
+        "NVIDIA Tesla V100 GPU Accelerator datasheet, 2018 (V100 SXM2, 16 GB)",
+        tensor_flops={"fp16": 125 * TFLOPS},
+        calibration={"fp32": _rn50(367, 112,
+                                   _DLE + ", DGX-1 16GB, FP32, 1 GPU"),
+                     "fp16": _rn50(1200, 256,
+                                   _DLE + ", DGX-1 16GB, mixed precision, 1 GPU")}),
     GPU("V100-32GB", 32 * GiB, 15.7 * TFLOPS, *_PCIE3, "NVLink 2.0 (6 links)", 300 * GB / 2,
-        "NVIDIA Tesla V100 GPU Accelerator datasheet, 2018 (V100 SXM2, 32 GB)"),
+        "NVIDIA Tesla V100 GPU Accelerator datasheet, 2018 (V100 SXM2, 32 GB)",
+        tensor_flops={"fp16": 125 * TFLOPS},
+        calibration={"fp32": _rn50(356, 112,
+                                   _DLE + ", DGX-1 32GB, FP32, 1 GPU"),
+                     "fp16": _rn50(1156, 256,
+                                   _DLE + ", DGX-1 32GB, mixed precision, 1 GPU")}),
     GPU("A100", 40 * GiB, 19.5 * TFLOPS, *_PCIE4, "NVLink 3.0 (12 links)", 600 * GB / 2,
-        "NVIDIA A100 Tensor Core GPU datasheet, 2020 (A100 40GB SXM)"),
+        "NVIDIA A100 Tensor Core GPU datasheet, 2020 (A100 40GB SXM)",
+        tensor_flops={"tf32": 156 * TFLOPS, "bf16": 312 * TFLOPS, "fp16": 312 * TFLOPS}),
     GPU("A100-80GB", 80 * GiB, 19.5 * TFLOPS, *_PCIE4, "NVLink 3.0 (12 links)", 600 * GB / 2,
-        "NVIDIA A100 Tensor Core GPU datasheet, 2021 (A100 80GB SXM)"),
+        "NVIDIA A100 Tensor Core GPU datasheet, 2021 (A100 80GB SXM)",
+        tensor_flops={"tf32": 156 * TFLOPS, "bf16": 312 * TFLOPS, "fp16": 312 * TFLOPS},
+        calibration={"tf32": _rn50(938, 256,
+                                   _DLE + ", DGX A100 80GB, TF32, 1 GPU"),
+                     "fp16": _rn50(2470, 256,
+                                   _DLE + ", DGX A100 80GB, mixed precision, 1 GPU")}),
+    # H100 SXM5: the datasheet prints Tensor Core peaks with sparsity (989 TF32, 1,979
+    # BF16/FP16 TFLOPS); the dense peaks used here are half of them.
     GPU("H100", 80 * GiB, 67 * TFLOPS, *_PCIE5, "NVLink 4.0 (18 links)", 900 * GB / 2,
-        "NVIDIA H100 Tensor Core GPU datasheet, 2022 (H100 SXM5, 80 GB)"),
+        "NVIDIA H100 Tensor Core GPU datasheet, 2022 (H100 SXM5, 80 GB)",
+        tensor_flops={"tf32": 989 / 2 * TFLOPS, "bf16": 1979 / 2 * TFLOPS,
+                      "fp16": 1979 / 2 * TFLOPS}),
 ]}
 
 # The kinds the book's tables and figures show (one per generation).
@@ -91,7 +195,7 @@ def get_gpu(name):
     return by_lower[key]
 
 
-def usable_bytes(gpu, reserved=512 * 2 ** 20):
+def usable_bytes(gpu, reserved=DEFAULT_RESERVED):
     """Memory left for the training step after the CUDA context and the framework's own
-    allocations (``reserved``, 512 MiB by default: an assumption, not a datasheet figure)."""
+    allocations (``reserved``: :data:`DEFAULT_RESERVED`, an assumption, by default)."""
     return get_gpu(gpu).memory_bytes - int(reserved)

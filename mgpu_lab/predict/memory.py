@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._theano import floatX
-from .gpus import BOOK_GPUS, get_gpu
+from .gpus import BOOK_GPUS, DEFAULT_RESERVED, get_gpu
 from .graph import analyse
 
 __all__ = ["OPTIMIZER_SLOTS", "VIEW_OPS", "IN_PLACE_OPS", "TERMS", "Simulation", "simulate",
@@ -221,15 +221,17 @@ def _largest_fitting(total, capacity):
     return lo
 
 
-def predicted_limits(nets, gpus=None, n_gpus=(1, 2, 3, 4), optimizer="sgd",
-                     reserved_bytes=0, progress=True):
-    """Rows ``{model, gpu, memory_gib, n_gpus, per_gpu_batch, global_batch, <terms>}``:
-    the largest batch per GPU kind for 1..N GPUs, predicted from the graph.
+def predicted_limits(nets, gpus=None, n_gpus=(1, 2, 3, 4), optimizer="momentum",
+                     reserved_bytes=DEFAULT_RESERVED, progress=True):
+    """Rows ``{model, gpu, memory_gib, n_gpus, per_gpu_batch, global_batch, update_rule,
+    reserved_bytes, <terms>}``: the largest batch per GPU kind for 1..N GPUs, predicted
+    from the graph.
 
     ``nets``: {name: model}; ``gpus``: names from :mod:`mgpu_lab.predict.gpus` (default
-    its ``BOOK_GPUS``); ``reserved_bytes``: memory per GPU
-    not available to the step (CUDA context, framework); the terms are bytes per GPU at
-    the per-GPU batch.
+    its ``BOOK_GPUS``); ``optimizer``: its state is kept on every GPU (default momentum,
+    the book's); ``reserved_bytes``: memory per GPU not available to the step (CUDA
+    context, framework; default :data:`~mgpu_lab.predict.gpus.DEFAULT_RESERVED`, an
+    assumption). The terms are bytes per GPU at the per-GPU batch.
     """
     kinds = [get_gpu(g) for g in (BOOK_GPUS if gpus is None else gpus)]
     rows = []
@@ -239,5 +241,6 @@ def predicted_limits(nets, gpus=None, n_gpus=(1, 2, 3, 4), optimizer="sgd",
         terms = estimate(model, max(per, 1), optimizer)
         for n in n_gpus:
             rows.append({"model": name, "gpu": gpu.name, "memory_gib": gpu.memory_gib,
-                         "n_gpus": n, "per_gpu_batch": per, "global_batch": n * per, **terms})
+                         "n_gpus": n, "per_gpu_batch": per, "global_batch": n * per,
+                         "update_rule": optimizer, "reserved_bytes": int(reserved_bytes), **terms})
     return rows
