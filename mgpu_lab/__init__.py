@@ -12,12 +12,13 @@ One step, and the module of each move (N devices; one device is N=1 of the same 
 
 The layers, each importing only from the layers below it (tests/test_layers.py checks it):
 
-    1  foundations   _theano, errors, validate, split, gradients, optim, models, presets,
-                     data, checkpoint: no mgpu_lab imports beyond this layer
+    1  foundations   _theano, errors, validate, split, gradients, collectives, optim,
+                     models, presets, data, checkpoint
     2  predict/      what a graph costs: graph, memory, gpus, costmodel
     3  engines/, trainer   the data-parallel step: base (the protocol), pinning, serial,
                      local (DevicePool), mpi; trainer on top
-    4  measure/, figures/  benchmarks and provenance; plots, widgets, explorers
+    4  measure/, figures/, exercises   benchmarks and provenance; plots, widgets, web
+                     explorers, tables; the exercises' self-checks
     5  cli, __main__ the command line
 """
 from .engines.local import DevicePool

@@ -7,7 +7,7 @@ from .engines.mpi import install_abort_hook, world
 from .gradients import STRATEGIES
 from .measure import bench, mpi_bench
 from .optim import make_optimizer
-from .predict.gpus import CATALOGUE, get_gpu
+from .predict.gpus import CATALOGUE, DEFAULT_RESERVED, get_gpu
 from .predict.memory import predicted_limits
 from .presets import BENCH_MODELS, DIGITS_MODELS, IMAGENET_MODELS, digits_model, imagenet_model
 from .trainer import ENGINES, DataParallelTrainer
@@ -64,7 +64,8 @@ def _add_train(sub):
     p.add_argument("--model", choices=DIGITS_MODELS, default="cnn")
     p.add_argument("--engine", choices=list(ENGINES), default="local")
     p.add_argument("--strategy", choices=STRATEGIES, default="host",
-                   help="MPI only: gather to rank 0 (host) or Allreduce (ring)")
+                   help="local and mpi engines: the host gathers, stacks and updates (host), "
+                        "or the devices run a ring all-reduce and each updates (ring)")
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="momentum")
     p.add_argument("--lr", type=_positive_float, default=0.05)
     p.add_argument("--seed", type=_seed, default=0)
@@ -84,7 +85,7 @@ def _run_train(args):
     say = print if rank == 0 else (lambda *a, **k: None)  # under mpiexec only rank 0 speaks
     model = digits_model(args.model, args.seed)
     say(f"model: {model!r}; {args.devices} device(s), engine={args.engine}"
-        f"{f' ({args.strategy})' if args.engine == 'mpi' else ''}, "
+        f"{f' ({args.strategy})' if args.engine != 'serial' else ''}, "
         f"batch {args.batch} = {args.devices} splits of ~{args.batch / args.devices:.1f}")
     with DataParallelTrainer(model, args.devices, make_optimizer(args.optimizer, args.lr),
                              engine=args.engine, strategy=args.strategy) as tr:
@@ -131,10 +132,12 @@ def _add_limits(sub):
                    help="channels of the first stage (default 64), or mlp units (default 4096)")
     p.add_argument("--gpu", default="all", help="a GPU name (e.g. V100) or 'all' (default)")
     p.add_argument("--gpus", type=parse_range, default=[1, 2, 3, 4], help="GPU counts (default 1-4)")
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd",
-                   help="optimizer state kept on each GPU (default sgd: none)")
-    p.add_argument("--reserved-mib", type=float, default=0.0,
-                   help="MiB per GPU not available to the step (CUDA context etc.; default 0)")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="momentum",
+                   help="optimizer state kept on each GPU (default momentum, as the book trains)")
+    p.add_argument("--reserved-mib", type=_number(float, 0, float("inf"), "MiB >= 0"),
+                   default=DEFAULT_RESERVED / 2 ** 20,
+                   help="MiB per GPU not available to the step (CUDA context, framework; "
+                   f"default {DEFAULT_RESERVED // 2 ** 20}, an assumption)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_limits)
 
@@ -148,7 +151,9 @@ def _run_limits(args):
         return 2
     rows = predicted_limits({args.model: model}, gpus, args.gpus, args.optimizer,
                             int(args.reserved_mib * 2 ** 20), progress=not args.no_progress)
-    print(f"{model!r}, {args.optimizer}; bytes per GPU at its largest batch (GiB)")
+    print(f"{model!r}; optimizer {args.optimizer} (its state on every GPU); "
+          f"{args.reserved_mib:g} MiB reserved per GPU (CUDA context, framework: an assumption); "
+          "bytes per GPU at its largest batch (GiB)")
     gib = lambda v: f"{v / 2 ** 30:.2f}"  # noqa: E731
     head = ("GPU", "memory", "n GPUs", "per-GPU batch", "global batch", "params+grads",
             "optimizer", "activations", "other", "total")

@@ -6,7 +6,9 @@
         host params <- result.new_values              (all at once, only if all is finite)
 
 One device is N=1 of the same path; every engine follows the same protocol
-(:class:`mgpu_lab.engines.base.Engine`).
+(:class:`mgpu_lab.engines.base.Engine`). The update is an
+:class:`~mgpu_lab.engines.base.OptimizerUpdate` of the trainer's optimizer: the host runs
+it ('host'), or every device does ('ring') and the host's optimizer takes their new state.
 """
 import time
 
@@ -14,12 +16,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .engines.base import Timings, check_fits
+from .engines.base import OptimizerUpdate, Timings, check_fits
 from .engines.local import DevicePool
 from .engines.mpi import MPIEngine
 from .engines.serial import SerialEngine
 from .errors import CheckpointError, NonFiniteGradient
-from .gradients import all_finite
 from .models import build
 from .optim import SGD
 from .validate import check_n_devices
@@ -82,7 +83,8 @@ class DataParallelTrainer:
     def step(self, x, y):
         """One data-parallel step on the batch ``(x, y)``; returns the batch's mean loss."""
         t0 = time.perf_counter()
-        result = self.engine.step(self.model.get_values(), x, y, self._checked_update)
+        update = OptimizerUpdate(self.optimizer, f"step {self.step_count}")
+        result = self.engine.step(self.model.get_values(), x, y, update)
         self.model.set_values(result.new_values)
         seconds = time.perf_counter() - t0
         self.history.append({"step": self.step_count, "loss": result.loss, "seconds": seconds,
@@ -92,17 +94,7 @@ class DataParallelTrainer:
 
     def _checked_update(self, values, grads, loss):
         """The optimizer's new values, or NonFiniteGradient (parameters left untouched)."""
-        if not np.isfinite(loss) or not all_finite(grads):
-            raise NonFiniteGradient(
-                f"step {self.step_count}: the gradient (or loss {loss}) is NaN or "
-                f"infinite; parameters left untouched (lower the learning rate or check the data)")
-        before = self.optimizer.state, self.optimizer.t  # update() replaces both, never mutates
-        new_values = self.optimizer.update(values, grads)
-        if not all_finite(new_values):
-            self.optimizer.state, self.optimizer.t = before  # the optimizer forgets this step too
-            raise NonFiniteGradient(f"step {self.step_count}: the update produced NaN or "
-                                    f"infinite parameters; parameters left untouched")
-        return new_values
+        return OptimizerUpdate(self.optimizer, f"step {self.step_count}")(values, grads, loss)
 
     def fit(self, x, y, batch_size=64, steps=None, epochs=None, progress=True, data_seed=0):
         """Train for ``steps`` steps (or ``epochs`` epochs) on shuffled batches of (x, y).

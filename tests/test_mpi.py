@@ -142,6 +142,42 @@ def test_a_failing_rank_aborts_the_job_with_its_message(tmp_path):
                      r"aborting all ranks\n", job.stderr)
 
 
+# The MPI ring on 3 ranks, P = 1001 (not divisible by 3): every rank ends with the numpy
+# simulation's result bit for bit (the same adds in the same order), and counts the
+# bytes it sent to rank+1 through the Sendrecv calls.
+RING_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    from mpi4py import MPI
+    from mgpu_lab.collectives import simulate_ring_allreduce
+    from mgpu_lab.engines import mpi
+
+    comm = mpi.world()
+    arrays = [np.random.RandomState(i).randn(1001).astype(np.float32) for i in range(comm.size)]
+    buf = arrays[comm.rank].copy()
+    sent = []
+    real = comm.Sendrecv
+    comm_sendrecv = lambda sendbuf, **kw: (sent.append(sendbuf[0].nbytes), real(sendbuf, **kw))
+    class Counting:  # the same communicator, with Sendrecv counted
+        rank, size, Sendrecv = comm.rank, comm.size, staticmethod(comm_sendrecv)
+    mpi.ring_allreduce(Counting, buf)
+    sim = simulate_ring_allreduce(arrays)
+    same = np.array_equal(buf, sim.result[comm.rank])
+    print(f"rank {comm.rank}: equal={same} bytes={sum(sent)} expected={sim.bytes_sent[comm.rank]}"
+          f" calls={len(sent)}", flush=True)
+""")
+
+
+@pytest.mark.timeout(JOB_TIMEOUT)
+def test_mpi_ring_is_the_simulated_ring(tmp_path):
+    script = tmp_path / "ring.py"
+    script.write_text(RING_SCRIPT)
+    job = run_job(3, [script])
+    assert job.returncode == 0, job.stderr[-3000:]
+    for r in range(3):
+        m = re.search(rf"rank {r}: equal=True bytes=(\d+) expected=(\d+) calls=4", job.stdout)
+        assert m and m.group(1) == m.group(2), job.stdout
+
+
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_comm_benchmark_saves_measurements_and_prediction(tmp_path):
     # steps=0: only the exchanges (no Theano graph to compile); tiny sizes and repeats.

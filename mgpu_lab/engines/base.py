@@ -11,7 +11,13 @@ An engine is N devices. Every engine's step is the same four moves:
 The base class owns the first and the last line. An engine supplies ``_compute`` (how its
 devices compute their splits) and, if the host does not simply stack and update,
 ``_exchange``. The serial engine needs only ``_compute``.
+
+``update`` is any ``update(values, grads, loss) -> new values``, run where the strategy
+says. An engine that runs it on devices in other processes (the local engine's ring)
+must ship it there, so it needs an :class:`OptimizerUpdate`: picklable, the optimizer's
+rule with the trainer's checks, whose state the host keeps (see ``for_devices``).
 """
+import copy
 import numbers
 import time
 from dataclasses import asdict, dataclass, fields
@@ -19,15 +25,15 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .._theano import floatX
-from ..errors import DeviceOutOfMemory, EngineClosed
-from ..gradients import STRATEGIES, stack_gradients, stack_losses
+from ..errors import DeviceOutOfMemory, EngineClosed, NonFiniteGradient
+from ..gradients import STRATEGIES, all_finite, stack_gradients, stack_losses
 from ..models import build
 from ..predict.memory import estimate, max_batch_size
 from ..split import split_bounds
 from ..validate import check_n_devices
 
-__all__ = ["Timings", "StepResult", "Engine", "check_fits", "check_memory_bytes", "flatten",
-           "unflatten"]
+__all__ = ["Timings", "StepResult", "Engine", "OptimizerUpdate", "FixedRate", "check_fits",
+           "check_memory_bytes", "flatten", "unflatten"]
 
 
 @dataclass
@@ -88,6 +94,58 @@ def unflatten(flat, shapes):
         views.append(flat[pos:pos + n].reshape(s))
         pos += n
     return views
+
+
+class FixedRate:
+    """A learning-rate schedule that is one number (picklable, unlike a lambda)."""
+
+    def __init__(self, lr):
+        self.lr = float(lr)
+
+    def __call__(self, step):
+        return self.lr
+
+
+class OptimizerUpdate:
+    """``update(values, grads, loss) -> new values``: ``optimizer``'s rule, refusing a step
+    whose loss, gradient or result is not finite (:class:`NonFiniteGradient`; neither the
+    parameters nor the optimizer's state change). ``label`` names the step in the message.
+    """
+
+    def __init__(self, optimizer, label="this step"):
+        self.optimizer, self.label = optimizer, label
+
+    def __call__(self, values, grads, loss):
+        if not np.isfinite(loss) or not all_finite(grads):
+            raise NonFiniteGradient(
+                f"{self.label}: the gradient (or loss {loss}) is NaN or infinite; parameters "
+                f"left untouched (lower the learning rate or check the data)")
+        opt = self.optimizer
+        before = opt.state, opt.t  # update() replaces both, never mutates
+        new_values = opt.update(values, grads)
+        if not all_finite(new_values):
+            opt.state, opt.t = before  # the optimizer forgets this step too
+            raise NonFiniteGradient(f"{self.label}: the update produced NaN or infinite "
+                                    f"parameters; parameters left untouched")
+        return new_values
+
+    def for_devices(self):
+        """A picklable copy for devices in other processes: this step's learning rate
+        fixed (schedules may be lambdas), no state. The engine hands the state over
+        (``state``, ``t``) and gives the new state back with :meth:`commit`."""
+        opt = copy.copy(self.optimizer)
+        opt.schedule, opt.state = FixedRate(self.optimizer.schedule(self.optimizer.t)), []
+        return OptimizerUpdate(opt, self.label)
+
+    def n_slots(self, dtype=floatX):
+        """How many state arrays per parameter the rule keeps (SGD 0, momentum 1, Adam 2)."""
+        probe = self.for_devices().optimizer
+        probe.update([np.zeros(1, dtype)], [np.zeros(1, dtype)])  # one number: cheap
+        return len(probe.state)
+
+    def commit(self, state):
+        """The devices applied this step: take their new state (fresh arrays, one list per slot)."""
+        self.optimizer.state, self.optimizer.t = state, self.optimizer.t + 1
 
 
 def check_memory_bytes(memory_bytes):

@@ -10,9 +10,12 @@ of two ways (``strategy``):
            (:func:`mgpu_lab.gradients.stack_gradients`), applies the update, and
            broadcasts the new parameters (Bcast). Rank 0 receives N-1 gradients and
            sends the parameters on: its links carry everything.
-    ring   every rank scales its gradient by n_i / N and ``Allreduce`` sums them: every
-           rank ends with the full-batch gradient and applies the same update itself.
-           Each rank sends and receives about 2 (N-1)/N * P bytes, whatever N is.
+    ring   every rank scales its gradient by n_i / B; a ring all-reduce sums them: the
+           2(N-1) steps of :func:`mgpu_lab.collectives.ring_schedule`, each one
+           ``Sendrecv`` of a chunk to rank+1 and from rank-1 (not MPI's ``Allreduce``,
+           which picks an algorithm of its own). Every rank ends with the full-batch
+           gradient and applies the same update itself. Each rank sends and receives
+           2 (N-1)/N * P numbers, whatever N is.
 
 Only float32/float64 numpy buffers travel (capital-letter mpi4py calls, no pickles),
 except the text of an error when a step fails. ``mpiexec`` decides where the ranks run
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .._theano import floatX
+from ..collectives import device_steps, ring_chunks
 from ..errors import DeviceError, NonFiniteGradient
 from ..gradients import stack_gradients
 from ..validate import check_n_devices
@@ -39,7 +43,8 @@ from .base import Engine, flatten, unflatten
 from .pinning import PIN_ENV
 
 __all__ = ["ROOT", "MPIEngine", "mpiexec_path", "mpiexec_command", "world", "mpi",
-           "install_abort_hook", "gather_rows", "allreduce_weighted", "host_exchange"]
+           "install_abort_hook", "gather_rows", "ring_allreduce", "allreduce_weighted",
+           "host_exchange"]
 
 ROOT = 0  # the host rank of the 'host' strategy
 assert floatX == "float32"  # every buffer below travels as MPI.FLOAT
@@ -130,11 +135,31 @@ def gather_rows(comm, flat, rows):
     comm.Gatherv([flat, MPI.FLOAT], recv, root=ROOT)
 
 
+def ring_allreduce(comm, buf, scratch=None):
+    """Sum ``buf`` (float32, flat) over the ranks, in place, by the ring: at each step of
+    :func:`~mgpu_lab.collectives.device_steps` one chunk goes to rank+1 while one comes
+    from rank-1 (``Sendrecv``: both at once, so no rank waits on a blocked send)."""
+    MPI, N, r = mpi(), comm.size, comm.rank
+    chunks = ring_chunks(buf.size, N)
+    scratch = np.empty(max(b - a for a, b in chunks), dtype=floatX) if scratch is None else scratch
+    right, left = (r + 1) % N, (r - 1) % N
+    for op, send, recv in device_steps(r, N):
+        (a, b), (c, d) = chunks[send], chunks[recv]
+        got = scratch[:d - c]
+        comm.Sendrecv([buf[a:b], MPI.FLOAT], dest=right, sendtag=0,
+                      recvbuf=[got, MPI.FLOAT], source=left, recvtag=0)
+        if op == "add":
+            buf[c:d] += got  # reduce-scatter: left's partial sum onto mine
+        else:
+            buf[c:d] = got  # all-gather: left's finished chunk
+    return buf
+
+
 def allreduce_weighted(comm, flat, weight, out):
-    """``out`` = sum over ranks of ``weight_i * flat_i`` (Allreduce of float32, in place)."""
-    MPI = mpi()
-    np.multiply(flat, np.dtype(floatX).type(weight), out=flat)  # (n_i / N) g_i, scaled before sending
-    comm.Allreduce([flat, MPI.FLOAT], [out, MPI.FLOAT], op=MPI.SUM)
+    """``out`` = sum over ranks of ``weight_i * flat_i``, by :func:`ring_allreduce`."""
+    np.multiply(flat, np.dtype(floatX).type(weight), out=flat)  # (n_i / B) g_i, scaled before sending
+    out[:] = flat
+    ring_allreduce(comm, out)
 
 
 def host_exchange(comm, flat, rows, sizes, new_params):
@@ -214,9 +239,10 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         return self._host(values, flat, sizes, loss, update, t)
 
     def _ring(self, values, flat, sizes, loss, update, t):
-        """Allreduce of (n_i / B) g_i: every rank holds the stacked gradient and updates."""
+        """Ring all-reduce of (n_i / B) g_i: every rank holds the stacked gradient, updates."""
         t0 = time.perf_counter()
-        allreduce_weighted(self.comm, flat, sizes[self.rank] / sum(sizes), self._out)
+        weights = (np.asarray(sizes, dtype=np.float64) / sum(sizes)).astype(floatX)
+        allreduce_weighted(self.comm, flat, weights[self.rank], self._out)
         grads = [g.copy() for g in unflatten(self._out, self.shapes)]
         t.exchange += time.perf_counter() - t0
         return grads, self._update(update, values, grads, loss, t)
