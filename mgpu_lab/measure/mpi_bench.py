@@ -47,8 +47,8 @@ def bench_comm(sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, repeats=7, wa
     """Time the communication part of a step alone, for gradients of ``sizes_bytes``.
 
     host: Gatherv to rank 0 + weighted stack there + Bcast of P bytes back;
-    ring: scale by n_i / B, then the ring all-reduce (reduce-scatter + all-gather with Sendrecv). Every repeat starts after a barrier; its time is
-    the slowest rank's. Run on every rank (``mpiexec -n N``); returns the same list of
+    ring: scale by n_i / B, then the ring all-reduce (reduce-scatter + all-gather, one
+    Sendrecv per step). Every repeat starts after a barrier; its time is the slowest rank's. Run on every rank (``mpiexec -n N``); returns the same list of
     rows on every rank: n_ranks, strategy, bytes, median_s, min_s, max_s, repeats, and
     for host the median of each phase on rank 0 (gather_s, stack_s, broadcast_s).
     """
