@@ -20,7 +20,7 @@ from .engines.base import OptimizerUpdate, Timings, check_fits
 from .engines.local import DevicePool
 from .engines.mpi import MPIEngine
 from .engines.serial import SerialEngine
-from .errors import CheckpointError, NonFiniteGradient
+from .errors import CheckpointError
 from .models import build
 from .optim import SGD
 from .validate import check_n_devices
@@ -91,10 +91,6 @@ class DataParallelTrainer:
                              "images_per_s": len(x) / seconds, "timings": result.timings})
         self.step_count += 1
         return result.loss
-
-    def _checked_update(self, values, grads, loss):
-        """The optimizer's new values, or NonFiniteGradient (parameters left untouched)."""
-        return OptimizerUpdate(self.optimizer, f"step {self.step_count}")(values, grads, loss)
 
     def fit(self, x, y, batch_size=64, steps=None, epochs=None, progress=True, data_seed=0):
         """Train for ``steps`` steps (or ``epochs`` epochs) on shuffled batches of (x, y).
