@@ -24,8 +24,9 @@ NOTEBOOKS = sorted(p for p in BOOK.glob("*.md") if "kernelspec:" in p.read_text(
 EXPECTED_FIGURES = {
     "book/intro": 1, "book/01_how_to_use": 0, "book/02_why_more_gpus": 2,
     "book/03_four_steps": 0, "book/04_checking_the_maths": 1, "book/05_training": 2,
-    "book/06_throughput": 3, "book/07_batch_limits": 4, "book/09_communication": 3,
-    "book/11_beyond": 3, "book/teachers_guide": 0,
+    "book/06_throughput": 3, "book/07_batch_limits": 4, "book/08_collectives": 7, "book/09_communication": 3,
+    "book/11_beyond": 4, "book/teachers_guide": 0, "book/references": 0,
+    "book/10_cost_model": 3,
 }
 
 
@@ -36,10 +37,14 @@ class _Page(HTMLParser):
         super().__init__()
         self.images, self.dropdowns, self.hidden_cells = [], [], []
         self.text, self._in_title = [], False
+        self.prose_and_outputs = []  # the text without code listings (source, not output)
+        self._divs = []  # for each open div: is it a code listing?
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         classes = (a.get("class") or "").split()
+        if tag == "div":  # listings: literalinclude and cell inputs, highlighted as Python
+            self._divs.append(any(c in ("highlight-python", "highlight-ipython3") for c in classes))
         if tag == "img":
             self.images.append(a.get("src", ""))
         if tag == "details" and "sd-dropdown" in classes:
@@ -47,19 +52,26 @@ class _Page(HTMLParser):
         if tag == "div" and "tag_solution" in classes:
             self.hidden_cells.append("tag_hide-cell" in classes)
 
+    def handle_endtag(self, tag):
+        if tag == "div" and self._divs:
+            self._divs.pop()
+
     def handle_data(self, data):
         self.text.append(data)
+        if not any(self._divs):
+            self.prose_and_outputs.append(data)
 
 
 def _parse(docname):
     page = _Page()
     page.feed((HTML / f"{docname}.html").read_text())
     page.text = "".join(page.text)
+    page.prose_and_outputs = "".join(page.prose_and_outputs)
     return page
 
 
 def test_toc_lists_every_chapter_and_the_guide():
-    assert len(NUMBERED) == 9, NUMBERED
+    assert len(NUMBERED) == 11, NUMBERED  # chapters 1-11
     assert "book/teachers_guide" in chapters()
     for c in chapters():
         assert (ROOT / f"{c}.md").exists(), f"_toc.yml lists {c}, but {c}.md is missing"
@@ -95,7 +107,8 @@ def test_no_error_in_outputs(built_book, docname):
         assert bad not in html, f"{docname}: an output holds {bad!r}"
     # e.g. "UserWarning:" or "KeyError:" printed by a cell. Chapter 3 prints one error on
     # purpose (the library's message for a batch too small to split), as "ValueError: ...".
-    text = _parse(docname).text
+    # Listings of library code (an ``except OSError:`` in a literalinclude) are not outputs.
+    text = _parse(docname).prose_and_outputs
     for m in re.finditer(r"(\w*)(Error|Warning|Exception):", text):
         assert m.group(0) == "ValueError:" and docname == "book/03_four_steps", (
             f"{docname}: unexpected {m.group(0)!r} in ...{text[m.start() - 80:m.end() + 80]}...")
@@ -167,3 +180,63 @@ def test_library_listings_come_from_the_source(built_book):
         html = (HTML / "book" / f"{chapter}.html").read_text()
         assert re.search(rf'def</span>(<span class="w"> </span>|\s)*<span class="nf">{name}<', html), (
             f"{chapter}: the listing of {obj} is not on the page")
+
+
+# -- the bibliography: {cite}`key` in the chapters, book/references.bib, book/references.md
+BIB = BOOK / "references.bib"
+CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
+
+
+def _bibliography():
+    """The parsed references.bib (pybtex refuses a file with a key defined twice)."""
+    from pybtex.database import parse_file
+    return parse_file(str(BIB))
+
+
+def _citations():
+    """{key: [chapter stems that cite it]} over every page of the book."""
+    cited = {}
+    for path in sorted(BOOK.glob("*.md")):
+        for m in CITE.finditer(path.read_text()):
+            for key in m.group(1).split(","):
+                cited.setdefault(key.strip(), []).append(path.stem)
+    return cited
+
+
+def _plain(text):
+    """A BibTeX field as it reads: braces and runs of white space dropped."""
+    return re.sub(r"\s+", " ", text.replace("{", "").replace("}", "")).strip()
+
+
+def test_every_citation_is_in_the_bibliography():
+    keys = set(_bibliography().entries)
+    cited = _citations()
+    assert len(cited) >= 10, f"only {len(cited)} works cited: {sorted(cited)}"
+    missing = {k: v for k, v in cited.items() if k not in keys}
+    assert not missing, f"cited but not in references.bib: {missing}"
+
+
+def test_every_gpu_datasheet_is_in_the_bibliography():
+    from mgpu_lab.predict.gpus import CATALOGUE
+    entries = [(_plain(e.fields.get("title", "")), e.fields.get("year"))
+               for e in _bibliography().entries.values()]
+    for gpu in CATALOGUE.values():
+        m = re.match(r"(.+?), (\d{4})\b", gpu.source)
+        assert m, f"{gpu.name}: source {gpu.source!r} is not 'datasheet title, year ...'"
+        assert (m.group(1), m.group(2)) in entries, (
+            f"{gpu.name}: no entry titled {m.group(1)!r} ({m.group(2)}) in references.bib")
+
+
+def test_references_page_lists_every_entry(built_book):
+    html = built_book.page("book/references").read_text()
+    text = _parse("book/references").text
+    for key, entry in _bibliography().entries.items():
+        assert f'id="cite-{key}"' in html, f"references page: no entry for {key}"
+        title = _plain(entry.fields["title"]).split(":")[0].lower()  # the style may recase it
+        assert title in text.lower(), f"references page: title of {key} missing"
+    for key, stems in _citations().items():
+        for stem in set(stems) - {"references"}:
+            page = (HTML / "book" / f"{stem}.html").read_text()
+            assert f'references.html#cite-{key}"' in page, (
+                f"{stem}: the citation of {key} does not link to the references page")
+
