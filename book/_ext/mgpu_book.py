@@ -8,12 +8,26 @@ outputs of the old code. This extension
   of them is newer than the last build), and
 * empties the execution cache when the library's content changed since the last build
   (a SHA-256 over ``mgpu_lab/**/*.py`` kept beside the cache), so re-read pages execute again.
+
+It also keeps every page free of network loads and script errors:
+
+* a page that holds a web explorer (``mgpu_lab.figures.explorers``: an element of class
+  ``mgpu-explorer``) gets the vendored Vega and Vega-Lite scripts from ``_static/vendor``;
+  other pages do not load them;
+* each inline script appears once. Sphinx 7.4 adds the assets that extensions register
+  after the builder started (sphinx-thebe's ``const THEBE_JS_URL = ...``, registered in
+  ``env-before-read-docs``; sphinx-togglebutton's selector) a second time when it prepares
+  writing, because it re-adds them as ``_JavaScript('')`` beside the ``_JavaScript(None)``
+  it already holds; a second ``const`` of the same name is a SyntaxError in the browser;
+* the ipywidgets state myst-nb saves from executed widgets is dropped: ``_config.yml`` sets
+  ``nb_ipywidgets_js: {}`` (myst-nb's default would load require.js and the widget manager
+  from CDNs), so nothing on the page could read it, and the widgets need a kernel anyway.
 """
 import hashlib
 import shutil
 from pathlib import Path
 
-__all__ = ["setup", "library_digest", "LIBRARY_DIR"]
+__all__ = ["setup", "library_digest", "LIBRARY_DIR", "VENDOR_JS"]
 
 LIBRARY_DIR = Path(__file__).resolve().parents[2] / "mgpu_lab"
 _STAMP = "mgpu_lab.sha256"
@@ -50,7 +64,41 @@ def _depend_on_library(app, docname, source):
         app.env.note_dependency(str(path))
 
 
+VENDOR_JS = ("vendor/vega.min.js", "vendor/vega-lite.min.js")  # in book/_static
+EXPLORER_MARK = 'class="mgpu-explorer"'
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _explorer_scripts(app, pagename, templatename, context, doctree):
+    """Vega and Vega-Lite, for this page only, if it holds an explorer."""
+    if EXPLORER_MARK in context.get("body", ""):
+        for path in VENDOR_JS:
+            app.add_js_file(path, priority=450)  # before the page's own scripts run
+
+
+def _script_key(js):
+    attrs = getattr(js, "attributes", {})
+    return (str(getattr(js, "filename", js) or ""), tuple(sorted(attrs.items())))
+
+
+def _clean_scripts(app, pagename, templatename, context, doctree):
+    """Each script once (by file and attributes), and no ipywidgets state."""
+    scripts = context.get("script_files")
+    if not isinstance(scripts, list):
+        return
+    seen, kept = set(), []
+    for js in scripts:
+        key = _script_key(js)
+        if key in seen or getattr(js, "attributes", {}).get("type") == WIDGET_STATE:
+            continue
+        seen.add(key)
+        kept.append(js)
+    scripts[:] = kept
+
+
 def setup(app):
     app.connect("config-inited", _clear_stale_cache)
     app.connect("source-read", _depend_on_library)
+    app.connect("html-page-context", _explorer_scripts)
+    app.connect("html-page-context", _clean_scripts, priority=900)  # after myst-nb's (500)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

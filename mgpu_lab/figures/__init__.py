@@ -1,2 +1,5 @@
 """Layer 4: what readers see: ``plots`` (matplotlib figures, each labelled measured or
-predicted). Imports layers 1-3 and ``measure.machine`` for provenance."""
+predicted), ``tables`` (HTML tables), ``widgets`` (ipywidgets, for a running kernel) and
+``explorers`` (the web book's explorers: every setting computed when the book is built,
+drawn in the browser with the vendored Vega-Lite). Imports layers 1-3 and ``measure``
+for provenance."""

@@ -1,0 +1,85 @@
+"""Kernel widgets (ipywidgets) for the chapters opened as notebooks: they call the library
+on every change, so they need a running kernel. The web book shows
+:mod:`mgpu_lab.figures.explorers` instead (computed when the book is built).
+
+    batch_limits_widget()   chapter 7: GPU kind, image size, depth, number of GPUs
+    throughput_widget()     chapter 6: measure the benchmark on 1..N local devices
+"""
+import functools
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+
+from .. import models, presets
+from ..measure import bench
+from ..predict import gpus, memory
+from . import plots
+
+__all__ = ["network", "limits_figure", "limits_view", "batch_limits_widget",
+           "measure_view", "throughput_widget"]
+
+
+@functools.lru_cache(maxsize=32)
+def network(depth, image_size):
+    """A ResNet-like network's graph (built once per depth and size; never compiled)."""
+    return models.resnet_like(depth, image_size=image_size)
+
+
+def limits_figure(gpu="V100", image_size=224, depth=50, n_gpus=4):
+    """(summary, figure): the predicted limit, and one GPU's memory at its largest split."""
+    model, kind = network(depth, image_size), gpus.get_gpu(gpu)
+    per = memory.max_batch_size(model, kind.memory_bytes)
+    summary = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {kind.name} "
+               f"({kind.memory_gib:.0f} GiB): at most {per} images per GPU, "
+               f"a global batch of {n_gpus * per} (predicted)")
+    sizes = sorted({1, max(1, per // 4), max(1, per // 2), max(1, per)})
+    fig = plots.memory_breakdown(
+        {n: memory.estimate(model, n) for n in sizes},
+        xlabel="images per GPU (the split)",
+        capacity=(kind.memory_bytes, f"{kind.name} memory"),
+        title=f"One of {n_gpus} {kind.name}s, ResNet-{depth}-like at {image_size} px "
+              "(predicted)",
+        source=f"predicted by mgpu_lab.predict.memory from the graph;\n"
+               f"GPU memory: {kind.source}")
+    return summary, fig
+
+
+def limits_view(gpu="V100", image_size=224, depth=50, n_gpus=4):
+    """Print the summary and show the figure (what the widget redraws on each change)."""
+    summary, _ = limits_figure(gpu, image_size, depth, n_gpus)
+    print(summary)
+    plt.show()
+
+
+def batch_limits_widget():
+    """Chapter 7's widget: each change builds the network's graph (a few seconds)."""
+    controls = dict(
+        gpu=widgets.Dropdown(options=gpus.gpu_names(), value="V100", description="GPU"),
+        image_size=widgets.Dropdown(options=[32, 64, 96, 128, 160, 224], value=224,
+                                    description="image px"),
+        depth=widgets.Dropdown(options=sorted(models.RESNET_BLOCKS), value=50,
+                               description="depth"),
+        n_gpus=widgets.IntSlider(value=4, min=1, max=8, description="GPUs",
+                                 continuous_update=False))
+    return widgets.interact(limits_view, **controls)
+
+
+def measure_view(model="cnn", batch_size=128, max_devices=2):
+    """Measure speed-up and step breakdown on 1..max_devices simulated devices, and show them."""
+    res = bench.run(model, devices=tuple(range(1, max_devices + 1)),
+                    batch_sizes=(batch_size,), warmup=1, repeats=3, steps=2)
+    print(bench.format_table(res))
+    plots.speedup(res)
+    plots.step_breakdown(res, batch_size=batch_size)
+    plt.show()
+
+
+def throughput_widget():
+    """Chapter 6's widget: press *Run Interact*; each run takes seconds to a minute."""
+    return widgets.interact_manual(
+        measure_view,
+        model=widgets.Dropdown(options=sorted(presets.BENCH_MODELS), value="cnn",
+                               description="network"),
+        batch_size=widgets.Dropdown(options=[32, 64, 128, 256], value=128,
+                                    description="batch"),
+        max_devices=widgets.IntSlider(value=2, min=1, max=8, description="devices"))

@@ -1,0 +1,245 @@
+"""The web explorers of chapters 6 and 7 (``mgpu_lab.figures.explorers``).
+
+Without a browser: the shortcut that fills chapter 7's grid gives what
+``memory.max_batch_size`` and ``memory.estimate`` give; the HTML carries its data and
+controls; the book's extension loads the vendored charting scripts only on explorer
+pages and writes every script once.
+
+In the built book (Chromium, marked ``browser``): for several settings of each explorer
+the test sets the controls as a reader would, reads the numbers the page shows, and
+compares them with what the library computes here for the same setting; it times each
+redraw (from before the change until the numbers and the chart are updated) and takes a
+screenshot of each explorer to ``_build/screenshots/explorer-06.png`` / ``-07.png``.
+"""
+import json
+import re
+import statistics
+import sys
+import pytest
+
+from bookbuild import ROOT, built_book  # noqa: F401  (fixture)
+from browserkit import browser, issues, open_page, page, screenshot  # noqa: F401  (fixtures)
+from mgpu_lab import models, presets
+from mgpu_lab.figures import explorers
+from mgpu_lab.predict import costmodel, gpus, memory
+
+REDRAW_LIMIT_S = 1.0  # the goal is 0.1 s; a redraw over 1 s fails
+REL = 1e-6  # the data keep 7 significant digits
+
+
+# -- without a browser -------------------------------------------------------------------
+def test_the_limits_grid_equals_max_batch_size_and_estimate():
+    model = models.resnet_like(26, image_size=32)
+    kinds = [gpus.get_gpu(g) for g in gpus.gpu_names()]
+    grid = explorers.limits_grid(model, kinds)
+    for g in kinds:
+        for o in memory.OPTIMIZER_SLOTS:
+            n = memory.max_batch_size(model, g.memory_bytes, optimizer=o)
+            assert grid[g.name, o] == (n, memory.estimate(model, n, o)), (g.name, o)
+
+
+def test_a_gpu_too_small_for_one_image_gives_zero():
+    model = models.resnet_like(26, image_size=32)
+    tiny = gpus.GPU("tiny", memory.estimate(model, 1)["total"] - 1, 1e12, "x", 1e9, "x", 1e9,
+                    "a made-up GPU")
+    n, est = explorers.limits_grid(model, [tiny])[("tiny", "sgd")]
+    assert n == 0 == memory.max_batch_size(model, tiny.memory_bytes)
+    assert est == memory.estimate(model, 1)  # the bar shows one image, over the capacity
+
+
+def _data(html):
+    m = re.search(r'<script type="application/json" class="mgpu-data">(.*?)</script>', html, re.S)
+    return json.loads(m.group(1).replace("<\\/", "</"))
+
+
+def test_the_explorer_html_holds_every_setting_and_its_controls():
+    data = explorers.batch_limits_data(sizes=(32,), depths=(26,), kinds=["V100", "K80"],
+                                       cache=False)
+    html = explorers.batch_limits(gpu="V100", image_size=32, depth=26, data=data).data
+    assert 'class="mgpu-explorer"' in html and 'name="gpu"' in html and 'name="n_gpus"' in html
+    back = _data(html)
+    assert back["per_gpu"] == data["per_gpu"]
+    assert len(back["per_gpu"]) == 2 * 1 * 1 * len(memory.OPTIMIZER_SLOTS)
+    assert "predicted by mgpu_lab.predict.memory" in html and "datasheet" in html
+
+
+def test_the_extension_loads_vega_only_on_explorer_pages_and_each_script_once():
+    from sphinx.builders.html._assets import _JavaScript
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import mgpu_book
+    added = []
+
+    class App:
+        def add_js_file(self, path, **kw):
+            added.append(path)
+    mgpu_book._explorer_scripts(App(), "p", "page.html", {"body": "<p>text</p>"}, None)
+    assert added == []
+    mgpu_book._explorer_scripts(App(), "p", "page.html",
+                                {"body": '<div class="mgpu-explorer">'}, None)
+    assert added == list(mgpu_book.VENDOR_JS)
+    body = 'const THEBE_JS_URL = "x"'
+    scripts = [_JavaScript(None, body=body), _JavaScript("a.js"), _JavaScript("", body=body),
+               _JavaScript(None, type=mgpu_book.WIDGET_STATE, body="{}")]
+    ctx = {"script_files": scripts}
+    mgpu_book._clean_scripts(None, "p", "page.html", ctx, None)
+    assert ctx["script_files"] == scripts[:2]
+    for path in mgpu_book.VENDOR_JS:
+        assert (ROOT / "book" / "_static" / path).stat().st_size > 100_000
+
+
+# -- in the built book -------------------------------------------------------------------
+SET_AND_TIME = """async ([root, changes]) => {
+  const svg = () => (root.querySelector('.mgpu-chart svg') || {}).outerHTML || '';
+  const text = () => Array.from(root.querySelectorAll('[data-field]'), e => e.textContent);
+  const before = svg(), shown = text().join('|'), t0 = performance.now();
+  for (const [name, label] of changes) {
+    const el = root.querySelector('[name="' + name + '"]');
+    if (el.tagName === 'SELECT') {
+      const i = Array.from(el.options).findIndex(o => o.text === String(label));
+      if (i < 0) throw new Error('no option ' + label + ' for ' + name);
+      el.selectedIndex = i;
+    } else {
+      el.value = String(label);
+    }
+    el.dispatchEvent(new Event('input', {bubbles: true}));
+    el.dispatchEvent(new Event('change', {bubbles: true}));
+  }
+  await root.mgpuRender;
+  const ms = performance.now() - t0;
+  return {ms, chart: svg() !== before, numbers: text().join('|') !== shown};
+}"""
+
+READ = """root => Object.fromEntries(Array.from(root.querySelectorAll('[data-field]'))
+  .map(el => [el.dataset.field, {text: el.textContent, value: el.dataset.value}]))"""
+
+REDRAWS = {}  # explorer -> seconds of each redraw, printed at the end
+
+
+def _explorer(page, docname, kind):
+    open_page(page, docname)
+    root = page.locator(f'.mgpu-explorer[data-explorer="{kind}"]')
+    assert root.count() == 1, f"{docname}: no {kind} explorer"
+    page.wait_for_function("el => el.dataset.renders >= 1", arg=root.element_handle())
+    assert root.locator(".mgpu-chart svg").count() == 1, "the chart was not drawn"
+    return root
+
+
+def _set(root, kind, changes):
+    """Set the controls; returns the fields shown after the redraw (and times the redraw)."""
+    out = root.page.evaluate(SET_AND_TIME, [root.element_handle(), list(changes.items())])
+    REDRAWS.setdefault(kind, []).append(out["ms"] / 1e3)
+    assert out["chart"] and out["numbers"], f"{kind}: chart or numbers unchanged: {changes}"
+    assert out["ms"] / 1e3 < REDRAW_LIMIT_S, f"{kind}: redraw took {out['ms']:.0f} ms"
+    return root.page.evaluate(READ, root.element_handle())
+
+
+def _time_single_changes(root, kind, changes):
+    """Redraw time of one control changed at a time (``changes``: (name, label) pairs)."""
+    for name, label in changes:
+        out = root.page.evaluate(SET_AND_TIME, [root.element_handle(), [[name, label]]])
+        REDRAWS.setdefault(f"{kind}, one control", []).append(out["ms"] / 1e3)
+        # (N GPUs leaves chapter 7's chart, one GPU's memory, as it is)
+        assert out["numbers"], f"{kind}: the numbers did not change for {name} = {label}"
+        assert out["ms"] / 1e3 < REDRAW_LIMIT_S, f"{kind}: redraw took {out['ms']:.0f} ms"
+
+
+def _shown_close(text, expected, places):
+    """The shown ``text`` is ``expected`` rounded to ``places`` decimals (ties either way)."""
+    shown = float(text.replace(",", "").replace("%", "").strip())
+    return abs(shown - expected) <= 0.5 * 10 ** -places * (1 + 1e-9) + 1e-12
+
+
+def _ms_places(seconds):
+    """Decimals the explorer shows for a time in ms: 4 significant digits below 1000 ms."""
+    ms = 1e3 * seconds
+    return 0 if ms >= 1000 else 4 - (len(str(int(ms))) if ms >= 1 else 0)
+
+
+LIMIT_SETTINGS = [
+    dict(gpu="A100", image_size=128, depth=101, n_gpus=8, optimizer="adam"),
+    dict(gpu="K80", image_size=32, depth=152, n_gpus=1, optimizer="momentum"),
+    dict(gpu="H100", image_size=64, depth=26, n_gpus=3, optimizer="adam"),
+    dict(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="sgd"),
+]
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(900)
+def test_the_batch_limits_explorer_shows_what_the_memory_model_computes(page, issues):
+    root = _explorer(page, "book/07_batch_limits", "batch-limits")
+    for s in LIMIT_SETTINGS:
+        shown = _set(root, "batch-limits", s)
+        model = models.resnet_like(s["depth"], image_size=s["image_size"])
+        mem = gpus.get_gpu(s["gpu"]).memory_bytes
+        per = memory.max_batch_size(model, mem, optimizer=s["optimizer"])
+        assert int(shown["per_gpu"]["value"]) == per, s
+        assert shown["per_gpu"]["text"] == f"{per:,}"
+        total = memory.max_batch_size(model, mem, n_devices=s["n_gpus"], optimizer=s["optimizer"])
+        assert int(shown["global_batch"]["value"]) == total, s
+        est = memory.estimate(model, max(per, 1), s["optimizer"])
+        parts = dict(zip(explorers.MEMORY_PARTS, explorers.memory_parts(est)))
+        for name, nbytes in parts.items():
+            assert int(shown[f"bytes_{name}"]["value"]) == nbytes, (s, name)
+            assert _shown_close(shown[f"bytes_{name}"]["text"], nbytes / 2 ** 30, 2)
+        assert shown["source"]["text"] == gpus.get_gpu(s["gpu"]).source
+    _time_single_changes(root, "batch-limits", [("gpu", g) for g in ("K80", "A100", "H100", "V100")]
+                         + [("n_gpus", 7), ("depth", 152), ("optimizer", "adam"),
+                            ("image_size", 64)])
+    screenshot(root, "explorer-07")
+    issues.assert_none("book/07_batch_limits")
+
+
+THROUGHPUT_SETTINGS = [
+    dict(net="VGG-16-like", gpu="H100", n_gpus=8, strategy="ring all-reduce", overlap="on",
+         batch="1024 in all"),
+    dict(net="ResNet-50-like", gpu="K80", n_gpus=2, strategy="ring all-reduce",
+         overlap="off", batch="32 per GPU"),
+    dict(net="VGG-16-like", gpu="V100", n_gpus=5, strategy="host gather", overlap="off",
+         batch="128 per GPU"),
+    dict(net="ResNet-50-like", gpu="V100", n_gpus=4, strategy="host gather", overlap="off",
+         batch="64 per GPU"),
+]
+
+
+def _predict(s):
+    value, scope = s["batch"].split(" ", 1)
+    batch = int(value) * (s["n_gpus"] if scope == "per GPU" else 1)
+    model = presets.imagenet_model(explorers.THROUGHPUT_NETS[s["net"]])
+    return costmodel.predict(model, s["gpu"], s["n_gpus"], batch,
+                             strategy=s["strategy"].split()[0], overlap=s["overlap"] == "on")
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(900)
+def test_the_throughput_explorer_shows_what_the_cost_model_computes(page, issues):
+    root = _explorer(page, "book/06_throughput", "throughput")
+    for s in THROUGHPUT_SETTINGS:
+        shown = _set(root, "throughput", s)
+        p = _predict(s)
+        for name in ("batch_size", "split"):
+            assert int(shown[name]["value"]) == getattr(p, name), (s, name)
+        # field: (the library's value, as shown, decimals shown)
+        checks = {"images_per_s": (p.images_per_s, p.images_per_s, 0),
+                  "speedup": (p.speedup, p.speedup, 2),
+                  "scaling_efficiency": (p.scaling_efficiency, 100 * p.scaling_efficiency, 1),
+                  **{f: (1e3 * getattr(p, f), 1e3 * getattr(p, f), _ms_places(getattr(p, f)))
+                     for f in ("compute_s", "comm_s", "step_s")}}
+        for name, (expected, as_shown, places) in checks.items():
+            assert float(shown[name]["value"]) == pytest.approx(expected, rel=REL), (s, name)
+            assert _shown_close(shown[name]["text"], as_shown, places), (s, name, shown[name])
+        assert shown["source"]["text"] == gpus.get_gpu(s["gpu"]).source
+    measured = root.locator(".mgpu-measured")
+    assert measured.count() == 1 and "measured on" in measured.inner_text()
+    assert measured.inner_text().startswith("Measured when the book was built")
+    _time_single_changes(root, "throughput", [("gpu", g) for g in ("K80", "A100", "H100", "V100")]
+                         + [("n_gpus", 2), ("strategy", "ring all-reduce"), ("overlap", "on"),
+                            ("net", "VGG-16-like"), ("batch", "256 in all")])
+    screenshot(root, "explorer-06")
+    issues.assert_none("book/06_throughput")
+
+
+def teardown_module():
+    for kind, times in REDRAWS.items():
+        print(f"\n{kind}: {len(times)} redraws, median {1e3 * statistics.median(times):.1f} ms, "
+              f"max {1e3 * max(times):.1f} ms", file=sys.__stdout__)
+
