@@ -1,11 +1,16 @@
-# The README's two commands: `make book` and `make test`. Both set up .venv first.
+# The README's three commands: `make book`, `make test` and `make lab`. All set up .venv first.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
+# make lab LAB_ARGS="--ip=0.0.0.0 --port=8888": extra options for `jupyter lab` (a
+# classroom server: see the teacher's guide first). By default it listens on 127.0.0.1.
+LAB_ARGS ?=
+# After `make wheels`, setup installs from wheels/ only, without the network.
+PIP_FROM := $(if $(wildcard wheels/*.whl),--no-index --find-links wheels,)
 
-.PHONY: setup book test clean
+.PHONY: setup book test student timings lab wheels clean
 
 setup: $(STAMP)
 
@@ -13,10 +18,11 @@ setup: $(STAMP)
 # rules out Python >= 3.12 (no numpy 1.23 wheels): fail early with a clear message.
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v in ((3, 10), (3, 11)) else "mgpu_lab needs Python 3.10 or 3.11 (theano-pymc 1.1.2 runs only with numpy 1.23), but $(PYTHON) is %d.%d: run make PYTHON=python3.11 ..." % v)'
+	@command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 || { echo "mgpu_lab needs a C++ compiler for Theano (g++; clang++ on macOS) and found none: sudo apt-get install g++ (Debian/Ubuntu), sudo dnf install gcc-c++ (Fedora), xcode-select --install (macOS)" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet $(PIP_FROM) --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_FROM) -r requirements.txt
+	$(PY) -m pip install --quiet $(PIP_FROM) --no-deps -e .
 	@touch $(STAMP)
 
 book: setup
@@ -25,6 +31,28 @@ book: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The student edition: the web book and one notebook per chapter, without any solution.
+student: setup
+	$(PY) book/_ext/student_edition.py _build/student
+	@echo "Student edition: file://$(CURDIR)/_build/student/html/index.html and _build/student/notebooks/"
+
+# Seconds each chapter takes as a notebook, cold and warm Theano cache (teacher's guide).
+timings: setup
+	$(PY) book/_ext/lab_timings.py data/lab_timings.json
+
+# JupyterLab at the repository root: chapters open as notebooks (jupyter/start-lab.sh).
+lab: setup
+	jupyter/start-lab.sh $(LAB_ARGS)
+
+# Every wheel requirements.txt needs on this platform (OS, CPU, Python version), plus pip
+# and setuptools, in wheels/ (git-ignored): copy it to laptops for an offline make setup.
+wheels: setup
+	rm -rf wheels.tmp
+	$(PY) -m pip wheel --quiet -r requirements.txt -w wheels.tmp
+	$(PY) -m pip download --quiet --no-deps -d wheels.tmp pip "setuptools>=61"
+	rm -rf wheels && mv wheels.tmp wheels
+	@du -sh wheels
 
 clean:
 	rm -rf _build results .pytest_cache .hypothesis
