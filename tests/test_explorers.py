@@ -34,7 +34,7 @@ def test_the_limits_grid_equals_max_batch_size_and_estimate():
     grid = explorers.limits_grid(model, kinds)
     for g in kinds:
         for o in memory.OPTIMIZER_SLOTS:
-            n = memory.max_batch_size(model, g.memory_bytes, optimizer=o)
+            n = memory.max_batch_size(model, gpus.usable_bytes(g), optimizer=o)
             assert grid[g.name, o] == (n, memory.estimate(model, n, o)), (g.name, o)
 
 
@@ -170,7 +170,7 @@ def test_the_batch_limits_explorer_shows_what_the_memory_model_computes(page, is
     for s in LIMIT_SETTINGS:
         shown = _set(root, "batch-limits", s)
         model = models.resnet_like(s["depth"], image_size=s["image_size"])
-        mem = gpus.get_gpu(s["gpu"]).memory_bytes
+        mem = gpus.usable_bytes(s["gpu"])  # less the reserve, as the explorer says
         per = memory.max_batch_size(model, mem, optimizer=s["optimizer"])
         assert int(shown["per_gpu"]["value"]) == per, s
         assert shown["per_gpu"]["text"] == f"{per:,}"

@@ -89,8 +89,9 @@ def _with_optimizer(terms, optimizer):
     return {**terms, "optimizer": extra, "total": terms["total"] + extra}
 
 
-def limits_grid(model, kinds, optimizers=OPTIMIZERS):
-    """{(gpu name, optimizer): (largest split, estimate at it)} for one network.
+def limits_grid(model, kinds, optimizers=OPTIMIZERS, reserved=gpus.DEFAULT_RESERVED):
+    """{(gpu name, optimizer): (largest split, estimate at it)} for one network, on each
+    GPU's memory less ``reserved`` bytes (:func:`mgpu_lab.predict.gpus.usable_bytes`).
 
     Equal to :func:`memory.max_batch_size` and :func:`memory.estimate`, found with three
     graph walks instead of dozens: an estimate is the sum of buffer sizes that grow
@@ -101,7 +102,8 @@ def limits_grid(model, kinds, optimizers=OPTIMIZERS):
     """
     e1, e2 = memory.estimate(model, 1), memory.estimate(model, 2)
     per_sample = e2["total"] - e1["total"]
-    budget = {(g.name, o): g.memory_bytes - memory.OPTIMIZER_SLOTS[o] * e1["parameters"]
+    usable = {g.name: gpus.usable_bytes(g, reserved) for g in kinds}
+    budget = {(g.name, o): usable[g.name] - memory.OPTIMIZER_SLOTS[o] * e1["parameters"]
               for g in kinds for o in optimizers}  # bytes left for an SGD step
     fit = {k: 0 if b < e1["total"] else 1 + (b - e1["total"]) // per_sample
            for k, b in budget.items()}
@@ -112,7 +114,7 @@ def limits_grid(model, kinds, optimizers=OPTIMIZERS):
     out = {}
     for g in kinds:
         for o in optimizers:
-            n = memory.max_batch_size(model, g.memory_bytes, optimizer=o)
+            n = memory.max_batch_size(model, usable[g.name], optimizer=o)
             out[g.name, o] = (n, memory.estimate(model, max(n, 1), o))
     return out
 
@@ -151,8 +153,9 @@ def _limits_data(sizes, depths, kinds):
                     parts.append([int(v) for v in memory_parts(est)])
     return {"axes": {"gpu": [g.name for g in kinds], "image_size": list(sizes),
                      "depth": list(depths), "optimizer": list(OPTIMIZERS)},
-            "gpus": {g.name: {"memory_bytes": g.memory_bytes, "source": g.source}
-                     for g in kinds},
+            "gpus": {g.name: {"memory_bytes": g.memory_bytes, "source": g.source,
+                              "usable_bytes": gpus.usable_bytes(g)} for g in kinds},
+            "reserved_bytes": gpus.DEFAULT_RESERVED,
             "parts": list(MEMORY_PARTS), "per_gpu": per_gpu, "bytes": parts,
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -356,12 +359,13 @@ _LIMITS_JS = r"""
     PARTS.forEach((p, k) => m.show('bytes_' + p, bytes[k], 'gib'));
     m.show('bytes_total', bytes.reduce((a, b) => a + b, 0), 'gib');
     return m.draw(SPEC, {table: rows,
-                         cap: [{gib: gpu.memory_bytes / 2 ** 30, label: s.gpu + ' memory'}]});
+                         cap: [{gib: gpu.usable_bytes / 2 ** 30, label: s.gpu + ' memory less the reserve'}]});
   }
 """
 
 
-def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="sgd", data=None):
+def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
+                 data=None):
     """Chapter 7's explorer (an ``IPython.display.HTML``): the predicted largest batch per
     GPU and for N GPUs, and one GPU's memory at it, for every setting of its controls."""
     d = data or batch_limits_data()
@@ -385,8 +389,10 @@ def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="sgd"
             f'<span data-field="source">{html.escape(d["gpus"][gpu]["source"])}</span>. '
             f"All {sizes} settings (GPU x image size x depth x optimizer) were computed "
             "when the book was built; N GPUs hold N times one GPU's split. All of each "
-            "GPU's memory counts as free for the step (no reserve for the CUDA context), "
-            "as in memory.max_batch_size(model, gpu.memory_bytes).")
+            f"GPU's memory less {d['reserved_bytes'] // 2 ** 20} MiB reserved for the CUDA "
+            "context and the framework (an assumption: mgpu_lab.predict.gpus.DEFAULT_RESERVED), "
+            "as in memory.max_batch_size(model, gpus.usable_bytes(gpu), optimizer=...); the "
+            "book trains with momentum.")
     return HTML(_page("batch-limits", controls, body, prov, d, _LIMITS_JS))
 
 

@@ -25,18 +25,20 @@ def network(depth, image_size):
     return models.resnet_like(depth, image_size=image_size)
 
 
-def limits_figure(gpu="V100", image_size=224, depth=50, n_gpus=4):
-    """(summary, figure): the predicted limit, and one GPU's memory at its largest split."""
+def limits_figure(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum"):
+    """(summary, figure): the predicted limit, and one GPU's memory at its largest split,
+    on the GPU's memory less :data:`~mgpu_lab.predict.gpus.DEFAULT_RESERVED`."""
     model, kind = network(depth, image_size), gpus.get_gpu(gpu)
-    per = memory.max_batch_size(model, kind.memory_bytes)
+    usable, reserve = gpus.usable_bytes(kind), gpus.DEFAULT_RESERVED // 2 ** 20
+    per = memory.max_batch_size(model, usable, optimizer=optimizer)
     summary = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {kind.name} "
-               f"({kind.memory_gib:.0f} GiB): at most {per} images per GPU, "
-               f"a global batch of {n_gpus * per} (predicted)")
+               f"({kind.memory_gib:.0f} GiB, {reserve} MiB reserved), {optimizer}: at most "
+               f"{per} images per GPU, a global batch of {n_gpus * per} (predicted)")
     sizes = sorted({1, max(1, per // 4), max(1, per // 2), max(1, per)})
     fig = plots.memory_breakdown(
-        {n: memory.estimate(model, n) for n in sizes},
+        {n: memory.estimate(model, n, optimizer) for n in sizes},
         xlabel="images per GPU (the split)",
-        capacity=(kind.memory_bytes, f"{kind.name} memory"),
+        capacity=(usable, f"{kind.name} memory less {reserve} MiB reserved"),
         title=f"One of {n_gpus} {kind.name}s, ResNet-{depth}-like at {image_size} px "
               "(predicted)",
         source=f"predicted by mgpu_lab.predict.memory from the graph;\n"
@@ -44,9 +46,9 @@ def limits_figure(gpu="V100", image_size=224, depth=50, n_gpus=4):
     return summary, fig
 
 
-def limits_view(gpu="V100", image_size=224, depth=50, n_gpus=4):
+def limits_view(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum"):
     """Print the summary and show the figure (what the widget redraws on each change)."""
-    summary, _ = limits_figure(gpu, image_size, depth, n_gpus)
+    summary, _ = limits_figure(gpu, image_size, depth, n_gpus, optimizer)
     print(summary)
     plt.show()
 
@@ -60,7 +62,9 @@ def batch_limits_widget():
         depth=widgets.Dropdown(options=sorted(models.RESNET_BLOCKS), value=50,
                                description="depth"),
         n_gpus=widgets.IntSlider(value=4, min=1, max=8, description="GPUs",
-                                 continuous_update=False))
+                                 continuous_update=False),
+        optimizer=widgets.Dropdown(options=list(memory.OPTIMIZER_SLOTS), value="momentum",
+                                   description="optimizer"))
     return widgets.interact(limits_view, **controls)
 
 

@@ -1,0 +1,73 @@
+"""How long each chapter takes to run top to bottom as a notebook, cold and warm.
+
+    python book/_ext/lab_timings.py [OUT.json]      (``make timings``)
+
+Each chapter (a MyST notebook in book/) is converted with jupytext and executed with
+nbclient on the project's kernel, twice: first with an empty Theano compile cache (cold:
+what a laptop sees on its first run; ``MGPU_THEANO_DIR`` points Theano at a fresh folder),
+then again with the cache that run filled (warm: every later run). The result, with the
+machine it was measured on, is written as JSON (default ``data/lab_timings.json``) and
+printed as a table for the teacher's guide.
+"""
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jupytext
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from mgpu_lab.measure.machine import machine_info, machine_label  # noqa: E402
+
+__all__ = ["chapters", "run_chapter", "measure", "format_table"]
+
+
+def chapters():
+    """The book's notebooks, in file order."""
+    return sorted(p for p in (ROOT / "book").glob("*.md") if "kernelspec:" in p.read_text())
+
+
+def run_chapter(path, timeout=1800):
+    """Seconds to execute chapter ``path`` top to bottom (in book/, as the book build does)."""
+    nb = jupytext.read(path)
+    t0 = time.perf_counter()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    return time.perf_counter() - t0
+
+
+def measure(pages=None):
+    """{chapter: {"cold_s", "warm_s"}} with a fresh Theano cache, then the same cache."""
+    pages = pages or chapters()
+    rows = {p.stem: {} for p in pages}
+    with tempfile.TemporaryDirectory(prefix="theano-cold-") as cache:
+        os.environ["MGPU_THEANO_DIR"] = cache  # the kernels inherit it
+        for kind in ("cold_s", "warm_s"):
+            for p in pages:
+                rows[p.stem][kind] = round(run_chapter(p), 1)
+                print(f"{p.stem:<24} {kind[:4]} {rows[p.stem][kind]:7.1f} s", flush=True)
+    return rows
+
+
+def format_table(result):
+    """A Markdown table: chapter, cold and warm minutes, and the totals."""
+    lines = ["| chapter | cold (first run) | warm (later runs) |", "| --- | ---: | ---: |"]
+    for name, r in result["chapters"].items():
+        lines.append(f"| {name} | {r['cold_s']:.0f} s | {r['warm_s']:.0f} s |")
+    total = {k: sum(r[k] for r in result["chapters"].values()) for k in ("cold_s", "warm_s")}
+    lines.append(f"| **all** | **{total['cold_s'] / 60:.1f} min** | **{total['warm_s'] / 60:.1f} min** |")
+    return "\n".join(lines) + f"\n\n{result['machine_label']}; {result['created']}"
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "data" / "lab_timings.json"
+    result = {"kind": "measured", "created": time.strftime("%Y-%m-%d"),
+              "machine": machine_info(), "machine_label": machine_label(),
+              "how": "book/_ext/lab_timings.py: each chapter executed with nbclient, cold "
+                     "(empty Theano cache) then warm", "chapters": measure()}
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(format_table(result))

@@ -1,0 +1,158 @@
+"""Exercises that check themselves: ``check("3.1", answer)`` says right or not, with a
+hint when not, and never prints the expected answer.
+
+Expected answers are computed by the library wherever it can (split sizes, parameter
+counts, bytes, predicted limits), so they follow the code rather than a typed-in table.
+Each exercise states its tolerance; :data:`ANSWERS` lists every exercise that checks
+itself (the teacher's guide prints that list).
+
+    from mgpu_lab.exercises import check
+    check("3.1", [3, 3, 2, 2])    # prints: 3.1: right.
+"""
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .collectives import ring_bytes_per_device
+from .engines.pinning import cores
+from .predict import costmodel
+from .models import resnet_like
+from .predict.gpus import get_gpu, usable_bytes
+from .predict.memory import estimate, max_batch_size
+from .presets import digits_model
+from .split import split_sizes
+
+__all__ = ["Answer", "ANSWERS", "check", "is_right", "checked_exercises"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How one exercise is checked: the expected value (computed on demand), the relative
+    tolerance for numbers (0: exact), what kind of answer is asked for, and the hint."""
+
+    expected: Callable[[], object]
+    rel_tol: float
+    shape: str  # what to write, e.g. "a list of 4 integers"
+    hint: str
+
+
+def _plain_mean_worst_factor(batch=5, n=4):
+    """Exercise 4.2: the largest weight the plain mean gives a sample, over the right 1/B."""
+    sizes = split_sizes(batch, n)  # a sample in split i weighs (1/N)(1/n_i) in the plain mean
+    return max(1.0 / (n * s) for s in sizes) * batch
+
+
+def _vgg16_bytes(slots):
+    """Exercise 7.1: parameters + gradients (+ optimizer slots) of VGG-16, float32 bytes."""
+    return (2 + slots) * 4 * 138_357_544
+
+
+def _gpus_for_512():
+    """Exercise 7.2: V100s and A100s for a global batch of 512 (ResNet-50-like, 224 px,
+    momentum, each GPU's memory less the reserve), as chapter 7 computes limits."""
+    net = resnet_like(50, image_size=224)
+    return [math.ceil(512 / max_batch_size(net, usable_bytes(g), optimizer="momentum"))
+            for g in ("V100", "A100")]
+
+
+def _tree_beats_ring_below(n=8, bw=25e9, latency=10e-6):
+    """Exercise 8.3: the size where the tree's and the ring's times cross (both affine)."""
+    ring = lambda s: costmodel.ring_allreduce_seconds(s, n, bw, latency)  # noqa: E731
+    tree = lambda s: costmodel.tree_allreduce_seconds(s, n, bw, latency)  # noqa: E731
+    return (tree(0) - ring(0)) / ((ring(1e9) - ring(0)) - (tree(1e9) - tree(0))) * 1e9
+
+
+ANSWERS = {
+    "1.1": Answer(lambda: len(cores()), 0, "an integer",
+                  "one device per core: how many cores may this notebook's process use?"),
+    "2.1": Answer(lambda: 299 ** 2 / 32 ** 2, 0.01, "a number (the ratio of pixels)",
+                  "pixels grow with the square of the side."),
+    "3.1": Answer(lambda: split_sizes(10, 4), 0, "a list of 4 integers",
+                  "10 = 4 x 2 + 2: who takes the 2 extra samples, the first devices or the last?"),
+    "3.2": Answer(lambda: 4 * digits_model("cnn").n_params, 0,
+                  "an integer: bytes one device sends back per step",
+                  "count weights and biases of conv1, conv2 and the softmax layer, then 4 bytes each."),
+    "3.3": Answer(lambda: 4 * digits_model("cnn").n_params, 0,
+                  "an integer: bytes of momentum state on the host",
+                  "momentum keeps one velocity array per parameter array, float32."),
+    "4.2": Answer(_plain_mean_worst_factor, 1e-9, "a number (a factor, e.g. 1.5)",
+                  "splits of 5 over 4 are [2, 1, 1, 1]; a sample alone in its split gets weight "
+                  "(1/N)(1/1); the right weight is 1/B."),
+    "6.1": Answer(lambda: [1 / (0.05 + 0.95 / n) for n in (2, 4, 8)] + [1 / 0.05], 0.005,
+                  "a list of 4 numbers: speed-ups on 2, 4, 8 devices and the limit",
+                  "Amdahl: speed-up = 1 / (s + (1 - s) / N) with s the serial fraction."),
+    "7.1": Answer(lambda: [_vgg16_bytes(0), _vgg16_bytes(2)], 0.001,
+                  "a list of 2 byte counts: with SGD, with Adam",
+                  "parameters and gradients are 4 bytes each per parameter; Adam adds two arrays."),
+    "8.1": Answer(lambda: ring_bytes_per_device(25.6e6, 8), 0.01,
+                  "a number: bytes each GPU sends in one ring all-reduce",
+                  "2(N - 1) steps, each sending one chunk of P/N numbers, 4 bytes each."),
+    "8.3": Answer(_tree_beats_ring_below, 0.02, "a number: the gradient size in bytes",
+                  "ring: 2(N-1)/N S/b + 2(N-1) a; tree: log2(N) (S/b + a); set them equal."),
+    "9.1": Answer(lambda: [costmodel.host_gather_seconds(100e6, 4, 16e9, latency=0),
+                           costmodel.ring_allreduce_seconds(100e6, 4, 150e9, latency=0)], 0.01,
+                  "a list of 2 times in seconds: host gather over PCIe, ring over NVLink",
+                  "host: 2N transfers of P bytes queue on the host's link; ring: 2(N-1)/N P "
+                  "bytes over each NVLink."),
+    "10.1": Answer(lambda: costmodel.efficiency_for(get_gpu("P100"))[0], 0.02,
+                   "a number: the P100's sustained fraction of its fp32 peak (e.g. 0.3)",
+                   "efficiency = images/s x FLOPs per image / peak FLOP/s."),
+    "11.1": Answer(lambda: [256 // 4, len(split_sizes(256 // 4, math.ceil(256 / 4 / 12)))], 0,
+                   "a list of 2 integers: samples per GPU per step, micro-batches per GPU",
+                   "each GPU's share of 256 is cut into micro-batches of at most 12."),
+    "7.2": Answer(_gpus_for_512, 0, "a list of 2 integers: V100s, A100s",
+                  "per-GPU limit from memory.max_batch_size, then divide 512 by it and round up."),
+    "7.3": Answer(lambda: [estimate(digits_model("cnn"), 2)["total"]
+                           - estimate(digits_model("cnn"), 1)["total"],
+                           2 * estimate(digits_model("cnn"), 1)["total"]
+                           - estimate(digits_model("cnn"), 2)["total"]], 0,
+                  "a list of 2 byte counts: per extra sample, before the first sample",
+                  "memory.estimate(digits, n)['total'] is affine in n: take n = 1 and n = 2."),
+}
+
+
+def checked_exercises():
+    """The exercises that check themselves, in book order."""
+    return sorted(ANSWERS, key=lambda k: tuple(int(p) for p in k.split(".")))
+
+
+def _close(got, want, rel_tol):
+    if isinstance(want, (list, tuple)):
+        return (isinstance(got, (list, tuple, np.ndarray)) and len(got) == len(want)
+                and all(_close(g, w, rel_tol) for g, w in zip(got, want)))
+    try:
+        got = float(got)
+    except (TypeError, ValueError):
+        return False
+    if rel_tol == 0:
+        return got == float(want)
+    return math.isclose(got, float(want), rel_tol=rel_tol)
+
+
+def is_right(exercise, answer):
+    """True if ``answer`` is right for ``exercise`` (to its tolerance); quiet."""
+    if exercise not in ANSWERS:
+        raise ValueError(f"exercise {exercise!r} does not check itself; those that do: "
+                         f"{', '.join(checked_exercises())}")
+    a = ANSWERS[exercise]
+    return _close(answer, a.expected(), a.rel_tol)
+
+
+def check(exercise, answer):
+    """Print whether ``answer`` is right for ``exercise`` and, if not, a hint; returns the
+    verdict. Never prints the expected answer."""
+    a = ANSWERS.get(exercise)
+    if a is None:
+        is_right(exercise, answer)  # raises the clear error
+    tol = "exactly" if a.rel_tol == 0 else f"to within {a.rel_tol:.1%}"
+    if answer is None:
+        print(f"Exercise {exercise}: write your answer ({a.shape}) in `answer`, then run "
+              f"this cell again.")
+        return False
+    if is_right(exercise, answer):
+        print(f"Exercise {exercise}: right ({tol}).")
+        return True
+    print(f"Exercise {exercise}: not yet ({a.shape}, checked {tol}). Hint: {a.hint}")
+    return False
