@@ -44,7 +44,8 @@ class _Page(HTMLParser):
         a = dict(attrs)
         classes = (a.get("class") or "").split()
         if tag == "div":  # listings: literalinclude and cell inputs, highlighted as Python
-            self._divs.append(any(c in ("highlight-python", "highlight-ipython3") for c in classes))
+            self._divs.append(any(c in ("highlight-python", "highlight-ipython3", "highlight-default")
+                                   for c in classes))
         if tag == "img":
             self.images.append(a.get("src", ""))
         if tag == "details" and "sd-dropdown" in classes:
@@ -178,7 +179,8 @@ def test_library_listings_come_from_the_source(built_book):
         defs = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
         assert name in defs, f"{chapter} lists {obj}, which {file} does not define"
         html = (HTML / "book" / f"{chapter}.html").read_text()
-        assert re.search(rf'def</span>(<span class="w"> </span>|\s)*<span class="nf">{name}<', html), (
+        assert re.search(rf'(def|class)</span>(<span class="w"> </span>|\s)*<span class="n[fc]">{name}<',
+                         html), (
             f"{chapter}: the listing of {obj} is not on the page")
 
 

@@ -81,6 +81,9 @@ def test_strip_solutions_keeps_exercises_and_drops_solutions():
     out = student_edition.strip_solutions(text)
     assert "Exercise 1.1: a" in out and "Q?" in out and "print(1)" in out
     assert "A!" not in out and "print(42)" not in out and "each has a solution" not in out
+    linked = "The [teacher's guide](teachers_guide) has a plan; [chapter 2](02_why_more_gpus)."
+    assert student_edition.unlink_teacher_pages(linked) == (
+        "The teacher's guide has a plan; [chapter 2](02_why_more_gpus).")
 
 
 def test_no_solution_reaches_a_student_and_every_exercise_does(built_book, student):

@@ -29,7 +29,7 @@ from pathlib import Path
 import jupytext
 import yaml
 
-__all__ = ["strip_solutions", "write_sources", "build", "TEACHER_ONLY"]
+__all__ = ["strip_solutions", "unlink_teacher_pages", "write_sources", "build", "TEACHER_ONLY"]
 
 ROOT = Path(__file__).resolve().parents[2]
 TEACHER_ONLY = ("book/teachers_guide",)  # pages students do not get
@@ -50,6 +50,12 @@ def strip_solutions(text):
     return re.sub(r"\n{3,}", "\n\n", text)
 
 
+def unlink_teacher_pages(text):
+    """Links to a teacher-only page become their plain text (the page is not there)."""
+    names = "|".join(re.escape(p.split("/")[-1]) for p in TEACHER_ONLY)
+    return re.sub(rf"\[([^\]]+)\]\((?:{names})(?:\.md)?(?:#[^)]*)?\)", r"\1", text)
+
+
 def _student_toc(toc):
     """The table of contents without the teacher-only pages (and empty parts)."""
     parts = []
@@ -68,7 +74,7 @@ def write_sources(out):
     shutil.copytree(ROOT / "book", src / "book",
                     ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
     for page in (src / "book").glob("*.md"):
-        page.write_text(strip_solutions(page.read_text()))
+        page.write_text(unlink_teacher_pages(strip_solutions(page.read_text())))
     for page in TEACHER_ONLY:
         (src / f"{page}.md").unlink(missing_ok=True)
     for name in ("mgpu_lab", "data"):  # literalinclude and data paths point here

@@ -210,7 +210,7 @@ class Engine:
         sizes = [b - a for a, b in bounds]
         check_fits(self.model, sizes, self.memory_bytes)  # before any work: nothing half-done
         t = Timings(split=time.perf_counter() - t0)
-        losses, device_seconds, local = self._compute(values, x, y, bounds, t)
+        losses, device_seconds, local = self._compute(values, x, y, bounds, update, t)
         loss = stack_losses(losses, sizes)
         grads, new_values = self._exchange(values, local, sizes, loss, update, t)
         t.total = time.perf_counter() - t0
@@ -221,9 +221,11 @@ class Engine:
         return self.step(values, x, y)
 
     # -- what an engine supplies ----------------------------------------------------------
-    def _compute(self, values, x, y, bounds, t):
+    def _compute(self, values, x, y, bounds, update, t):
         """Each device's split ``x[a:b]``: ``(losses, device_seconds, local)``, where
-        ``local`` is what ``_exchange`` combines (here: per-device gradient lists)."""
+        ``local`` is what ``_exchange`` combines (here: per-device gradient lists).
+        ``update`` is there for engines whose devices update in the same round trip (the
+        local ring); the others leave it to ``_exchange``."""
         raise NotImplementedError
 
     def _exchange(self, values, local, sizes, loss, update, t):

@@ -378,15 +378,7 @@ class DevicePool(Engine):
 
     # -- the step: each device computes its split, then the host stacks (Engine._exchange)
     #    or, with strategy="ring", the devices all-reduce and update (_exchange below) -----
-    def step(self, values, x, y, update=None):
-        if self.strategy == "ring" and update is not None and not isinstance(update, OptimizerUpdate):
-            raise TypeError(f"DevicePool(strategy='ring') runs the update on every device, so it "
-                            f"must travel to them: pass an OptimizerUpdate(optimizer), not "
-                            f"{update!r}")
-        self._pending_update = update
-        return super().step(values, x, y, update)
-
-    def _compute(self, values, x, y, bounds, t):
+    def _compute(self, values, x, y, bounds, update, t):
         t0 = time.perf_counter()
         if len(x) > self.capacity:
             self._allocate(batch_capacity=len(x))
@@ -394,7 +386,7 @@ class DevicePool(Engine):
         flatten(values, out=self._bufs["params"].array)  # broadcast: one copy, all devices read it
         self._bufs["x"].array[:x.size] = x.ravel()
         self._bufs["y"].array[:len(y)] = y
-        messages = self._ring_messages(bounds) if self.strategy == "ring" else [
+        messages = self._ring_messages(bounds, update) if self.strategy == "ring" else [
             ("step", a, b) for a, b in bounds]
         t1 = time.perf_counter()
         try:
@@ -418,12 +410,16 @@ class DevicePool(Engine):
         rows = self._bufs["grads"].array  # (N, P): device d wrote row d
         return losses, [p["compute"] for p in per_dev], [unflatten(r, self.shapes) for r in rows]
 
-    def _ring_messages(self, bounds):
+    def _ring_messages(self, bounds, update):
         """One "ring" message per device: its split, its weight n_i / B, the update rule.
 
         The optimizer's state goes through shared memory (``state``), not the pipes.
         """
-        update, rule, n_state = self._pending_update, None, 0
+        if update is not None and not isinstance(update, OptimizerUpdate):
+            raise TypeError(f"DevicePool(strategy='ring') runs the update on every device, so it "
+                            f"must travel to them: pass an OptimizerUpdate(optimizer), not "
+                            f"{update!r}")
+        rule, n_state = None, 0
         if update is not None:
             kind = type(update.optimizer)
             if kind not in self._slots:

@@ -210,7 +210,7 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         if self.size > 1:
             install_abort_hook(self.comm)
 
-    def _compute(self, values, x, y, bounds, t):
+    def _compute(self, values, x, y, bounds, update, t):
         """This rank's split into ``_flat``; every rank learns every loss."""
         t0 = time.perf_counter()
         self.model.set_values(self._sync(values))

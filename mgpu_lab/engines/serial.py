@@ -15,7 +15,7 @@ class SerialEngine(Engine):
         super().__init__(model, n_devices, memory_bytes)
         self._fn = None
 
-    def _compute(self, values, x, y, bounds, t):
+    def _compute(self, values, x, y, bounds, update, t):
         self._fn = self._fn or self.model.loss_and_gradients_function()  # compiled once
         self.model.set_values(values)
         losses, grads, secs = [], [], []
