@@ -242,3 +242,15 @@ def test_references_page_lists_every_entry(built_book):
             assert f'references.html#cite-{key}"' in page, (
                 f"{stem}: the citation of {key} does not link to the references page")
 
+
+
+def test_the_teachers_guide_shows_the_measured_lab_timings():
+    """The guide's timings table is the one data/lab_timings.json (make timings) gives."""
+    import json
+    import sys
+    sys.path.insert(0, str(BOOK / "_ext"))
+    import lab_timings
+    measured = json.loads((ROOT / "data" / "lab_timings.json").read_text())
+    assert measured["kind"] == "measured" and measured["machine"]["cores"] >= 1
+    assert set(measured["chapters"]) == {p.stem for p in lab_timings.chapters()}
+    assert lab_timings.format_table(measured) in (BOOK / "teachers_guide.md").read_text()

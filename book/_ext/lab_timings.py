@@ -3,9 +3,10 @@
     python book/_ext/lab_timings.py [OUT.json]      (``make timings``)
 
 Each chapter (a MyST notebook in book/) is converted with jupytext and executed with
-nbclient on the project's kernel, twice: first with an empty Theano compile cache (cold:
-what a laptop sees on its first run; ``MGPU_THEANO_DIR`` points Theano at a fresh folder),
-then again with the cache that run filled (warm: every later run). The result, with the
+nbclient on the project's kernel, twice: first with empty caches (cold: what a laptop sees
+on its first run; ``MGPU_THEANO_DIR`` points Theano's compile cache, and
+``MGPU_CACHE_DIR`` the explorers' grids, at a fresh folder), then again with the caches
+that run filled (warm: every later run). The result, with the
 machine it was measured on, is written as JSON (default ``data/lab_timings.json``) and
 printed as a table for the teacher's guide.
 """
@@ -44,8 +45,9 @@ def measure(pages=None):
     """{chapter: {"cold_s", "warm_s"}} with a fresh Theano cache, then the same cache."""
     pages = pages or chapters()
     rows = {p.stem: {} for p in pages}
-    with tempfile.TemporaryDirectory(prefix="theano-cold-") as cache:
-        os.environ["MGPU_THEANO_DIR"] = cache  # the kernels inherit it
+    with tempfile.TemporaryDirectory(prefix="mgpu-cold-") as cache:
+        os.environ["MGPU_THEANO_DIR"] = os.path.join(cache, "theano")  # the kernels inherit
+        os.environ["MGPU_CACHE_DIR"] = os.path.join(cache, "explorers")  # both folders
         for kind in ("cold_s", "warm_s"):
             for p in pages:
                 rows[p.stem][kind] = round(run_chapter(p), 1)
@@ -68,6 +70,6 @@ if __name__ == "__main__":
     result = {"kind": "measured", "created": time.strftime("%Y-%m-%d"),
               "machine": machine_info(), "machine_label": machine_label(),
               "how": "book/_ext/lab_timings.py: each chapter executed with nbclient, cold "
-                     "(empty Theano cache) then warm", "chapters": measure()}
+                     "(empty Theano and explorer caches) then warm", "chapters": measure()}
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(format_table(result))
