@@ -21,7 +21,7 @@ are the datasheet's, not measurements of ours). Conventions, so the numbers can 
   throughput of ResNet-50 that fixes the GPU's sustained efficiency (the fraction of
   :meth:`GPU.peak` a training step reaches). Only single-GPU figures are used: the
   multi-GPU figures of the same sources stay unseen, to test the model
-  (``data/published_throughput.csv``, chapter 10 of the book).
+  (``data/published_throughput.csv``, chapter 11 of the book).
 """
 from dataclasses import dataclass, field
 
@@ -50,7 +50,7 @@ class Calibration:
 
     ``flops``: :func:`mgpu_lab.predict.graph.count_flops` of ResNet-50 at ``batch``;
     ``winograd_flops``: the part of it in 3x3 stride-1 convolutions (all three directions),
-    which fast convolution algorithms do with fewer multiplications (chapter 10)."""
+    which fast convolution algorithms do with fewer multiplications (chapter 11)."""
 
     images_per_s: float
     batch: int  # per GPU
