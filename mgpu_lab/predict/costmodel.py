@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .._theano import floatX
-from ..gradients import STRATEGIES
 from ..models import build
 from . import graph
 from .gpus import get_gpu
@@ -49,7 +48,7 @@ __all__ = ["Prediction", "ALGORITHMS", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
            "step_seconds", "bucketed_step_seconds", "predict", "scaling"]
 
 # The engines' two strategies plus the tree all-reduce, which only the model knows.
-ALGORITHMS = tuple(STRATEGIES) + ("tree",)
+ALGORITHMS = ("host", "ring", "tree")
 
 # Assumption, not a measurement: the fraction of peak FLOP/s a CNN's training step sustains
 # on a GPU the catalogue has no calibration for (catalogue GPUs with a published single-GPU
@@ -314,7 +313,7 @@ def predict(model, gpu, n_gpus, batch_size, strategy="host", overlap=False, effi
                       None if buckets is None else int(buckets), host)
 
 
-def scaling(model, gpus, n_range, batch_size, strategies=STRATEGIES, **kwargs):
+def scaling(model, gpus, n_range, batch_size, strategies=("host", "ring"), **kwargs):
     """Predictions for every GPU kind x strategy x N: a list of :class:`Prediction`."""
     return [predict(model, g, n, batch_size, strategy=s, **kwargs)
             for g in gpus for s in strategies for n in n_range]
