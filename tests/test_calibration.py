@@ -106,3 +106,30 @@ def test_sharded_and_halving_doubling_in_predict(mlp, linear_flops):
     hd = predict(mlp, TOY, 4, 64, strategy="halving_doubling", **kw)
     assert hd.comm_s == pytest.approx(ring.comm_s - (6 - 4) * 1e-5)  # 4 latencies, not 6
     assert predict(mlp, TOY, 4, 64, strategy="tree", **kw).strategy == "recursive_doubling"
+
+
+def test_figures_say_calibrated_or_uncalibrated(mlp, linear_flops):
+    import matplotlib.pyplot as plt
+
+    from mgpu_lab.figures import plots
+    ps = costmodel.scaling(mlp, ["V100", "H100"], [1, 2], 64)
+    for fig in (plots.predicted_speedup(ps), plots.step_breakdown(ps)):
+        notes = " ".join(t.get_text() for t in fig.axes[0].texts).replace("\n", " ")
+        assert "V100" in notes and "calibrated" in notes and "H100 50% uncalibrated (assumed)" in notes
+        assert "V100 " in notes and "V100 50%" not in notes
+        plt.close(fig)
+    labels = plots.predicted_speedup(ps).axes[0].get_legend_handles_labels()[1]
+    assert "H100, ring (uncalibrated)" in labels and "V100, ring" in labels
+    plt.close("all")
+
+
+def test_critical_batch_figure_marks_the_uncalibrated():
+    import matplotlib.pyplot as plt
+
+    from mgpu_lab.figures import plots
+    from mgpu_lab.predict import critical
+    fig = plots.critical_batch(critical.critical_batch_table())
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert "H100\n(uncalibrated)" in ticks and "V100" in ticks
+    assert "predicted, not measured" in " ".join(t.get_text() for t in fig.axes[0].texts)
+    plt.close(fig)

@@ -187,8 +187,10 @@ def calibration_for(gpu, precision="fp32", winograd=None):
             "peak_precision": run, "label": label}
 
 
-def efficiency_for(gpu, precision="fp32", winograd=None):
-    """(efficiency, where it comes from): :func:`calibration_for`'s two main fields."""
+def efficiency_for(gpu, precision="fp32", winograd=1.0):
+    """(efficiency, label): :func:`calibration_for`'s two main fields, for the direct FLOP
+    count unless ``winograd`` says otherwise (None: :data:`DEFAULT_WINOGRAD`, as
+    :func:`predict` uses)."""
     c = calibration_for(gpu, precision, winograd)
     return c["efficiency"], c["label"]
 

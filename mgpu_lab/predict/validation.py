@@ -96,16 +96,42 @@ def winograd_held_out(rows=None, nets=None, choices=None):
     for s in sources:
         fit = {c: _score(runs[c], source=s) for c in choices}
         best = min(fit, key=fit.get)
+        if max(fit.values()) - min(fit.values()) < 1e-9:  # only ResNet-50: the count cancels
+            best = "tie"
         held = {c: _score(runs[c], exclude=s) for c in choices}
-        selection.append({"selected_on": s, "choice": best, "error_on_source": fit[best],
-                          "held_out_error": held[best],
+        selection.append({"selected_on": s, "choice": best,
+                          "error_on_source": fit.get(best, min(fit.values())),
+                          "held_out_error": held.get(best, float("nan")),
                           **{f"held_out[{c}]": held[c] for c in choices}})
     return by_choice, selection
 
 
 def best_winograd(selection, choices=None):
     """The choice with the smallest held-out error averaged over the selection sources
-    (each choice scored on the sources it was not chosen on)."""
+    (each choice scored, for each source, on all the *other* sources' rows)."""
     choices = choices or WINOGRAD_CHOICES
     mean = {c: float(np.mean([s[f"held_out[{c}]"] for s in selection])) for c in choices}
     return min(mean, key=mean.get), mean
+
+
+def implied_link_bandwidth(row, nets, winograd=None, lo=1e8, hi=1e12):
+    """The peer-link bandwidth (bytes/s) at which the model would reproduce ``row``'s
+    published images/s, all else as in :func:`mgpu_lab.predict.published.compare`
+    (bisection on a log scale); None if no bandwidth in [lo, hi] reaches it."""
+    from dataclasses import replace
+
+    from .gpus import get_gpu
+    gpu = get_gpu(row["gpu"])
+
+    def predicted(bw):
+        r = dict(row, gpu=replace(gpu, peer_bw=bw))
+        return compare([r], nets, winograd=winograd)[0]["predicted"]
+    if not predicted(lo) <= row["images_per_s"] <= predicted(hi):
+        return None
+    for _ in range(60):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if predicted(mid) < row["images_per_s"] else (lo, mid)
+    return (lo * hi) ** 0.5
+
+
+__all__ += ["implied_link_bandwidth"]
