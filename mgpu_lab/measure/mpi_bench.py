@@ -19,7 +19,7 @@ from ..data import random_batch
 from ..engines.mpi import ROOT, MPIEngine, install_abort_hook, mpi, mpiexec_command, world
 from ..engines.update import Update
 from ..optim import SGD
-from ..predict.costmodel import comm_seconds
+from ..predict.algorithms import ALGORITHMS, comm_seconds, mpi_host_seconds
 from ..presets import sized_mlp
 from .machine import machine_info, save_result
 
@@ -111,7 +111,22 @@ def ping_pong(comm=None, small=8, large=1 << 24, repeats=20):
     comm.Bcast(result, root=0)
     latency = float(result[0])
     return {"latency_s": latency, "bandwidth_Bps": large / max(result[1] - latency, 1e-12),
-            "small_bytes": small, "large_bytes": large}
+            "small_bytes": small, "large_bytes": large, "memory_bw_Bps": _memory_bandwidth(comm)}
+
+
+def _memory_bandwidth(comm, n_bytes=1 << 26, repeats=5):
+    """Bytes/s of one large in-memory copy on rank 0 (read + write counted once, as the
+    stacking's model counts them), broadcast to every rank."""
+    bw = np.zeros(1)
+    if comm.rank == 0:
+        src, dst, times = np.ones(n_bytes // 4, np.float32), np.empty(n_bytes // 4, np.float32), []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            np.copyto(dst, src)
+            times.append(time.perf_counter() - t)
+        bw[0] = n_bytes / float(np.median(times))
+    comm.Bcast(bw, root=0)
+    return float(bw[0])
 
 
 def bench_steps(sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, steps=5, warmup=2,
@@ -171,14 +186,19 @@ def _rank_main(argv=None):
 
 
 def _predict(row, link):
-    """The cost model's communication time for a measured row, from the measured link
-    (the sharded optimizer moves the ring's bytes; the hierarchical one, on one machine,
-    is one node)."""
+    """The cost model's communication time for a measured row, from the measured link and
+    memory bandwidth: the host gather as MPI runs it (rank 0 is a device: 2(N-1) transfers,
+    plus the stacking); the ring and the sharded optimizer (the ring's bytes) by their
+    formulas. None where the model has no formula for one machine (hierarchical)."""
     if link is None:
         return None
     bw, latency = link["bandwidth_Bps"], link["latency_s"]
-    algorithm = "host" if row["strategy"] == "host" else "ring"
-    return comm_seconds(algorithm, row["bytes"], row["n_ranks"], bw, bw, latency)
+    if row["strategy"] == "host":
+        return mpi_host_seconds(row["bytes"], row["n_ranks"], bw, latency,
+                                link["memory_bw_Bps"])["total"]
+    if row["strategy"] not in ALGORITHMS:
+        return None
+    return comm_seconds(row["strategy"], row["bytes"], row["n_ranks"], bw, bw, latency)
 
 
 def run(ranks=(2, 3, 4), sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, repeats=5,
@@ -219,8 +239,8 @@ def run(ranks=(2, 3, 4), sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, rep
             row["predicted_comm_s"] = _predict(row, part["link"])
             rows.append(row)
     return {"created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "kind": "measured: MPIEngine steps (predicted_comm_s: costmodel.comm_seconds with "
-                    "the measured link)",
+            "kind": "measured: MPIEngine steps (predicted_comm_s: predict.algorithms with the "
+                    "measured link and memory bandwidth)",
             "machine": machine_info(), "ranks": list(ranks),
             "load_average_1min": {"before": load[0], "after": os.getloadavg()[0]},
             "links": {str(k): v for k, v in links.items()}, "rows": rows}
