@@ -120,8 +120,9 @@ class Engine:
     def configure(cls, model, n_devices, memory_bytes, strategy, devices_per_node=None):
         """Every check of a setting, before any work: ``(model, N, strategy object)``. The
         trainer calls it too, so a bad setting fails when the trainer is made."""
-        model, n = build(model), check_n_devices(n_devices)
+        n = check_n_devices(n_devices)
         s = get_strategy(strategy).for_engine(devices_per_node, cls.default_devices_per_node)
+        model = build(model)
         if s.needs_links and not cls.links:
             raise ValueError(f"{cls.__name__} runs its devices one after another in one "
                              f"process, so they cannot send each other messages, and strategy "
