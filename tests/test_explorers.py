@@ -193,6 +193,7 @@ LIMIT_SETTINGS = [
 
 
 @pytest.mark.browser
+@pytest.mark.book
 @pytest.mark.timeout(900)
 def test_the_batch_limits_explorer_shows_what_the_memory_model_computes(page, issues):
     root = _explorer(page, "book/07_batch_limits", "batch-limits")
@@ -239,6 +240,7 @@ def _predict(s):
 
 
 @pytest.mark.browser
+@pytest.mark.book
 @pytest.mark.timeout(900)
 def test_the_throughput_explorer_shows_what_the_cost_model_computes(page, issues):
     root = _explorer(page, "book/06_throughput", "throughput")
