@@ -67,7 +67,7 @@ def serial_runs(tmp_path_factory):
 
 
 @pytest.mark.timeout(2 * JOB_TIMEOUT)
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [pytest.param(2, marks=pytest.mark.slow), 3])  # 3: make test
 @pytest.mark.parametrize("strategy", ["host", "ring"])
 def test_mpi_training_ends_at_the_serial_parameters(n, strategy, serial_runs, tmp_path):
     path = tmp_path / "mpi.npz"
@@ -87,6 +87,7 @@ def test_mpi_training_ends_at_the_serial_parameters(n, strategy, serial_runs, tm
     assert worst <= PARAM_ATOL, f"largest difference to the serial engine: {worst:.3g}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_devices_must_match_the_rank_count():
     job = run_job(2, ["-m", "mgpu_lab", *TRAIN, "--engine", "mpi", "--devices", "3"])
@@ -127,6 +128,7 @@ FAILING_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_a_failing_rank_aborts_the_job_with_its_message(tmp_path):
     script = tmp_path / "failing.py"
@@ -167,6 +169,7 @@ RING_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_mpi_ring_is_the_simulated_ring(tmp_path):
     script = tmp_path / "ring.py"
@@ -178,6 +181,7 @@ def test_mpi_ring_is_the_simulated_ring(tmp_path):
         assert m and m.group(1) == m.group(2), job.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_comm_benchmark_saves_measurements_and_prediction(tmp_path):
     # steps=0: only the exchanges (no Theano graph to compile); tiny sizes and repeats.
