@@ -281,8 +281,14 @@ def _assert_drawn(img, what, timeout=60_000):
     img.last.evaluate("i => i.decode()")  # decoded, so that the screenshot shows it whole
     from PIL import Image  # matplotlib's dependency
     data = base64.b64decode(img.last.get_attribute("src").split(",", 1)[1])
-    darkest, _ = Image.open(io.BytesIO(data)).convert("L").getextrema()
-    assert darkest < 128, f"{what} is a blank image (darkest pixel {darkest})"
+    image = Image.open(io.BytesIO(data))
+    darkest, _ = image.convert("L").getextrema()
+    if darkest >= 128:  # kept for a look: what the kernel sent
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS / "blank-figure.png").write_bytes(data)
+    n = img.count()
+    assert darkest < 128, (f"{what} is a blank image (darkest pixel {darkest}, {image.size} "
+                           f"px, {n} image(s) in the output; saved to blank-figure.png)")
 
 
 def _screenshot(page, name, element, block="start"):
@@ -325,7 +331,23 @@ def _check_explorer(page, panel):
         print(f"\nchapter 7 explorer in the lab: ResNet-{depth}-like, {px} px, {n} x {gpu}, "
               f"{opt}: {per} per GPU shown, {expected} predicted here")
         assert (per, total) == (expected, n * expected)
-    _screenshot(page, "lab-07-explorer", chart, block="center")
+    _scroll_to(page, panel, chart)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "lab-07-explorer.png"))
+
+
+def _scroll_to(page, panel, element, top=160):
+    """Scroll the notebook with the mouse wheel until ``element`` starts ``top`` px down
+    (JupyterLab lays long notebooks out lazily, so scrollIntoView may stop short)."""
+    box = panel.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(20):
+        at = element.bounding_box()
+        if at and abs(at["y"] - top) < 40:
+            break
+        page.mouse.wheel(0, (at["y"] - top) if at else 400)
+        page.wait_for_timeout(400)
+    page.wait_for_timeout(1000)  # let the notebook paint what scrolled into view
 
 
 def test_chapter_7_runs_in_lab_and_its_widget_predicts_the_memory_model(page, lab):

@@ -27,6 +27,7 @@ HTML, but a solution's code lives in notebook cells beside it (MyST cannot nest 
 cell inside a directive), which would still run and show, and the notebooks need the same
 filter anyway. One filter on the sources serves the web book and the notebooks alike.
 """
+import json
 import os
 import re
 import shutil
@@ -86,6 +87,19 @@ def strip_notebook(nb):
     return nb
 
 
+def _restore_glue(nb, glue_json):
+    """Put back the values the chapter glued (``myst_nb.glue``). myst-nb takes them out of
+    the executed notebook into ``<chapter>.glue.json``; the student build, which executes
+    nothing, reads them from the notebook's outputs: one removed cell at the end holds
+    them (removed from the page; a value glued by a solution is shown by nothing)."""
+    if not glue_json.exists():
+        return
+    outputs = [nbformat.from_dict(o) for o in json.loads(glue_json.read_text()).values()]
+    cell = nbformat.v4.new_code_cell("# the values this chapter glued (myst_nb.glue)",
+                                     metadata={"tags": ["remove-cell"]}, outputs=outputs)
+    nb.cells.append(cell)
+
+
 def _student_toc(toc):
     """The table of contents without the teacher-only pages (and empty parts)."""
     parts = []
@@ -120,6 +134,7 @@ def write_sources(out, teacher_build=TEACHER_BUILD):
                 f"the teacher's build has no executed notebook {done}: the student edition is "
                 "derived from it; build the book first (make book)")
         nb = strip_notebook(nbformat.read(done, as_version=4))
+        _restore_glue(nb, done.with_name(f"{page.stem}.glue.json"))
         nbformat.write(nb, page.with_suffix(".ipynb"))
         page.unlink()  # the chapter is now its executed notebook
     for name in ("mgpu_lab", "data"):  # literalinclude and data paths point here
