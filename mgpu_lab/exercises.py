@@ -94,8 +94,8 @@ ANSWERS = {
     "10.1": Answer(lambda: [costmodel.host_gather_seconds(100e6, 4, 16e9, latency=0),
                            costmodel.ring_allreduce_seconds(100e6, 4, 150e9, latency=0)], 0.01,
                   "a list of 2 times in seconds: host gather over PCIe, ring over NVLink",
-                  "host: 2N transfers of P bytes queue on the host's link; ring: 2(N-1)/N P "
-                  "bytes over each NVLink."),
+                  "with S = 4P bytes of gradient (P parameters): host: 2N transfers of S "
+                  "bytes queue on the host's link; ring: 2(N-1)/N S bytes over each NVLink."),
     "11.1": Answer(lambda: costmodel.efficiency_for(get_gpu("P100"))[0], 0.02,
                    "a number: the P100's sustained fraction of its fp32 peak (e.g. 0.3)",
                    "efficiency = images/s x FLOPs per image / peak FLOP/s."),
