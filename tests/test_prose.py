@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bookbuild import BUILD, ROOT, built_book, chapters  # noqa: E402,F401  (fixture)
 
 # Units, as they are written in prose and in printed output, and the one name each maps to.
-_UNITS = [
+_UNITS = [  # case matters: "S" is a size, "s" a second
     (r"ms|milliseconds?", "ms"), (r"µs|us|microseconds?", "µs"), (r"s|seconds?", "s"),
     (r"min|minutes?", "min"), (r"%|percent", "%"), (r"times|×|x", "×"),
     (r"GB/s", "GB/s"), (r"MB/s", "MB/s"), (r"TFLOP/s|TF|TFLOPS", "TF"), (r"GFLOP", "GFLOP"),
@@ -51,23 +51,32 @@ _WORDS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
           "fifty": 50, "hundred": 100}
 _MULT = {"thousand": 1e3, "million": 1e6, "billion": 1e9}
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-_WORD = r"\b(?:" + "|".join(_WORDS) + r")\b"
+_WORD = r"(?i:\b(?:" + "|".join(_WORDS) + r")\b)"
 _APPROX = re.compile(r"(?:about|≈|~|roughly|nearly|almost|around|some)\s*$", re.I)
 # "<number or word> [million] <unit>", a range "<n> to <n> <unit>", "×<n>" or "<n>×"
 _QUANTITY = re.compile(
-    rf"(?<![\w.])(?P<first>{_NUM}|{_WORD})(?:\s+(?:to|or|and|–|-)\s+(?:a\s+few|{_NUM}|{_WORD}))?"
-    rf"(?:\s*(?P<mult>thousand|million|billion))?\s*(?P<unit>{_UNIT_RE})(?![\w/])", re.I)
-_TIMES_BEFORE = re.compile(rf"(?:×|\bx)\s*(?P<first>{_NUM})\b")
+    rf"(?<![\w.])(?P<first>{_NUM}|{_WORD})(?:\s*(?:to|–)\s*(?:a\s+few|{_NUM}|{_WORD}))?"
+    rf"(?:\s*(?P<mult>thousand|million|billion))?(?P<space>\s*)(?P<unit>{_UNIT_RE})(?![\w/])")
+_TIMES_BEFORE = re.compile(rf"×\s*(?P<first>{_NUM})\b")
+# "N times" is a ratio when a comparison follows ("times as fast", "times PCIe 3.0"), not
+# when it counts ("called three times in this process")
+_RATIO_NEXT = re.compile(r"\s+(?:as|larger|smaller|more|fewer|less|faster|slower|longer|"
+                         r"shorter|higher|lower|bigger|greater|the|that|what|its|their|one|"
+                         r"[A-Z])")
 _GLUE = re.compile(r"\{glue:text\}`(?P<name>[^`]+)`")
 
 # Numbers the prose may state that no output prints, page by page: each entry is a piece of
 # the sentence it stands in (so that it allows that one claim, not the number everywhere).
 ALLOWED = {
-    "06_throughput": ["a few seconds to a minute"],  # how long the widget takes: not computed
-    "08_collectives": [],
+    "01_how_to_use": ["(e.g. 16 GiB)"],  # an example of a GPU's memory, in a table of terms
+    "06_throughput": ["100 % is perfect",  # a definition
+                      "a few seconds to a minute"],  # how long the widget takes: not computed
+    "07_batch_limits": ["of 16 GiB.", "256 KiB"],  # the V100's datasheet memory; the capacity chosen
+    "12_beyond": ["about 90 % scaling efficiency"],  # Goyal et al.'s published figure, cited
+    "08_collectives": ["8.8 · 10 µs · 25 GB/s"],  # the latency and link exercise 8.3 gives
     "10_communication": [
-        "16 GB/s", "150 GB/s",  # PCIe 3.0 and NVLink 2.0 per direction: the GPU table prints them
-        "100 MB",  # the gradient size the exercise gives (about 4P of a ResNet-50)
+        "with up to 100 MB",  # mpi-bench's largest size by default (a CLI default, not a result)
+        "= 4P = 100 MB", "× 100 MB /",  # the gradient size exercise 10.1 gives
     ],
 }
 
@@ -79,16 +88,17 @@ class Claim:
     approx: bool
     text: str  # the words around it, for the message
     glued: str | None = None  # glue name, for a glued ratio
+    said: str = ""  # the quantity as written, e.g. "about 100 MB"
 
     @property
     def digits(self):
-        m = re.search(r"\d[\d,]*(?:\.(\d+))?", self.text)
+        m = re.search(r"\d[\d,]*(?:\.(\d+))?", self.said)
         return len(m.group(1) or "") if m else 0
 
 
 def _unit(word):
     for pattern, name in _UNITS:
-        if re.fullmatch(pattern, word, re.I if name not in ("ms", "MB", "GB") else 0):
+        if re.fullmatch(pattern, word):
             return name
     return None
 
@@ -140,12 +150,13 @@ def prose_blocks(markdown):
 def claims_in(text):
     """Every quantity stated in ``text`` (prose with its glue roles still in place)."""
     found = []
-    glued = {m.start(): m.group("name") for m in _GLUE.finditer(text)}
-    for start, name in glued.items():  # a glued ratio: "{glue:text}`r` times", "× {glue...}"
-        after = text[start:].split("`", 2)[-1][:8]
-        before = text[max(0, start - 3):start]
-        if re.match(r"\s*(?:times|×)", after) or "×" in before:
-            found.append(Claim(math.nan, "×", False, text[max(0, start - 40):start + 60], name))
+    for m in _GLUE.finditer(text):  # a glued ratio: "{glue:text}`r` times as", "(× {glue...})"
+        after = text[m.end():m.end() + 60]
+        times = re.match(r"\s*times", after)
+        if (times and _RATIO_NEXT.match(after[times.end():])) or re.match(r"\s*×", after) \
+                or re.search(r"×\s*$", text[:m.start()]):
+            found.append(Claim(math.nan, "×", False, text[max(0, m.start() - 40):m.end() + 40],
+                               m.group("name"), m.group(0)))
     plain = _GLUE.sub(" GLUED ", text)
     plain = _strip_markup(plain)
     for m in _QUANTITY.finditer(plain):
@@ -153,20 +164,25 @@ def claims_in(text):
         first = m.group("first")
         if unit is None or (first.lower() in ("a", "an") and unit in ("%", "×")):
             continue
-        if unit == "×" and (m.group("unit").lower() == "x"
-                            or re.match(r"\s*[\d(]", plain[m.end():])):
-            continue  # "4 x 2", "28 × 28" and "2 × (N − 1)" are products, not ratios
+        if m.group("unit")[0].isalpha() and not m.group("space") and unit != "×":
+            continue  # "2s" in a formula; prose writes "2 s"
+        if m.group("unit") == "x" or (m.group("unit") == "×" and re.match(
+                r"\s*[\dA-Zα-ωΑ-Ω(]", plain[m.end():])):
+            continue  # "4 x 2", "28 × 28", "2 × N" and "2 × (N − 1)" are products
+        if m.group("unit") == "times" and not _RATIO_NEXT.match(plain[m.end():]):
+            continue  # "three times in this process": a count
         if first.lower() in ("a", "an") and not re.match(r"(?:milli|micro)seconds?$|minutes?$",
                                                           m.group("unit")):
             continue  # "a millisecond" is a quantity; "a second reason" and "a ms" are not
         prefix = plain[max(0, m.start() - 14):m.start()]
         found.append(Claim(_value(first, m.group("mult")), unit, bool(_APPROX.search(prefix)),
-                           plain[max(0, m.start() - 40):m.end() + 20].strip()))
+                           plain[max(0, m.start() - 40):m.end() + 20].strip(), None,
+                           m.group(0)))
     for m in _TIMES_BEFORE.finditer(plain):
-        if re.search(r"[\d)]\s*$", plain[:m.start()]):
-            continue  # "2 × 4": a product
+        if re.search(r"[\w)]\s*$", plain[:m.start()]):
+            continue  # "2 × 4", "e × 15.7": a product
         found.append(Claim(_value(m.group("first")), "×", False,
-                           plain[max(0, m.start() - 40):m.end() + 20].strip()))
+                           plain[max(0, m.start() - 40):m.end() + 20].strip(), None, m.group(0)))
     return found
 
 
@@ -259,7 +275,7 @@ def untraced(nb, page, glue_json=None, allowed=None):
             continue
         text = prose_blocks("".join(cell["source"]))
         for claim in claims_in(text):
-            if any(a in claim.text for a in allowed):
+            if any(a in claim.text and claim.said in a for a in allowed):  # that claim only
                 continue
             if claim.glued:  # a glued ratio must be visible in the printed output
                 value = str(glue.get(claim.glued, "")).replace(",", "")
