@@ -3,8 +3,9 @@ computed.
 
 Each chapter is read as executed by the book's build (``_build/jupyter_execute/book/*.ipynb``
 and its ``.glue.json``, written by the ``built_book`` fixture's build). Every *quantity* in
-the prose, a number with a unit (``9.4 ms``, ``about 100 MB``, ``0.66 %``, ``5.3 times``,
-``a millisecond``, ``one to a few percent``), must be
+the prose, a number with a unit of time, size, rate, share or ratio (``9.4 ms``,
+``about 100 MB``, ``23,176 bytes``, ``0.66 %``, ``5.3 times``, ``a millisecond``, ``one to
+a few percent``), must be
 
 - glued from the library (``{glue:text}`name```: the build pastes the computed value), or
 - equal, to its own precision, to a number the page prints with that unit (or, for numbers
@@ -43,7 +44,7 @@ _UNITS = [  # case matters: "S" is a size, "s" a second
     (r"min|minutes?", "min"), (r"%|percent", "%"), (r"times|×|x", "×"),
     (r"GB/s", "GB/s"), (r"MB/s", "MB/s"), (r"TFLOP/s|TF|TFLOPS", "TF"), (r"GFLOP", "GFLOP"),
     (r"GiB", "GiB"), (r"MiB", "MiB"), (r"KiB", "KiB"), (r"GB", "GB"), (r"MB", "MB"),
-    (r"kB", "kB"), (r"images/s", "images/s"),
+    (r"kB", "kB"), (r"images/s", "images/s"), (r"bytes", "bytes"),
 ]
 _UNIT_RE = "|".join(f"(?:{u})" for u, _ in _UNITS)
 _WORDS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
@@ -233,7 +234,8 @@ def page_evidence(nb, glue_json=None):
                 visible += numbers_in(_output_text(out))
     for name, value in list(glue.items()):
         if isinstance(value, dict):  # .glue.json: {name: {"data": {mime: text}}}
-            glue[name] = str(value.get("data", {}).get("text/plain", "")).strip("'\"")
+            text = value.get("data", {}).get("text/plain", "")
+            glue[name] = ("".join(text) if isinstance(text, list) else str(text)).strip("'\"")
     return visible, glue
 
 
