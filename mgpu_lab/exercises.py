@@ -19,6 +19,7 @@ from .collectives import ring_bytes_per_device
 from .engines.pinning import cores
 from .predict import costmodel
 from .models import resnet_like
+from .predict.critical import critical_batch_table
 from .predict.gpus import get_gpu, usable_bytes
 from .predict.memory import estimate, max_batch_size
 from .presets import digits_model
@@ -94,8 +95,12 @@ ANSWERS = {
     "10.1": Answer(lambda: [costmodel.host_gather_seconds(100e6, 4, 16e9, latency=0),
                            costmodel.ring_allreduce_seconds(100e6, 4, 150e9, latency=0)], 0.01,
                   "a list of 2 times in seconds: host gather over PCIe, ring over NVLink",
-                  "host: 2N transfers of P bytes queue on the host's link; ring: 2(N-1)/N P "
-                  "bytes over each NVLink."),
+                  "with S = 4P bytes of gradient (P parameters): host: 2N transfers of S "
+                  "bytes queue on the host's link; ring: 2(N-1)/N S bytes over each NVLink."),
+    "10.4": Answer(lambda: critical_batch_table(gpus=["V100"])[0]["NVLink / peer link"], 0.02,
+                   "a number: samples per GPU",
+                   "6 P b / R = 2 x 4P / bw: solve for b (P cancels); R = the charged peak x "
+                   "the efficiency."),
     "11.1": Answer(lambda: costmodel.efficiency_for(get_gpu("P100"))[0], 0.02,
                    "a number: the P100's sustained fraction of its fp32 peak (e.g. 0.3)",
                    "efficiency = images/s x FLOPs per image / peak FLOP/s."),
