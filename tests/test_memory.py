@@ -338,3 +338,10 @@ def test_widget_figure_with_sharding():
     assert "sharding 3" in fig.axes[0].get_title() and "predicted" in fig.axes[0].get_title()
     with pytest.raises(ValueError, match="sharding must be a ZeRO stage"):
         widgets.limits_figure("V100", 32, 26, 4, "adam", sharding=5)
+
+
+def test_state_bytes_per_parameter():
+    assert [memory.state_bytes_per_parameter("adam", s, 8) for s in range(4)] == [16, 9, 5.5, 2]
+    assert [memory.state_bytes_per_parameter("momentum", s, 4) for s in range(4)] == [12, 9, 6, 3]
+    assert memory.state_bytes_per_parameter() == 8  # SGD, no sharding: parameters + gradients
+    assert {memory.state_bytes_per_parameter("adam", s, 1) for s in range(4)} == {16}

@@ -69,7 +69,8 @@ from .graph import analyse
 
 __all__ = ["OPTIMIZER_SLOTS", "SHARDING_STAGES", "VIEW_OPS", "IN_PLACE_OPS", "TERMS",
            "MODEL_STATE", "Simulation", "simulate", "check_sharding", "layer_sizes",
-           "shard_sizes", "model_state", "predicted_device_memory", "estimate", "split_limits",
+           "shard_sizes", "model_state", "predicted_device_memory", "state_bytes_per_parameter",
+           "estimate", "split_limits",
            "max_batch_size", "predicted_limits"]
 
 # Arrays of optimizer state per weight (see mgpu_lab.optim).
@@ -248,6 +249,17 @@ def model_state(model, optimizer="sgd", sharding=0, n_devices=1):
                      "gradients": itemsize * (s + gathered if stage >= 2 else P),
                      "optimizer": itemsize * slots * (s if stage >= 1 else P)})
     return rows
+
+
+def state_bytes_per_parameter(optimizer="sgd", sharding=0, n_devices=1):
+    """Bytes of model state (parameters, gradients, optimizer) per parameter on one
+    device, as P grows large: the table in the module docstring divided by P, with the
+    shard s_i ~ P/N and the gathered layer L left out (it is a fixed cost, not per P).
+    Adam: 16 without sharding, 8 + 8/N at stage 1, 4 + 12/N at stage 2, 16/N at stage 3."""
+    k = OPTIMIZER_SLOTS[_check_optimizer(optimizer)]
+    stage, n = check_sharding(sharding), check_n_devices(n_devices)
+    share = lambda sharded: 1 / n if sharded else 1  # noqa: E731
+    return 4 * (share(stage >= 3) + share(stage >= 2) + k * share(stage >= 1))
 
 
 def predicted_device_memory(model, n_devices, optimizer, sharding):
