@@ -20,7 +20,7 @@ import pytest
 from bookbuild import ROOT, built_book  # noqa: F401  (fixture)
 from browserkit import browser, issues, open_page, page, screenshot  # noqa: F401  (fixtures)
 from mgpu_lab import models, presets
-from mgpu_lab.figures import explorers
+from mgpu_lab.figures import explorers, labcharts
 from mgpu_lab.predict import costmodel, gpus, memory
 
 REDRAW_LIMIT_S = 1.0  # the goal is 0.1 s; a redraw over 1 s fails
@@ -76,7 +76,7 @@ def test_the_extension_loads_vega_only_on_explorer_pages_and_each_script_once():
     assert added == []
     mgpu_book._explorer_scripts(App(), "p", "page.html",
                                 {"body": '<div class="mgpu-explorer">'}, None)
-    assert added == list(mgpu_book.VENDOR_JS)
+    assert added == list(mgpu_book.VENDOR_JS + mgpu_book.EXPLORER_JS)
     body = 'const THEBE_JS_URL = "x"'
     scripts = [_JavaScript(None, body=body), _JavaScript("a.js"), _JavaScript("", body=body),
                _JavaScript(None, type=mgpu_book.WIDGET_STATE, body="{}")]
@@ -85,6 +85,35 @@ def test_the_extension_loads_vega_only_on_explorer_pages_and_each_script_once():
     assert ctx["script_files"] == scripts[:2]
     for path in mgpu_book.VENDOR_JS:
         assert (ROOT / "book" / "_static" / path).stat().st_size > 100_000
+    for path in mgpu_book.EXPLORER_JS:  # the explorers' own scripts, as real files
+        text = (ROOT / "book" / "_static" / path).read_text()
+        assert "mgpuExplorers" in text
+    assert "querySelector" not in (ROOT / "mgpu_lab" / "figures" / "explorers.py").read_text()
+    assert mgpu_book.WEB_BOOK_ENV == labcharts.WEB_BOOK_ENV
+
+
+def test_an_explorer_is_html_in_the_web_book_and_vega_lite_in_a_kernel(monkeypatch):
+    data = explorers.batch_limits_data(sizes=(32,), depths=(26,), kinds=["V100", "K80"],
+                                       cache=False)
+    e = explorers.batch_limits(gpu="K80", image_size=32, depth=26, n_gpus=3, data=data)
+    monkeypatch.setenv(labcharts.WEB_BOOK_ENV, "1")
+    bundle = e._repr_mimebundle_()
+    assert set(bundle) == {"text/html", "text/plain"} and bundle["text/html"] == e.html
+    assert "<script>" not in e.html  # the page's scripts are files in book/_static
+    monkeypatch.delenv(labcharts.WEB_BOOK_ENV)
+    bundle, meta = e._repr_mimebundle_()
+    assert set(bundle) == {labcharts.VEGALITE_MIME, "text/plain"}  # JupyterLab's renderer
+    assert meta[labcharts.VEGALITE_MIME]["embed_options"]["actions"] is False
+    spec = bundle[labcharts.VEGALITE_MIME]
+    assert {p["name"]: p["value"] for p in spec["params"]} == dict(
+        gpu="K80", image_size=32, depth=26, n_gpus=3, optimizer="momentum")
+    rows = spec["data"]["values"]  # the same grid as the web book's, row by row
+    assert [r["per_gpu"] for r in rows] == data["per_gpu"]
+    assert [[round(r[f"p_{p}"] * 2 ** 30) for p in data["parts"]] for r in rows] == data["bytes"]
+    model = models.resnet_like(26, image_size=32)
+    per = memory.max_batch_size(model, gpus.usable_bytes("K80"), optimizer="momentum")
+    assert f"at most {per:,} images per GPU, a global batch of {3 * per:,}" in bundle["text/plain"]
+    assert "http" not in json.dumps(spec)  # nothing for vega-embed to fetch
 
 
 # -- in the built book -------------------------------------------------------------------

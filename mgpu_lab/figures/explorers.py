@@ -2,13 +2,15 @@
 
 When the book is built, each explorer asks the library for *every* setting its controls
 can take (the memory model for chapter 7, the cost model for chapter 6) and returns one
-HTML snippet: the controls, a ``<script type="application/json">`` holding all the
-computed numbers, and a short script that looks the chosen setting up and redraws the
-numbers and a Vega-Lite chart. Nothing is computed in the browser but look-ups (and the
-global batch N x per-GPU limit, which is how :func:`~mgpu_lab.predict.memory.max_batch_size`
-defines it). The charting JavaScript (Vega, Vega-Lite) is vendored in
-``book/_static/vendor``; the book's Sphinx extension adds it to the pages that hold an
-explorer (it finds them by the ``mgpu-explorer`` class).
+HTML snippet: the controls and a ``<script type="application/json">`` holding all the
+computed numbers. The book's scripts (``book/_static/mgpu-explorer.js`` and
+``explorer-<kind>.js``) look the chosen setting up and redraw the numbers and a Vega-Lite
+chart. Nothing is computed in the browser but look-ups (and the global batch N x per-GPU
+limit, which is how :func:`~mgpu_lab.predict.memory.max_batch_size` defines it). Vega and
+Vega-Lite are vendored in ``book/_static/vendor``; the book's Sphinx extension adds them
+and the explorer scripts to the pages that hold an explorer (found by the
+``mgpu-explorer`` class). In JupyterLab, which runs none of those scripts, an explorer is a
+Vega-Lite chart of the same numbers that the lab draws itself (:mod:`.labcharts`).
 
     batch_limits()            chapter 7: GPU x image size x depth x optimizer (x N GPUs)
     throughput(measured=...)  chapter 6: network x GPU x N x strategy x overlap x batch
@@ -20,12 +22,11 @@ import os
 import time
 from pathlib import Path
 
-from IPython.display import HTML
-
 from .. import models, presets
 from ..measure.machine import machine_label
 from ..predict import costmodel, gpus, memory
-from . import tables
+from ..sources import library_hash
+from . import labcharts, tables
 
 __all__ = ["OPTIMIZERS", "LIMIT_SIZES", "LIMIT_DEPTHS", "MEMORY_PARTS", "THROUGHPUT_NETS",
            "THROUGHPUT_BATCHES", "limits_grid", "memory_parts", "batch_limits_data",
@@ -45,15 +46,11 @@ THROUGHPUT_BATCHES = (("per_gpu", 32), ("per_gpu", 64), ("per_gpu", 128),
 
 
 # -- a cache on disk: the same library and grid give the same numbers ---------------------
-_LIBRARY = Path(__file__).resolve().parents[1]
-
-
 def _cache_path(kind, params):
     """``$MGPU_CACHE_DIR`` (default ``~/.cache/mgpu_lab``)/``<kind>-<sha256>.json``, the
-    hash taken over the grid's parameters and every source file of the library."""
+    hash taken over the grid's parameters and :func:`~mgpu_lab.sources.library_hash`."""
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    for path in sorted(_LIBRARY.rglob("*.py")):
-        h.update(str(path.relative_to(_LIBRARY)).encode() + b"\0" + path.read_bytes())
+    h.update(library_hash().encode())
     root = Path(os.environ.get("MGPU_CACHE_DIR") or Path.home() / ".cache" / "mgpu_lab")
     return root / f"explorer-{kind}-{h.hexdigest()[:24]}.json"
 
@@ -228,12 +225,21 @@ def _slider(name, label, lo, hi, value):
             f'<output data-field="{name}">{value}</output></label>')
 
 
+def _flat_index(axes, **setting):
+    """Where ``setting`` (a value for every axis) sits in the flattened grid."""
+    i = 0
+    for name, values in axes.items():
+        i = i * len(values) + list(values).index(setting[name])
+    return i
+
+
 def _field(name, text=""):
     return f'<b data-field="{name}">{html.escape(str(text))}</b>'
 
 
-def _page(kind, controls, body, provenance, data, script, after=""):
-    """One explorer: a <div class="mgpu-explorer"> the extension and the tests find."""
+def _page(kind, controls, body, provenance, data, after=""):
+    """One explorer: a <div class="mgpu-explorer"> the extension and the tests find; the
+    book's ``_static/mgpu-explorer.js`` starts it (``explorer-<kind>.js`` redraws it)."""
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     style = ("border:1px solid #ccc;border-radius:6px;padding:0.8em 1em;margin:1em 0;"
              "font-size:0.95em")
@@ -243,131 +249,15 @@ def _page(kind, controls, body, provenance, data, script, after=""):
             f'<div class="mgpu-chart" style="overflow-x:auto"></div>'
             f'<p class="mgpu-provenance" style="font-size:0.8em;color:#555;margin:0.4em 0 0">'
             f"{provenance}</p>{after}"
-            f'<script type="application/json" class="mgpu-data">{payload}</script>'
-            f"<script>(function (root) {{if (!root) return;{_RUNTIME_JS}{script}{_REDRAW_JS}}})"
-            f"(document.currentScript && document.currentScript.parentElement);</script></div>")
-
-
-# Shared by both explorers (inside each one's own function, so a page may hold both; the
-# explorer's ``update(m, s)`` goes between the two parts):
-# look-ups in the flattened grid, number formats, the Vega view and the redraw timing
-# that the browser tests read (root.mgpuRender: the promise of the latest redraw).
-_RUNTIME_JS = r"""
-  const data = JSON.parse(root.querySelector('script.mgpu-data').textContent);
-  const axes = data.axes, order = Object.keys(axes);
-  const form = root.querySelector('form');
-  const chart = root.querySelector('.mgpu-chart');
-  function sel() {  // {axis: value} of the controls (a select's value is an option index)
-    const s = {};
-    for (const el of form.elements) {
-      if (!el.name) continue;
-      s[el.name] = el.type === 'range' ? Number(el.value) : axes[el.name][Number(el.value)];
-    }
-    return s;
-  }
-  function at(s, over) {  // flat index of setting s (with some axes overridden)
-    let i = 0;
-    for (const a of order) {
-      const v = over && a in over ? over[a] : s[a];
-      const k = axes[a].indexOf(v);
-      if (k < 0) throw new Error('no ' + a + ' = ' + v + ' in the explorer data');
-      i = i * axes[a].length + k;
-    }
-    return i;
-  }
-  const fmt = {
-    int: v => Math.round(v).toLocaleString('en-US'),
-    f1: v => v.toLocaleString('en-US', {minimumFractionDigits: 1, maximumFractionDigits: 1}),
-    f2: v => v.toFixed(2), pct: v => (100 * v).toFixed(1) + ' %',
-    ms: v => v >= 1000 ? Math.round(v).toLocaleString('en-US') : v.toPrecision(4),
-    gib: v => (v / 2 ** 30).toFixed(2), gib0: v => String(Number((v / 2 ** 30).toFixed(2))),
-    text: v => String(v)};
-  function show(name, value, how) {
-    for (const el of root.querySelectorAll('[data-field="' + name + '"]')) {
-      el.textContent = fmt[how || 'text'](value);
-      el.dataset.value = String(value);
-    }
-  }
-  let view = null;
-  function draw(spec, datasets) {
-    if (!window.vega || !window.vegaLite) {
-      chart.textContent = '(the chart needs the web book: Vega was not loaded)';
-      return Promise.resolve();
-    }
-    if (!view) {
-      view = new vega.View(vega.parse(vegaLite.compile(spec).spec),
-                           {renderer: 'svg', container: chart, hover: true});
-    }
-    for (const [name, rows] of Object.entries(datasets)) view.data(name, rows);
-    return view.runAsync();
-  }
-  const m = {data, axes, sel, at, show, draw, form, renders: 0};
-"""
-
-_REDRAW_JS = r"""
-  let last = null;
-  function redraw() {
-    const s = m.sel(), key = JSON.stringify(s);
-    if (key === last) return root.mgpuRender;  // a select fires 'input' and 'change'
-    last = key;
-    const t0 = performance.now();
-    const done = update(m, s).then(() => {
-      m.renders += 1;
-      root.dataset.renders = String(m.renders);
-      root.dataset.redrawMs = (performance.now() - t0).toFixed(1);
-    });
-    root.mgpuRender = done;
-    return done;
-  }
-  m.form.addEventListener('change', redraw);
-  m.form.addEventListener('input', redraw);
-  redraw();
-"""
+            f'<script type="application/json" class="mgpu-data">{payload}</script></div>')
 
 
 # -- chapter 7's explorer -----------------------------------------------------------------
-_LIMITS_JS = r"""
-  const PARTS = m.data.parts;
-  const SPEC = {
-    width: 540, height: 46, padding: {left: 5, right: 20, top: 5, bottom: 5},
-    title: {text: "Where one GPU's memory goes at its largest split (predicted)"},
-    layer: [
-      {data: {name: 'table'}, mark: 'bar',
-       encoding: {
-         x: {field: 'gib', type: 'quantitative', stack: 'zero',
-             title: "memory of one GPU (GiB)"},
-         color: {field: 'part', type: 'nominal', scale: {domain: PARTS},
-                 legend: {orient: 'bottom', title: null}},
-         order: {field: 'order'},
-         tooltip: [{field: 'part'}, {field: 'gib', format: '.3f', title: 'GiB'}]}},
-      {data: {name: 'cap'}, mark: {type: 'rule', color: 'black', strokeDash: [4, 3],
-                                   strokeWidth: 2},
-       encoding: {x: {field: 'gib', type: 'quantitative'}}},
-      {data: {name: 'cap'}, mark: {type: 'text', align: 'right', dx: -4, baseline: 'bottom'},
-       encoding: {x: {field: 'gib', type: 'quantitative'}, y: {value: -2},
-                  text: {field: 'label'}}}]};
-  function update(m, s) {
-    const i = m.at(s), per = m.data.per_gpu[i], bytes = m.data.bytes[i];
-    const gpu = m.data.gpus[s.gpu];
-    for (const a of ['gpu', 'image_size', 'depth', 'optimizer', 'n_gpus']) m.show(a, s[a]);
-    m.show('gpu_gib', gpu.memory_bytes, 'gib0');
-    m.show('per_gpu', per, 'int');
-    m.show('global_batch', s.n_gpus * per, 'int');  // max_batch_size(n_devices=N)
-    m.show('source', gpu.source);
-    m.show('none_fits', per ? '' : ' Not even one image fits: the bar shows one image.');
-    const rows = PARTS.map((p, k) => ({part: p, gib: bytes[k] / 2 ** 30, order: k}));
-    PARTS.forEach((p, k) => m.show('bytes_' + p, bytes[k], 'gib'));
-    m.show('bytes_total', bytes.reduce((a, b) => a + b, 0), 'gib');
-    return m.draw(SPEC, {table: rows,
-                         cap: [{gib: gpu.usable_bytes / 2 ** 30, label: s.gpu + ' memory less the reserve'}]});
-  }
-"""
-
-
 def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
                  data=None):
-    """Chapter 7's explorer (an ``IPython.display.HTML``): the predicted largest batch per
-    GPU and for N GPUs, and one GPU's memory at it, for every setting of its controls."""
+    """Chapter 7's explorer (a :class:`~.labcharts.Explorer`: HTML in the web book,
+    Vega-Lite in JupyterLab): the predicted largest batch per GPU and for N GPUs, and one
+    GPU's memory at it, for every setting of its controls."""
     d = data or batch_limits_data()
     ax = d["axes"]
     controls = (_select("gpu", "GPU", ax["gpu"], gpu)
@@ -393,64 +283,16 @@ def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="mome
             "context and the framework (an assumption: mgpu_lab.predict.gpus.DEFAULT_RESERVED), "
             "as in memory.max_batch_size(model, gpus.usable_bytes(gpu), optimizer=...); the "
             "book trains with momentum.")
-    return HTML(_page("batch-limits", controls, body, prov, d, _LIMITS_JS))
+    i = _flat_index(ax, gpu=gpu, image_size=image_size, depth=depth, optimizer=optimizer)
+    text = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {gpu}, {optimizer}: at most "
+            f"{d['per_gpu'][i]:,} images per GPU, a global batch of {n_gpus * d['per_gpu'][i]:,}"
+            " (predicted)")
+    return labcharts.Explorer(
+        _page("batch-limits", controls, body, prov, d),
+        labcharts.batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer), text)
 
 
 # -- chapter 6's explorer -----------------------------------------------------------------
-_THROUGHPUT_JS = r"""
-  const F = m.data.fields, NS = m.axes.n_gpus;
-  const xN = {field: 'n', type: 'ordinal', title: 'number of GPUs', axis: {labelAngle: 0}};
-  const SPEC = {
-    resolve: {scale: {color: 'independent'}, legend: {color: 'independent'}},
-    hconcat: [
-      {width: 250, height: 190, title: 'Predicted images/s',
-       layer: [
-         {data: {name: 'curve'}, mark: {type: 'line', point: true},
-          encoding: {x: xN, y: {field: 'images_per_s', type: 'quantitative',
-                                title: 'images per second'},
-                     color: {field: 'strategy', type: 'nominal',
-                             legend: {orient: 'bottom', title: null}},
-                     tooltip: [{field: 'strategy'}, {field: 'n', title: 'GPUs'},
-                               {field: 'images_per_s', format: ',.0f'}]}},
-         {data: {name: 'here'}, mark: {type: 'point', size: 160, shape: 'circle',
-                                       filled: false, color: 'black', strokeWidth: 2},
-          encoding: {x: xN, y: {field: 'images_per_s', type: 'quantitative'}}}]},
-      {width: 250, height: 190, title: 'Predicted time per step',
-       data: {name: 'split'}, mark: 'bar',
-       encoding: {x: xN, y: {field: 'ms', type: 'quantitative', stack: 'zero',
-                             title: 'milliseconds per step'},
-                  color: {field: 'part', type: 'nominal', scale: {domain:
-                          ['compute', 'communication'], range: ['#4c78a8', '#f58518']},
-                          legend: {orient: 'bottom', title: null}},
-                  opacity: {condition: {test: 'datum.here', value: 1}, value: 0.55},
-                  tooltip: [{field: 'part'}, {field: 'n', title: 'GPUs'},
-                            {field: 'ms', format: '.2f'}]}}]};
-  function update(m, s) {
-    const i = m.at(s);
-    for (const f of ['images_per_s', 'batch_size', 'split']) m.show(f, F[f][i], 'int');
-    m.show('speedup', F.speedup[i], 'f2');
-    m.show('scaling_efficiency', F.scaling_efficiency[i], 'pct');
-    for (const f of ['compute_s', 'comm_s', 'step_s']) m.show(f, 1e3 * F[f][i], 'ms');
-    for (const a of ['net', 'gpu', 'strategy', 'n_gpus']) m.show(a, s[a]);
-    m.show('overlap', s.overlap ? 'on' : 'off');
-    const g = m.data.gpus[s.gpu];
-    m.show('source', g.source);
-    m.show('efficiency', g.efficiency, 'pct');
-    m.show('efficiency_source', g.efficiency_source);
-    const curve = [], split = [];
-    for (const strategy of m.axes.strategy) for (const n of NS) {
-      curve.push({n, strategy, images_per_s: F.images_per_s[m.at(s, {strategy, n_gpus: n})]});
-    }
-    for (const n of NS) {
-      const k = m.at(s, {n_gpus: n}), here = n === s.n_gpus;
-      split.push({n, part: 'compute', ms: 1e3 * F.compute_s[k], here});
-      split.push({n, part: 'communication', ms: 1e3 * F.comm_s[k], here});
-    }
-    return m.draw(SPEC, {curve, split, here: [{n: s.n_gpus, images_per_s: F.images_per_s[i]}]});
-  }
-"""
-
-
 def _measured_block(result):
     """The build machine's measured rows, apart from the predictions and labelled so."""
     columns = [("n_devices", "devices"), ("batch_size", "batch"),
@@ -469,7 +311,7 @@ def _measured_block(result):
 
 def throughput(measured=None, net="ResNet-50-like", gpu="V100", n_gpus=4, strategy="host",
                overlap=False, batch="64 per GPU", data=None):
-    """Chapter 6's explorer (an ``IPython.display.HTML``): predicted images/s, speed-up,
+    """Chapter 6's explorer (a :class:`~.labcharts.Explorer`): predicted images/s, speed-up,
     efficiency and compute/communication time for every setting of its controls; below it,
     apart, the rows ``measured`` by :func:`mgpu_lab.measure.bench.run` (if given)."""
     d = data or throughput_data()
@@ -498,4 +340,10 @@ def throughput(measured=None, net="ResNet-50-like", gpu="V100", n_gpus=4, strate
             f"{1e6 * d['latency_s']:.0f} us per transfer; GPU figures from: "
             f'<span data-field="source">{html.escape(g["source"])}</span>.')
     extra = _measured_block(measured) if measured else ""
-    return HTML(_page("throughput", controls, body, prov, d, _THROUGHPUT_JS, extra))
+    i = _flat_index(ax, net=net, gpu=gpu, batch=batch, strategy=strategy, overlap=overlap,
+                    n_gpus=n_gpus)
+    text = (f"{net} on {n_gpus} x {gpu}, global batch {d['fields']['batch_size'][i]:,}, "
+            f"{strategy}, overlap {'on' if overlap else 'off'}: "
+            f"{d['fields']['images_per_s'][i]:,.0f} images/s (predicted)")
+    spec = labcharts.throughput_spec(d, net, gpu, n_gpus, strategy, overlap, batch)
+    return labcharts.Explorer(_page("throughput", controls, body, prov, d, extra), spec, text)
