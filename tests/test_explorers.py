@@ -205,6 +205,7 @@ STAGE = {label: stage for stage, label in explorers.SHARDING_LABELS.items()}
 
 
 @pytest.mark.browser
+@pytest.mark.book
 @pytest.mark.timeout(900)
 def test_the_batch_limits_explorer_shows_what_the_memory_model_computes(page, issues):
     root = _explorer(page, "book/07_batch_limits", "batch-limits")
@@ -253,6 +254,7 @@ def _predict(s):
 
 
 @pytest.mark.browser
+@pytest.mark.book
 @pytest.mark.timeout(900)
 def test_the_throughput_explorer_shows_what_the_cost_model_computes(page, issues):
     root = _explorer(page, "book/06_throughput", "throughput")

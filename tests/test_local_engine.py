@@ -17,6 +17,8 @@ from mgpu_lab.errors import NonFiniteGradient, WorkerDied
 from mgpu_lab.optim import SGD, Adam, Momentum
 from mgpu_lab.trainer import DataParallelTrainer
 
+pytestmark = pytest.mark.integration  # worker processes (tests/README.md: tiers)
+
 
 def gone(pid):
     try:

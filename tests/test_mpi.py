@@ -15,7 +15,7 @@ from mgpu_lab import cli
 from mgpu_lab.engines import mpi
 from mgpu_lab.measure import mpi_bench
 
-pytestmark = pytest.mark.mpi
+pytestmark = [pytest.mark.integration, pytest.mark.mpi]
 
 JOB_TIMEOUT = 120  # seconds for one mpiexec job (warm Theano cache: 5-10 s)
 # float32 tolerance on the parameters after STEPS momentum steps. 'host' stacks exactly

@@ -7,16 +7,19 @@ on every change, so they need a running kernel. The web book shows
     throughput_widget()     chapter 6: measure the benchmark on 1..N local devices
 """
 import functools
+import io
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+from IPython.display import Image, display
 
 from .. import models, presets
 from ..measure import bench
 from ..predict import gpus, memory
 from . import plots
 
-__all__ = ["SHARDING_CHOICES", "network", "limits_figure", "limits_view", "batch_limits_widget",
+__all__ = ["SHARDING_CHOICES", "network", "limits_figure", "show_figure", "limits_view",
+           "batch_limits_widget",
            "measure_view", "throughput_widget"]
 
 # The widget's sharding menu: (label, ZeRO stage).
@@ -55,12 +58,25 @@ def limits_figure(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="mom
     return summary, fig
 
 
+def show_figure(fig):
+    """Show ``fig`` as a PNG drawn here, then close it.
+
+    Not ``plt.show()``: that shows every open figure, through the inline backend, whose
+    PNG formatter a fresh kernel sets up only when it first shows a figure at the end of a
+    cell; a widget's callback runs outside any cell, so there the figure could come out as
+    the text "<Figure size 640x390 with 1 Axes>" or not as the figure just drawn."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    display(Image(data=buf.getvalue(), format="png"))
+
+
 def limits_view(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
                 sharding=0):
     """Print the summary and show the figure (what the widget redraws on each change)."""
-    summary, _ = limits_figure(gpu, image_size, depth, n_gpus, optimizer, sharding)
+    summary, fig = limits_figure(gpu, image_size, depth, n_gpus, optimizer, sharding)
     print(summary)
-    plt.show()
+    show_figure(fig)
 
 
 def batch_limits_widget():
@@ -85,9 +101,8 @@ def measure_view(model="cnn", batch_size=128, max_devices=2):
     res = bench.run(model, devices=tuple(range(1, max_devices + 1)),
                     batch_sizes=(batch_size,), warmup=1, repeats=3, steps=2)
     print(bench.format_table(res))
-    plots.speedup(res)
-    plots.step_breakdown(res, batch_size=batch_size)
-    plt.show()
+    show_figure(plots.speedup(res))
+    show_figure(plots.step_breakdown(res, batch_size=batch_size))
 
 
 def throughput_widget():
