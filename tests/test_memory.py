@@ -112,6 +112,7 @@ def test_bad_device_count(mlp):
 
 
 # -- simulated device memory in DevicePool ---------------------------------------------------
+@pytest.mark.integration  # starts worker processes
 def test_pool_refuses_a_split_that_does_not_fit_before_any_work(cnn, digits):
     x, y = digits
     capacity = memory.estimate(cnn, 10)["total"]  # room for a split of 10 samples
@@ -134,6 +135,7 @@ def test_pool_refuses_a_split_that_does_not_fit_before_any_work(cnn, digits):
         assert ok.split_sizes == [10, 10] and grads_buffer.any()
 
 
+@pytest.mark.integration  # starts worker processes
 def test_measured_limits_on_two_devices(cnn):
     capacity = memory.estimate(cnn, 12)["total"]
     (row,) = memory_check.measured_limits(cnn.spec, capacity, (2,), progress=False)
