@@ -21,7 +21,7 @@ from .predict import costmodel
 from .models import resnet_like
 from .predict.critical import critical_batch_table
 from .predict.gpus import get_gpu, usable_bytes
-from .predict.memory import estimate, max_batch_size
+from .predict.memory import estimate, max_batch_size, shard_sizes, state_bytes_per_parameter
 from .presets import digits_model
 from .split import split_sizes
 
@@ -65,6 +65,13 @@ def _tree_beats_ring_below(n=8, bw=25e9, latency=10e-6):
     return (tree(0) - ring(0)) / ((ring(1e9) - ring(0)) - (tree(1e9) - tree(0))) * 1e9
 
 
+def _gpus_for_adam_state(n_params, stage):
+    """Exercise 9.3: the fewest V100s whose usable memory holds ``n_params`` parameters'
+    Adam model state at ZeRO ``stage`` (activations and the gathered layer left out)."""
+    return next(n for n in range(1, 100_000) if n_params * state_bytes_per_parameter(
+        "adam", stage, n) <= usable_bytes("V100"))
+
+
 ANSWERS = {
     "1.1": Answer(lambda: len(cores()), 0, "an integer",
                   "one device per core: how many cores may this notebook's process use?"),
@@ -92,6 +99,19 @@ ANSWERS = {
                   "2(N - 1) steps, each sending one chunk of P/N numbers, 4 bytes each."),
     "8.3": Answer(_tree_beats_ring_below, 0.02, "a number: the gradient size in bytes",
                   "ring: 2(N-1)/N S/b + 2(N-1) a; tree: log2(N) (S/b + a); set them equal."),
+    "9.1": Answer(lambda: [8 * 138_357_544, 8 * max(shard_sizes(138_357_544, 8))], 0,
+                  "a list of 2 byte counts: stage 0, stage 1",
+                  "Adam keeps 2 float32 numbers per parameter; at stage 1 a GPU keeps them for "
+                  "its shard only, memory.shard_sizes(P, 8)."),
+    "9.2": Answer(lambda: [ring_bytes_per_device(resnet_like(50).n_params, 4),
+                           1.5 * ring_bytes_per_device(resnet_like(50).n_params, 4)], 0.001,
+                  "a list of 2 byte counts: stage 1, stage 3",
+                  "stage 1: a reduce-scatter and an all-gather, (N-1)/N 4P bytes each; stage 3 "
+                  "gathers the parameters once more for the backward pass."),
+    "9.3": Answer(lambda: [_gpus_for_adam_state(2e9, 1), _gpus_for_adam_state(2e9, 3)], 0,
+                  "a list of 2 integers: GPUs with stage 1, with stage 3",
+                  "bytes per parameter on a GPU: 4 + 4 + 8/N at stage 1, 16/N at stage 3; "
+                  "compare 2e9 times that with gpus.usable_bytes('V100')."),
     "10.1": Answer(lambda: [costmodel.host_gather_seconds(100e6, 4, 16e9, latency=0),
                            costmodel.ring_allreduce_seconds(100e6, 4, 150e9, latency=0)], 0.01,
                   "a list of 2 times in seconds: host gather over PCIe, ring over NVLink",

@@ -46,7 +46,8 @@ RUN_TIMEOUT_S = 900  # chapter 7 on a cold ~/.theano compiles its graphs first
 WIDGET_CALL = re.compile(r"widget\w*\(|interact")
 SUMMARY = re.compile(r"ResNet-(\d+)-like at (\d+) px on (\d+) x (\S+) .*?"
                      r"at most (\d+) images per GPU")
-EXPLORER = re.compile(r"ResNet-(\d+)-like at (\d+) px on (\d+) x (\S+), (\w+):\s*"
+EXPLORER = re.compile(r"ResNet-(\d+)-like at (\d+) px on (\d+) x (\S+), (\w+)"
+                      r"(?:, sharding .*?)?:\s*"
                       r"at most ([\d,]+) images per GPU, a global batch of ([\d,]+)")
 HIDDEN = ("_ext", "_static", "images", "references.bib")  # not listed by the lab
 

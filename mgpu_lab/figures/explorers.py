@@ -12,7 +12,7 @@ and the explorer scripts to the pages that hold an explorer (found by the
 ``mgpu-explorer`` class). In JupyterLab, which runs none of those scripts, an explorer is a
 Vega-Lite chart of the same numbers that the lab draws itself (:mod:`.labcharts`).
 
-    batch_limits()            chapter 7: GPU x image size x depth x optimizer (x N GPUs)
+    batch_limits()            chapter 7: GPU x image size x depth x optimizer x sharding x N GPUs
     throughput(measured=...)  chapter 6: network x GPU x N x strategy x overlap x batch
 """
 import hashlib
@@ -28,8 +28,9 @@ from ..predict import costmodel, gpus, memory
 from ..sources import library_hash
 from . import labcharts, tables
 
-__all__ = ["OPTIMIZERS", "LIMIT_SIZES", "LIMIT_DEPTHS", "MEMORY_PARTS", "THROUGHPUT_NETS",
-           "THROUGHPUT_BATCHES", "limits_grid", "memory_parts", "batch_limits_data",
+__all__ = ["OPTIMIZERS", "LIMIT_SIZES", "LIMIT_DEPTHS", "SHARDING", "SHARDING_LABELS",
+           "LIMIT_GPUS", "MEMORY_PARTS", "THROUGHPUT_NETS",
+           "THROUGHPUT_BATCHES", "limits_grid", "memory_parts", "batch_limits_data", "limits_parts",
            "batch_limits", "throughput_data", "throughput"]
 
 OPTIMIZERS = tuple(memory.OPTIMIZER_SLOTS)
@@ -38,6 +39,12 @@ OPTIMIZERS = tuple(memory.OPTIMIZER_SLOTS)
 # sizes 96 and 160 would more than double it; the kernel widget still offers them).
 LIMIT_SIZES = (32, 64, 128, 224)
 LIMIT_DEPTHS = (26, 50, 101, 152)
+# ZeRO stages (memory.SHARDING_STAGES) and GPU counts: with sharding the per-GPU limit
+# depends on N, so the grid holds every N of the slider.
+SHARDING = tuple(memory.SHARDING_STAGES)
+SHARDING_LABELS = {0: "none", 1: "1: optimizer state", 2: "2: + gradients",
+                   3: "3: + parameters"}
+LIMIT_GPUS = tuple(range(1, 9))
 MEMORY_PARTS = ("parameters", "gradients", "optimizer", "activations", "other")
 # chapter 6: the book's ImageNet nets (presets.imagenet_model names) and batch choices
 THROUGHPUT_NETS = {"ResNet-50-like": "resnet", "VGG-16-like": "vgg16"}
@@ -75,45 +82,25 @@ def _cached(kind, params, compute):
 
 
 # -- chapter 7: the memory model over the grid ------------------------------------------
-def _line(e1, e2, n):
-    """Every term on the straight line through the estimates at 1 and 2 samples."""
-    return {k: e1[k] + (n - 1) * (e2[k] - e1[k]) for k in e1}
-
-
-def _with_optimizer(terms, optimizer):
-    """``terms`` of an SGD estimate plus the optimizer state (the only term that differs)."""
-    extra = memory.OPTIMIZER_SLOTS[optimizer] * terms["parameters"]
-    return {**terms, "optimizer": extra, "total": terms["total"] + extra}
-
-
-def limits_grid(model, kinds, optimizers=OPTIMIZERS, reserved=gpus.DEFAULT_RESERVED):
+def limits_grid(model, kinds, optimizers=OPTIMIZERS, reserved=gpus.DEFAULT_RESERVED,
+                stages=(0,), counts=(1,)):
     """{(gpu name, optimizer): (largest split, estimate at it)} for one network, on each
-    GPU's memory less ``reserved`` bytes (:func:`mgpu_lab.predict.gpus.usable_bytes`).
+    GPU's memory less ``reserved`` bytes (:func:`mgpu_lab.predict.gpus.usable_bytes`);
+    with ``stages`` (ZeRO sharding) or ``counts`` (GPUs) other than the default, keyed
+    ``(gpu name, optimizer, stage, N)``.
 
-    Equal to :func:`memory.max_batch_size` and :func:`memory.estimate`, found with three
-    graph walks instead of dozens: an estimate is the sum of buffer sizes that grow
-    linearly with the split, or the largest such sum, so it is convex in n; if the
-    estimate at ``top`` (past every answer) lies on the line through n = 1 and 2, it lies
-    on that line for every n in between, and each answer is read off the line. If it does
-    not, every answer is asked of ``max_batch_size`` itself.
+    Equal to :func:`memory.max_batch_size` (per GPU) and :func:`memory.estimate`, found
+    by :func:`memory.split_limits` with three graph walks instead of dozens.
     """
-    e1, e2 = memory.estimate(model, 1), memory.estimate(model, 2)
-    per_sample = e2["total"] - e1["total"]
-    usable = {g.name: gpus.usable_bytes(g, reserved) for g in kinds}
-    budget = {(g.name, o): usable[g.name] - memory.OPTIMIZER_SLOTS[o] * e1["parameters"]
-              for g in kinds for o in optimizers}  # bytes left for an SGD step
-    fit = {k: 0 if b < e1["total"] else 1 + (b - e1["total"]) // per_sample
-           for k, b in budget.items()}
-    top = max(fit.values()) + 1
-    if _line(e1, e2, top) == memory.estimate(model, top):
-        return {(g, o): (n, _with_optimizer(_line(e1, e2, max(n, 1)), o))
-                for (g, o), n in fit.items()}
-    out = {}
-    for g in kinds:
-        for o in optimizers:
-            n = memory.max_batch_size(model, usable[g.name], optimizer=o)
-            out[g.name, o] = (n, memory.estimate(model, max(n, 1), o))
-    return out
+    cases = [(g, o, s, n) for g in kinds for o in optimizers for s in stages for n in counts]
+    state = {(o, s, n): max(sum(d.values()) for d in memory.model_state(model, o, s, n))
+             for o in optimizers for s in stages for n in counts}
+    budgets = [gpus.usable_bytes(g, reserved) - state[o, s, n] for g, o, s, n in cases]
+    grid = {(g.name, o, s, n): (per, memory.estimate(model, max(per, 1), o, s, n))
+            for (g, o, s, n), per in zip(cases, memory.split_limits(model, budgets))}
+    if tuple(stages) == (0,) and tuple(counts) == (1,):
+        return {(g, o): v for (g, o, _, _), v in grid.items()}
+    return grid
 
 
 def memory_parts(est):
@@ -124,8 +111,8 @@ def memory_parts(est):
 
 def batch_limits_data(sizes=LIMIT_SIZES, depths=LIMIT_DEPTHS, kinds=None, cache=True):
     """Everything chapter 7's explorer shows: per-GPU limit and memory parts (bytes) for
-    every GPU kind x image size x depth x optimizer, flattened in that order (kept on disk
-    with ``cache``: see :func:`_cached`)."""
+    every GPU kind x image size x depth x optimizer x sharding (ZeRO stage) x number of
+    GPUs, flattened in that order (kept on disk with ``cache``: see :func:`_cached`)."""
     kinds = list(kinds or gpus.gpu_names())
     args = (list(sizes), list(depths), kinds)
     if cache:
@@ -134,27 +121,49 @@ def batch_limits_data(sizes=LIMIT_SIZES, depths=LIMIT_DEPTHS, kinds=None, cache=
 
 
 def _limits_data(sizes, depths, kinds):
+    """The grid, factored so that the page stays small: ``per_gpu`` for every setting
+    (flat, in axis order); ``state[size x depth][optimizer][stage][N - 1]``: parameters,
+    gradients, optimizer bytes; ``step[size x depth][split]``: activations and other bytes
+    at each split that occurs. :func:`limits_parts` puts a setting's five parts together."""
     t0 = time.perf_counter()
     kinds = [gpus.get_gpu(g) for g in kinds]
-    per_gpu, parts = [], []
-    grids = {}
+    per_gpu, state, step, grids = [], {}, {}, {}
     for size in sizes:
         for depth in depths:
-            grids[size, depth] = limits_grid(models.resnet_like(depth, image_size=size), kinds)
+            key = f"{size}x{depth}"
+            grids[key] = limits_grid(models.resnet_like(depth, image_size=size), kinds,
+                                     stages=SHARDING, counts=LIMIT_GPUS)
+            state[key] = {o: [[None] * len(LIMIT_GPUS) for _ in SHARDING] for o in OPTIMIZERS}
+            step[key] = {}
+            for (_, o, stage, n), (per, est) in grids[key].items():
+                parts = [int(v) for v in memory_parts(est)]
+                state[key][o][stage][n - 1] = parts[:3]
+                step[key][str(max(per, 1))] = parts[3:]
     for g in kinds:
         for size in sizes:
             for depth in depths:
                 for o in OPTIMIZERS:
-                    n, est = grids[size, depth][g.name, o]
-                    per_gpu.append(int(n))
-                    parts.append([int(v) for v in memory_parts(est)])
+                    for stage in SHARDING:
+                        for n in LIMIT_GPUS:
+                            per_gpu.append(int(grids[f"{size}x{depth}"][g.name, o, stage, n][0]))
     return {"axes": {"gpu": [g.name for g in kinds], "image_size": list(sizes),
-                     "depth": list(depths), "optimizer": list(OPTIMIZERS)},
+                     "depth": list(depths), "optimizer": list(OPTIMIZERS),
+                     "sharding": list(SHARDING), "n_gpus": list(LIMIT_GPUS)},
+            "sharding_labels": [SHARDING_LABELS[k] for k in SHARDING],
             "gpus": {g.name: {"memory_bytes": g.memory_bytes, "source": g.source,
                               "usable_bytes": gpus.usable_bytes(g)} for g in kinds},
-            "reserved_bytes": gpus.DEFAULT_RESERVED,
-            "parts": list(MEMORY_PARTS), "per_gpu": per_gpu, "bytes": parts,
+            "reserved_bytes": gpus.DEFAULT_RESERVED, "parts": list(MEMORY_PARTS),
+            "per_gpu": per_gpu, "state": state, "step": step,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def limits_parts(d, **setting):
+    """The five memory parts (bytes) of :func:`batch_limits_data` ``d`` at ``setting``
+    (a value for every axis), as the page's script looks them up."""
+    per = d["per_gpu"][_flat_index(d["axes"], **setting)]
+    key = f"{setting['image_size']}x{setting['depth']}"
+    state = d["state"][key][setting["optimizer"]][setting["sharding"]]
+    return state[d["axes"]["n_gpus"].index(setting["n_gpus"])] + d["step"][key][str(max(per, 1))]
 
 
 # -- chapter 6: the cost model over the grid --------------------------------------------
@@ -255,42 +264,49 @@ def _page(kind, controls, body, provenance, data, after=""):
 
 # -- chapter 7's explorer -----------------------------------------------------------------
 def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
-                 data=None):
+                 sharding=0, data=None):
     """Chapter 7's explorer (a :class:`~.labcharts.Explorer`: HTML in the web book,
-    Vega-Lite in JupyterLab): the predicted largest batch per GPU and for N GPUs, and one
-    GPU's memory at it, for every setting of its controls."""
+    Vega-Lite in JupyterLab): the predicted largest batch per GPU and for N GPUs, and the
+    busiest GPU's memory at it, for every setting of its controls (``sharding``: the ZeRO
+    stage, 0 for none; chapter 9)."""
     d = data or batch_limits_data()
-    ax = d["axes"]
+    ax, labels = d["axes"], d["sharding_labels"]
     controls = (_select("gpu", "GPU", ax["gpu"], gpu)
                 + _select("image_size", "image px", ax["image_size"], image_size)
                 + _select("depth", "depth", ax["depth"], depth)
                 + _slider("n_gpus", "GPUs", 1, 8, n_gpus)
-                + _select("optimizer", "optimizer", ax["optimizer"], optimizer))
+                + _select("optimizer", "optimizer", ax["optimizer"], optimizer)
+                + _select("sharding", "sharding", ax["sharding"], sharding, labels))
+    label = labels[ax["sharding"].index(sharding)]
     parts = ", ".join(f"{p} {_field('bytes_' + p)}" for p in d["parts"])
     body = (f'<p class="mgpu-summary">ResNet-{_field("depth", depth)}-like at '
             f'{_field("image_size", image_size)} px on {_field("n_gpus", n_gpus)} x '
             f'{_field("gpu", gpu)} ({_field("gpu_gib")} GiB each), optimizer '
-            f'{_field("optimizer", optimizer)}: at most {_field("per_gpu")} images per GPU, '
-            f'a global batch of {_field("global_batch")} (predicted).'
-            f'{_field("none_fits")}</p><p style="font-size:0.85em">One GPU at that split, '
-            f'GiB: {parts}; total {_field("bytes_total")}.</p>')
+            f'{_field("optimizer", optimizer)}, sharding {_field("sharding", label)}: at most '
+            f'{_field("per_gpu")} images per GPU, a global batch of {_field("global_batch")} '
+            f'(predicted).{_field("none_fits")}</p><p style="font-size:0.85em">The busiest '
+            f'GPU at that split, GiB: {parts}; total {_field("bytes_total")}.</p>')
     sizes = " x ".join(str(len(v)) for v in ax.values())
     prov = ("predicted by mgpu_lab.predict.memory from each network's graph "
             "(mgpu_lab.models.resnet_like); GPU figures from: "
             f'<span data-field="source">{html.escape(d["gpus"][gpu]["source"])}</span>. '
-            f"All {sizes} settings (GPU x image size x depth x optimizer) were computed "
-            "when the book was built; N GPUs hold N times one GPU's split. All of each "
-            f"GPU's memory less {d['reserved_bytes'] // 2 ** 20} MiB reserved for the CUDA "
+            f"All {sizes} settings (GPU x image size x depth x optimizer x sharding x GPUs) "
+            "were computed when the book was built; N GPUs hold N times one GPU's split. "
+            "Sharding (ZeRO stages 1-3, chapter 9) keeps 1/N of the optimizer state, the "
+            "gradients, the parameters on each GPU; stages 2 and 3 are predicted only. All of "
+            f"each GPU's memory less {d['reserved_bytes'] // 2 ** 20} MiB reserved for the CUDA "
             "context and the framework (an assumption: mgpu_lab.predict.gpus.DEFAULT_RESERVED), "
-            "as in memory.max_batch_size(model, gpus.usable_bytes(gpu), optimizer=...); the "
-            "book trains with momentum.")
-    i = _flat_index(ax, gpu=gpu, image_size=image_size, depth=depth, optimizer=optimizer)
-    text = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {gpu}, {optimizer}: at most "
-            f"{d['per_gpu'][i]:,} images per GPU, a global batch of {n_gpus * d['per_gpu'][i]:,}"
-            " (predicted)")
+            "as in memory.max_batch_size(model, gpus.usable_bytes(gpu), N, optimizer, sharding);"
+            " the book trains with momentum.")
+    i = _flat_index(ax, gpu=gpu, image_size=image_size, depth=depth, optimizer=optimizer,
+                    sharding=sharding, n_gpus=n_gpus)
+    text = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {gpu}, {optimizer}, "
+            f"sharding {label}: at most {d['per_gpu'][i]:,} images per GPU, a global batch of "
+            f"{n_gpus * d['per_gpu'][i]:,} (predicted)")
     return labcharts.Explorer(
         _page("batch-limits", controls, body, prov, d),
-        labcharts.batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer), text)
+        labcharts.batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding),
+        text)
 
 
 # -- chapter 6's explorer -----------------------------------------------------------------

@@ -69,27 +69,45 @@ def _summary(expr, width, before=()):
 
 
 # -- chapter 7 ---------------------------------------------------------------------------
-def _limits_rows(d):
-    ax, rows, i = d["axes"], [], 0
+def _limits_rows(d, sharding):
+    """One row per GPU x size x depth x optimizer x N at one ``sharding`` (ZeRO stage: the
+    lab chart keeps it fixed; every stage at once would be 4 times the rows). The parts
+    are looked up as the web page does (explorers.limits_parts)."""
+    ax, rows = d["axes"], []
     for gpu in ax["gpu"]:
         for size in ax["image_size"]:
             for depth in ax["depth"]:
                 for opt in ax["optimizer"]:
-                    row = {"gpu": gpu, "image_size": size, "depth": depth, "optimizer": opt,
-                           "per_gpu": d["per_gpu"][i],
-                           "usable_gib": d["gpus"][gpu]["usable_bytes"] / 2 ** 30}
-                    # "p_": a part may share its name with a setting ("optimizer")
-                    row.update({f"p_{p}": b / 2 ** 30 for p, b in zip(d["parts"], d["bytes"][i])})
-                    rows.append(row)
-                    i += 1
+                    for n in ax["n_gpus"]:
+                        at = dict(gpu=gpu, image_size=size, depth=depth, optimizer=opt,
+                                  sharding=sharding, n_gpus=n)
+                        per, key = d["per_gpu"][_index(ax, at)], f"{size}x{depth}"
+                        nbytes = (d["state"][key][opt][sharding][ax["n_gpus"].index(n)]
+                                  + d["step"][key][str(max(per, 1))])
+                        row = {"gpu": gpu, "image_size": size, "depth": depth,
+                               "optimizer": opt, "n_gpus": n, "per_gpu": per,
+                               "usable_gib": d["gpus"][gpu]["usable_bytes"] / 2 ** 30}
+                        # "p_": a part may share its name with a setting ("optimizer")
+                        row.update({f"p_{p}": b / 2 ** 30 for p, b in zip(d["parts"], nbytes)})
+                        rows.append(row)
     return rows
 
 
-def batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer):
-    """Chapter 7's explorer as Vega-Lite: the summary line and one GPU's memory bar."""
+def _index(axes, setting):
+    i = 0
+    for name, values in axes.items():
+        i = i * len(values) + list(values).index(setting[name])
+    return i
+
+
+def batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding=0):
+    """Chapter 7's explorer as Vega-Lite: the summary line and the busiest GPU's memory
+    bar, at one ``sharding`` (ZeRO stage)."""
     ax, parts = d["axes"], list(d["parts"])
+    label = d["sharding_labels"][ax["sharding"].index(sharding)]
     summary = ("'ResNet-' + depth + '-like at ' + image_size + ' px on ' + n_gpus + ' x ' "
-               "+ gpu + ', ' + optimizer + ':\\nat most ' + format(datum.per_gpu, ',') "
+               f"+ gpu + ', ' + optimizer + ', sharding {label}:\\nat most ' "
+               "+ format(datum.per_gpu, ',') "
                "+ ' images per GPU, a global batch of ' + format(n_gpus * datum.per_gpu, ',')"
                " + ' (predicted)'")
     bar = {"transform": [{"fold": [f"p_{p}" for p in parts], "as": ["key", "gib"]},
@@ -112,11 +130,11 @@ def batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer):
                    _param("depth", "depth", depth, ax["depth"]),
                    _param("n_gpus", "GPUs", n_gpus, lo=1, hi=8),
                    _param("optimizer", "optimizer", optimizer, ax["optimizer"])],
-        "data": {"values": _limits_rows(d)},
-        "transform": [_filter(["gpu", "image_size", "depth", "optimizer"])],
+        "data": {"values": _limits_rows(d, sharding)},
+        "transform": [_filter(["gpu", "image_size", "depth", "optimizer", "n_gpus"])],
         "vconcat": [_summary(summary, 560),
                     {"width": 540, "height": 46, "layer": [bar, cap],
-                     "title": "Where one GPU's memory goes at its largest split (predicted; "
+                     "title": "Where the busiest GPU's memory goes at its largest split (predicted; "
                               "dashed: the GPU's memory less the reserve)"}]}
 
 

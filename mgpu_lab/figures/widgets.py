@@ -2,7 +2,8 @@
 on every change, so they need a running kernel. The web book shows
 :mod:`mgpu_lab.figures.explorers` instead (computed when the book is built).
 
-    batch_limits_widget()   chapter 7: GPU kind, image size, depth, number of GPUs
+    batch_limits_widget()   chapter 7: GPU kind, image size, depth, number of GPUs,
+                            optimizer, sharding (ZeRO stage)
     throughput_widget()     chapter 6: measure the benchmark on 1..N local devices
 """
 import functools
@@ -17,8 +18,13 @@ from ..measure import bench
 from ..predict import gpus, memory
 from . import plots
 
-__all__ = ["network", "limits_figure", "show_figure", "limits_view", "batch_limits_widget",
+__all__ = ["SHARDING_CHOICES", "network", "limits_figure", "show_figure", "limits_view",
+           "batch_limits_widget",
            "measure_view", "throughput_widget"]
+
+# The widget's sharding menu: (label, ZeRO stage).
+SHARDING_CHOICES = (("none", 0), ("1: optimizer state", 1), ("2: + gradients", 2),
+                    ("3: + parameters", 3))
 
 
 @functools.lru_cache(maxsize=32)
@@ -27,22 +33,26 @@ def network(depth, image_size):
     return models.resnet_like(depth, image_size=image_size)
 
 
-def limits_figure(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum"):
-    """(summary, figure): the predicted limit, and one GPU's memory at its largest split,
-    on the GPU's memory less :data:`~mgpu_lab.predict.gpus.DEFAULT_RESERVED`."""
+def limits_figure(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
+                  sharding=0):
+    """(summary, figure): the predicted limit, and the busiest GPU's memory at its largest
+    split, on the GPU's memory less :data:`~mgpu_lab.predict.gpus.DEFAULT_RESERVED`, with
+    the model state sharded over ``n_gpus`` GPUs as ZeRO stage ``sharding`` (0: none)."""
     model, kind = network(depth, image_size), gpus.get_gpu(gpu)
+    stage = memory.check_sharding(sharding)
     usable, reserve = gpus.usable_bytes(kind), gpus.DEFAULT_RESERVED // 2 ** 20
-    per = memory.max_batch_size(model, usable, optimizer=optimizer)
+    per = memory.max_batch_size(model, usable, n_gpus, optimizer, stage) // n_gpus
+    shard = "no sharding" if not stage else f"sharding {stage} ({memory.SHARDING_STAGES[stage]})"
     summary = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {kind.name} "
-               f"({kind.memory_gib:.0f} GiB, {reserve} MiB reserved), {optimizer}: at most "
-               f"{per} images per GPU, a global batch of {n_gpus * per} (predicted)")
+               f"({kind.memory_gib:.0f} GiB, {reserve} MiB reserved), {optimizer}, {shard}: "
+               f"at most {per} images per GPU, a global batch of {n_gpus * per} (predicted)")
     sizes = sorted({1, max(1, per // 4), max(1, per // 2), max(1, per)})
     fig = plots.memory_breakdown(
-        {n: memory.estimate(model, n, optimizer) for n in sizes},
+        {n: memory.estimate(model, n, optimizer, stage, n_gpus) for n in sizes},
         xlabel="images per GPU (the split)",
         capacity=(usable, f"{kind.name} memory less {reserve} MiB reserved"),
-        title=f"One of {n_gpus} {kind.name}s, ResNet-{depth}-like at {image_size} px "
-              "(predicted)",
+        title=f"One of {n_gpus} {kind.name}s, ResNet-{depth}-like at {image_size} px, "
+              f"sharding {stage or 'none'} (predicted)",
         source=f"predicted by mgpu_lab.predict.memory from the graph;\n"
                f"GPU memory: {kind.source}")
     return summary, fig
@@ -61,9 +71,10 @@ def show_figure(fig):
     display(Image(data=buf.getvalue(), format="png"))
 
 
-def limits_view(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum"):
+def limits_view(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
+                sharding=0):
     """Print the summary and show the figure (what the widget redraws on each change)."""
-    summary, fig = limits_figure(gpu, image_size, depth, n_gpus, optimizer)
+    summary, fig = limits_figure(gpu, image_size, depth, n_gpus, optimizer, sharding)
     print(summary)
     show_figure(fig)
 
@@ -79,7 +90,9 @@ def batch_limits_widget():
         n_gpus=widgets.IntSlider(value=4, min=1, max=8, description="GPUs",
                                  continuous_update=False),
         optimizer=widgets.Dropdown(options=list(memory.OPTIMIZER_SLOTS), value="momentum",
-                                   description="optimizer"))
+                                   description="optimizer"),
+        sharding=widgets.Dropdown(options=list(SHARDING_CHOICES), value=0,
+                                  description="sharding"))
     return widgets.interact(limits_view, **controls)
 
 
