@@ -13,6 +13,7 @@ do not collide.
 """
 import argparse
 import os
+import signal
 import socket
 import sys
 
@@ -140,7 +141,9 @@ def main(argv=None):
     env = {**os.environ, **environment(args)}
     hub = os.path.join(ROOT, ".venv", "bin", "jupyterhub")
     scheme = "https" if args.ssl_cert else "http"
+    # and the hub's children (the culler) would inherit that and take 10 s more to stop
     print(f"hub: {n} students; log in at {scheme}://{args.ip}:{args.port}/", flush=True)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell's background job ignores it,
     os.execve(hub, [hub, "-f", os.path.join(HERE, "hub_config.py")], env)
 
 
