@@ -52,7 +52,9 @@ c.Spawner.mem_limit = env("MGPU_HUB_MEM", "3G") or None
 c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
 c.Spawner.default_url = "/lab/tree/mgpu_lab"
 c.Spawner.notebook_dir = "~"
-c.Spawner.environment = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"}
+# jupyter/hub_user/: JupyterLab settings for students (no news or update checks online).
+c.Spawner.environment = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+                         "JUPYTER_CONFIG_PATH": os.path.join(here, "hub_user")}
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 

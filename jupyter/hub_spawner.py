@@ -15,12 +15,18 @@ one adds, in the child process before it becomes the student:
   own cgroup) when the hub can create one; else ``RLIMIT_AS`` per process (a cap on each
   process's address space, not on their sum). ``MGPU_MEMORY_LIMIT`` says which.
 
-Affinity places a server; it is not a fence (a process may widen its own affinity).
+Stopping a server also kills what it left behind (the processes in the student's
+cgroup, or else every process of the student's uid). Affinity places a server; it is not
+a fence (a process may widen its own affinity).
 """
+import asyncio
 import grp
 import os
 import pwd
 import resource
+import signal
+
+import psutil
 
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Int, Unicode
@@ -142,10 +148,35 @@ class ClassSpawner(LocalProcessSpawner):
         return preexec
 
     async def stop(self, now=False):
+        """Stop the server, then whatever it left running: a kernel's device processes,
+        or a compiler Theano started, outlive a killed kernel otherwise."""
         await super().stop(now=now)
         procs = getattr(self, "cgroup_procs", None)
+        for _ in range(50):
+            left = _leftovers(procs, self.user.name)
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            await asyncio.sleep(0.1)
         if procs:
             try:
                 os.rmdir(os.path.dirname(procs))
             except OSError:
                 pass  # a process is still leaving; the next start reuses the folder
+
+
+def _leftovers(procs, user):
+    """Pids still in the student's cgroup; without one, every process of the student's
+    uid (a student's account is used only through the hub)."""
+    if procs:
+        try:
+            return [int(p) for p in open(procs).read().split()]
+        except OSError:
+            return []
+    uid = pwd.getpwnam(user).pw_uid
+    return [p.pid for p in psutil.process_iter(["uids"])
+            if p.info["uids"] and p.info["uids"].real == uid]

@@ -74,6 +74,9 @@ def _members(group):
 def plan(names, group):
     """The names to create; ValueError if any is an account outside the class."""
     members = _members(group)
+    if group in names:
+        raise ValueError(f"{group!r} is the class group's name and cannot be a student's "
+                         f"(each account gets a group of its own name): rename one")
     taken = [n for n in names if _exists(n) and n not in members]
     if taken:
         raise ValueError(f"already accounts on this machine, not in the class group "

@@ -132,7 +132,8 @@ def test_two_students_each_on_their_own_server_cores_and_home(students, hub):
             f"try:\n    os.listdir('/home/{other}'); other = 'readable'\n"
             "except PermissionError:\n    other = 'refused'\n"
             "print(json.dumps({'uid': os.getuid(), 'cores': cores(), 'other': other,"
-            " 'shared': os.environ['MGPU_CORES_SHARED'], 'home': os.getcwd()}))", kernel)
+            " 'shared': os.environ['MGPU_CORES_SHARED'], 'home': os.getcwd(),"
+            " 'memory': os.environ['MGPU_MEMORY_LIMIT']}))", kernel)
         seen[name] = json.loads(probe.strip().splitlines()[-1])
     members = class_members(students["group"])
     hub_cores = sorted(os.sched_getaffinity(0))
@@ -141,6 +142,8 @@ def test_two_students_each_on_their_own_server_cores_and_home(students, hub):
         assert got["uid"] == _uid(name) and got["home"] == f"/home/{name}"
         assert got["other"] == "refused"
         assert got["cores"] == want and got["shared"] == ("1" if shared else "0")
+        how, limit = got["memory"].split(":")  # the default --mem 3G, however enforced
+        assert how in ("cgroup", "rlimit-as-per-process") and int(limit) == 3 * 2**30
     if len(hub_cores) >= 2:  # two students, one core each: different cores
         assert seen[a]["cores"] != seen[b]["cores"]
     # the server processes themselves run as their students, on their cores
