@@ -31,7 +31,8 @@ import psutil
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Int, Unicode
 
-__all__ = ["core_sets", "class_members", "assign_cores", "memory_cgroup", "ClassSpawner"]
+__all__ = ["core_sets", "class_members", "assign_cores", "blocked_folders", "unreachable",
+           "memory_cgroup", "ClassSpawner"]
 
 CGROUP = "/sys/fs/cgroup"
 
@@ -67,6 +68,33 @@ def assign_cores(user, members, cores, per_student):
     k = members.index(user)
     sharing = [m for i, m in enumerate(members) if i % len(sets) == k % len(sets)]
     return sets[k % len(sets)], len(sharing) > 1
+
+
+def blocked_folders(paths):
+    """Folders on the way to ``paths`` (symlinks followed) that other users cannot enter:
+    a student's server could not run the project's Python or import its library."""
+    blocked = []
+    for path in paths:
+        real = os.path.realpath(path)
+        parts = real.split(os.sep)
+        for i in range(2, len(parts)):
+            folder = os.sep.join(parts[:i]) or os.sep
+            if not os.stat(folder).st_mode & 0o001 and folder not in blocked:
+                blocked.append(folder)
+    return blocked
+
+
+def unreachable(python):
+    """Why students could not run ``python`` (the project's .venv) and import the library,
+    with the fix; None when they can."""
+    lib = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mgpu_lab")
+    blocked = blocked_folders([python, lib])
+    if not blocked:
+        return None
+    return (f"students cannot reach the project's Python ({os.path.realpath(python)}) or "
+            f"library: other users may not enter {', '.join(blocked)}. Either let them pass "
+            f"through (chmod o+x {' '.join(blocked)}: enter, not list) or rebuild .venv from "
+            f"a system Python (rm -rf .venv; make setup PYTHON=/usr/bin/python3)")
 
 
 def _own_cgroup_v1():
@@ -109,6 +137,9 @@ class ClassSpawner(LocalProcessSpawner):
                           help="the system group whose members are the class")
 
     async def start(self):
+        problem = unreachable(self.cmd[0])
+        if problem:
+            raise RuntimeError(problem)
         members = class_members(self.class_group)
         hub_cores = sorted(os.sched_getaffinity(0))
         self.cores, self.shared = assign_cores(self.user.name, members, hub_cores,

@@ -7,6 +7,8 @@ jupyter/hub_config.py (``make hub HUB_ARGS="..."`` runs this as root).
 Every check runs before anything starts, and each failure is one line saying what was
 wrong and what would be right: not root, the proxy not installed, the port in use, a
 certificate or key missing or unreadable, more cores per student than the machine has.
+A project folder students cannot enter is a warning here (the login page still works) and
+the error of every spawn (jupyter/hub_spawner.py: ``unreachable``).
 The options reach hub_config.py as MGPU_HUB_* environment variables; the hub's own API
 and the proxy's API get free ports on 127.0.0.1, so two hubs (a test's and a class's)
 do not collide.
@@ -20,9 +22,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from hub_spawner import class_members, core_sets  # noqa: E402
+from hub_spawner import blocked_folders, class_members, core_sets, unreachable  # noqa: E402
 
-__all__ = ["parse", "check", "environment", "main"]
+__all__ = ["parse", "check", "environment", "main", "blocked_folders"]
 PROXY = os.path.join(ROOT, ".venv", "hub-proxy", "node_modules", ".bin",
                      "configurable-http-proxy")
 
@@ -67,20 +69,6 @@ def _check_file(what, path):
         raise SystemExit(f"hub: the {what} {path!r} is not readable by this user")
 
 
-def blocked_folders(paths):
-    """Folders on the way to ``paths`` (symlinks followed) that other users cannot enter:
-    a student's server could not run the project's Python or import its library."""
-    blocked = []
-    for path in paths:
-        real = os.path.realpath(path)
-        parts = real.split(os.sep)
-        for i in range(2, len(parts)):
-            folder = os.sep.join(parts[:i]) or os.sep
-            if not os.stat(folder).st_mode & 0o001 and folder not in blocked:
-                blocked.append(folder)
-    return blocked
-
-
 def check(args):
     """Raise SystemExit with one clear line for the first thing that would fail."""
     if os.geteuid() != 0:
@@ -89,14 +77,6 @@ def check(args):
     if not os.access(PROXY, os.X_OK):
         raise SystemExit(f"hub: configurable-http-proxy is missing at {PROXY}: run make hub "
                          f"(it installs it with npm)")
-    python = os.path.join(ROOT, ".venv", "bin", "python")
-    blocked = blocked_folders([python, os.path.join(ROOT, "mgpu_lab", "__init__.py")])
-    if blocked:
-        raise SystemExit(f"hub: students cannot reach the project's Python "
-                         f"({os.path.realpath(python)}) or library: other users may not "
-                         f"enter {', '.join(blocked)}. Either let them pass through (chmod "
-                         f"o+x {' '.join(blocked)}: enter, not list) or rebuild .venv from a "
-                         f"system Python (rm -rf .venv; make setup PYTHON=/usr/bin/python3)")
     if not 1 <= args.port <= 65535:
         raise SystemExit(f"hub: port {args.port} is not a TCP port (1 to 65535)")
     if _port_in_use(args.ip, args.port):
@@ -137,6 +117,9 @@ def main(argv=None):
     if n == 0:
         print(f"hub: the class group {args.group!r} has no students yet: "
               f"make students CLASS=class.txt adds them", file=sys.stderr)
+    problem = unreachable(os.path.join(ROOT, ".venv", "bin", "python"))
+    if problem:  # the login page works; each spawn would fail with the same words
+        print(f"hub: WARNING: {problem}", file=sys.stderr)
     os.makedirs(args.state, mode=0o700, exist_ok=True)
     env = {**os.environ, **environment(args)}
     hub = os.path.join(ROOT, ".venv", "bin", "jupyterhub")
