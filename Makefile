@@ -12,7 +12,7 @@ LAB_ARGS ?=
 # After `make wheels`, setup installs from wheels/ only, without the network.
 PIP_FROM := $(if $(wildcard wheels/*.whl),--no-index --find-links wheels,)
 
-.PHONY: setup book test test-all student timings lab wheels clean
+.PHONY: setup book test test-all student timings lab wheels clean hub students assignments
 
 setup: $(STAMP)
 
@@ -33,7 +33,7 @@ book: setup
 
 # Tiers (pyproject.toml's markers, tests/README.md): unmarked = unit; integration (pools,
 # MPI; the long ones also slow); book; browser; install.
-TEST_QUICK := -m "not (slow or book or browser or install)"
+TEST_QUICK := -m "not (slow or book or browser or install or hub)"
 test: setup
 	$(PY) -m pytest $(TEST_QUICK)
 
@@ -62,6 +62,29 @@ wheels: setup
 	$(PY) -m pip download --quiet --no-deps -d wheels.tmp pip "setuptools>=61"
 	rm -rf wheels && mv wheels.tmp wheels
 	@du -sh wheels
+
+# A class server (run as root): JupyterHub with one system account and one JupyterLab per
+# student (jupyter/hub_config.py). make hub HUB_ARGS="--ip 0.0.0.0 --ssl-cert C --ssl-key K"
+# (jupyter/hub_start.py --help lists the options); make students CLASS=class.txt first.
+HUB_ARGS ?=
+CHP_VERSION := 5.3.0
+CHP := $(VENV)/hub-proxy/node_modules/.bin/configurable-http-proxy
+
+$(CHP):
+	@command -v npm >/dev/null 2>&1 || { echo "make hub needs npm for configurable-http-proxy: sudo apt-get install npm (Debian/Ubuntu)" >&2; exit 1; }
+	npm install --silent --no-fund --no-audit --prefix $(VENV)/hub-proxy configurable-http-proxy@$(CHP_VERSION)
+
+hub: setup $(CHP)
+	$(PY) jupyter/hub_start.py $(HUB_ARGS)
+
+# The class's accounts from a class list, one user name per line (jupyter/hub_students.py).
+students: setup
+	@test -n "$(CLASS)" || { echo "make students CLASS=class.txt: a file with one user name per line" >&2; exit 1; }
+	$(PY) jupyter/hub_students.py add $(CLASS)
+
+# An nbgrader course from the book's exercises, one assignment per chapter (_build/course).
+assignments: setup
+	$(PY) book/_ext/assignments.py _build/course
 
 clean:
 	rm -rf _build results .pytest_cache .hypothesis

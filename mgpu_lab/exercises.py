@@ -165,13 +165,16 @@ def is_right(exercise, answer):
     return _close(answer, a.expected(), a.rel_tol)
 
 
-def check(exercise, answer):
+def check(exercise, answer, grading=False):
     """Print whether ``answer`` is right for ``exercise`` and, if not, a hint; returns the
-    verdict. Never prints the expected answer."""
+    verdict. Never prints the expected answer. ``grading=True`` (nbgrader's test cells,
+    book/_ext/assignments.py): a wrong or missing answer raises AssertionError, no hint."""
     a = ANSWERS.get(exercise)
     if a is None:
         is_right(exercise, answer)  # raises the clear error
     tol = "exactly" if a.rel_tol == 0 else f"to within {a.rel_tol:.1%}"
+    if grading and (answer is None or not is_right(exercise, answer)):
+        raise AssertionError(f"Exercise {exercise}: not right ({a.shape}, checked {tol})")
     if answer is None:
         print(f"Exercise {exercise}: write your answer ({a.shape}) in `answer`, then run "
               f"this cell again.")
