@@ -133,7 +133,9 @@ def test_two_students_each_on_their_own_server_cores_and_home(students, hub):
             "except PermissionError:\n    other = 'refused'\n"
             "print(json.dumps({'uid': os.getuid(), 'cores': cores(), 'other': other,"
             " 'shared': os.environ['MGPU_CORES_SHARED'], 'home': os.getcwd(),"
-            " 'memory': os.environ['MGPU_MEMORY_LIMIT']}))", kernel)
+            " 'memory': os.environ['MGPU_MEMORY_LIMIT'],"
+            " 'said': __import__('mgpu_lab.engines.pinning').engines.pinning.cores_shared()}))",
+            kernel)
         seen[name] = json.loads(probe.strip().splitlines()[-1])
     members = class_members(students["group"])
     hub_cores = sorted(os.sched_getaffinity(0))
@@ -142,6 +144,7 @@ def test_two_students_each_on_their_own_server_cores_and_home(students, hub):
         assert got["uid"] == _uid(name) and got["home"] == f"/home/{name}"
         assert got["other"] == "refused"
         assert got["cores"] == want and got["shared"] == ("1" if shared else "0")
+        assert got["said"] is shared
         how, limit = got["memory"].split(":")  # the default --mem 3G, however enforced
         assert how in ("cgroup", "rlimit-as-per-process") and int(limit) == 3 * 2**30
     if len(hub_cores) >= 2:  # two students, one core each: different cores
@@ -193,6 +196,16 @@ def test_core_sets_are_dealt_round_robin_and_sharing_is_said():
         assign_cores("ann", members, [0, 1], 3)
     with pytest.raises(ValueError, match="not in the class"):
         assign_cores("eve", members, [0, 1], 1)
+
+
+def test_a_chapter_can_tell_shared_cores(monkeypatch):
+    from mgpu_lab.engines.pinning import cores_shared
+    monkeypatch.setenv("MGPU_CORES_SHARED", "1")
+    assert cores_shared() is True
+    monkeypatch.setenv("MGPU_CORES_SHARED", "0")
+    assert cores_shared() is False
+    monkeypatch.delenv("MGPU_CORES_SHARED")
+    assert cores_shared() is False
 
 
 # Bad input: one clear line, nothing created.
