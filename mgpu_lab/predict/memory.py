@@ -30,7 +30,9 @@ function (see :mod:`mgpu_lab.measure.memory_check`; within 2 % on the test nets)
 Sharded data parallelism (ZeRO, Rajbhandari et al. 2020; PyTorch FSDP, Zhao et al. 2023)
 cuts the flat vector of P parameters into the N chunks of
 :func:`~mgpu_lab.collectives.ring_chunks` (sizes differ by at most one, so P need not divide
-by N); device i owns chunk i, its *shard* of s_i numbers. ``sharding`` is the ZeRO stage
+by N); device i owns the chunk that the ring's reduce-scatter leaves complete on it, chunk
+(i + 1) mod N (:func:`~mgpu_lab.collectives.ring_schedule`; the engines' ShardedOptimizer
+does the same), its *shard* of s_i numbers. ``sharding`` is the ZeRO stage
 (:data:`SHARDING_STAGES`); per device, in numbers of float32 (4 bytes each), with L the
 largest layer's parameter count (a layer: the parameters whose names share a prefix before
 the last dot, e.g. ``fc6.W`` and ``fc6.b``):
@@ -229,9 +231,12 @@ def layer_sizes(model):
 
 
 def shard_sizes(n_params, n_devices):
-    """How many of the P flat parameters each device owns: its
-    :func:`~mgpu_lab.collectives.ring_chunks` chunk (sizes differ by at most one)."""
-    return [b - a for a, b in ring_chunks(int(n_params), check_n_devices(n_devices))]
+    """How many of the P flat parameters each device owns: device i owns chunk (i + 1) mod N
+    of :func:`~mgpu_lab.collectives.ring_chunks` (sizes differ by at most one), the chunk
+    the ring's reduce-scatter leaves complete on it, as in the engines."""
+    n = check_n_devices(n_devices)
+    sizes = [b - a for a, b in ring_chunks(int(n_params), n)]
+    return [sizes[(i + 1) % n] for i in range(n)]
 
 
 def model_state(model, optimizer="sgd", sharding=0, n_devices=1):
