@@ -82,7 +82,6 @@ class DevicePool(Engine):
         self.cores = cores()
         self.oversubscribed = self.n_devices > len(self.cores)
         self.spin = self.n_devices < len(self.cores)  # the host has a core of its own: see _wait
-        self._held = None  # bytes each device held at the last step
         try:
             self._allocate(batch_capacity=max(64, self.n_devices))
             self._start_workers(start_timeout)
@@ -257,7 +256,6 @@ class DevicePool(Engine):
         for phase in per_dev[0]:  # the slowest device's, as on GPUs
             setattr(t, phase, max(p[phase] for p in per_dev))
         t.sync = max(0.0, t.sync - sum(getattr(t, p) for p in per_dev[0]))
-        self._held = [r[4] for r in replies]
         refused = [r[3] for r in replies if r[3]]
         if refused:  # nothing was committed: parameters and optimizer state are as before
             raise NonFiniteGradient(refused[0])
@@ -271,9 +269,10 @@ class DevicePool(Engine):
     def device_memory(self):
         """Bytes each device held at the last step: parameters, gradients, optimizer state
         (counted by each worker from the arrays it used)."""
-        if self._held is None:
+        held = self.probe("held")
+        if None in held:
             raise ValueError("no step has run yet: device_memory() counts what a step used")
-        return [dict(h) for h in self._held]
+        return held
 
     def device_parameters(self):
         """(N, P) copy: every device's parameters after the last step that updated on them."""

@@ -234,7 +234,7 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         else:
             t.exchange, t.update = spent - dev.seconds_update, dev.seconds_update
         self._agree(refused)
-        self._held = dev.held(self.model)
+        self._held = dev.held(self.model.params)
         return list(self._stats[:, 0]), list(self._stats[:, 1]), self._host_view(dev)
 
     def _device(self, values, update, sizes, loss):

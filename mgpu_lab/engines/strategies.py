@@ -96,18 +96,15 @@ class Group:
 
 
 class HostView:
-    """What the host sees of the devices after their part of a step, for ``on_host``:
-    ``rows()`` their gradients (a list of per-device parameter lists), and, per device
-    ``r``, ``grad(r)``, ``new(r)`` (its parameters after its update), ``state(r)``
-    ((slots, P) optimizer state) as flat arrays. Engines fill it from their buffers."""
+    """What the host sees of the devices after their part of a step, for ``on_host``: per
+    device ``r``, ``grad(r)`` (its gradient, or its work buffer after an exchange),
+    ``new(r)`` (its parameters after its update) and ``state(r)`` ((slots, P) optimizer
+    state), all flat. Engines fill it from their buffers."""
 
     def __init__(self, n_devices, shapes, slots, grad, new=None, state=None):
         self.n_devices, self.shapes, self.slots = n_devices, shapes, slots
         self.n_params = int(sum(np.prod(s, dtype=np.int64) for s in shapes))
         self.grad, self.new, self.state = grad, new, state
-
-    def rows(self):
-        return [unflatten(self.grad(r), self.shapes) for r in range(self.n_devices)]
 
 
 # -- the strategies ---------------------------------------------------------------------
@@ -170,8 +167,9 @@ class HostGather(Strategy):
         return link.to_host(dev.grad)  # the host's rows (N, P) where the host is, else None
 
     def on_host(self, view, sizes, values, update, loss, t):
-        t0 = time.perf_counter()
-        grads = stack_gradients(view.rows(), sizes)
+        t0 = time.perf_counter()  # stacked flat: one multiply-add per device over all P
+        flat = stack_gradients([[view.grad(r)] for r in range(view.n_devices)], sizes)[0]
+        grads = unflatten(flat, view.shapes)
         t.stack = time.perf_counter() - t0
         if update is None:
             return grads, None, None

@@ -115,8 +115,9 @@ class DeviceStep:
             raise NonFiniteGradient(f"{self.update.label}: the gradient or the update produced "
                                     f"NaN or infinite parameters; parameters left untouched")
 
-    def held(self, model):
-        """Bytes this device holds: its parameters, its gradient, its optimizer state."""
-        return {"parameters": sum(p.get_value(borrow=True).nbytes for p in model.params),
+    def held(self, params):
+        """Bytes this device holds: its parameters (Theano shared variables), its gradient,
+        its optimizer state."""
+        return {"parameters": sum(p.get_value(borrow=True).nbytes for p in params),
                 "gradients": self.grad.nbytes,
                 "optimizer": sum(s.nbytes for s in self._state) if self.has_update else 0}

@@ -103,9 +103,10 @@ class ShmLink:
 
 
 def compute_split(device, model, fn, bufs, start, stop):
-    """Set params, run the gradient of samples [start, stop), write grads row ``device``."""
+    """Set params, run the gradient of samples [start, stop), write grads row ``device``.
+    ``model`` is the worker's own: its params, their shapes and the input shape."""
     t0 = time.perf_counter()
-    for p, v in zip(model.params, unflatten(bufs["params"].array, model.param_shapes)):
+    for p, v in zip(model.params, unflatten(bufs["params"].array, model.shapes)):
         p.get_value(borrow=True)[...] = v  # one copy out of shared memory, into Theano's own array
     x = bufs["x"].array.reshape((-1,) + model.input_shape)[start:stop]  # (n_i, *input_shape), a view
     y = bufs["y"].array[start:stop]
@@ -117,14 +118,21 @@ def compute_split(device, model, fn, bufs, start, stop):
     return float(loss), {"set_params": t1 - t0, "compute": t2 - t1, "fetch": t3 - t2}
 
 
+class _Model:
+    """What a worker's step needs of its model: the shared variables and the shapes."""
+
+    def __init__(self, params, shapes, input_shape):
+        self.params, self.shapes, self.input_shape = params, shapes, input_shape
+        self.last_step = None
+
+
 def _step(device, model, fn, bufs, strategy, link, start, stop, weight, update, slots):
     """Compute, then the strategy's part on this device. Returns (loss, seconds per phase,
     why the update was refused or None, bytes held)."""
     loss, times = compute_split(device, model, fn, bufs, start, stop)
-    P = model.n_params
     arr = {k: v.array for k, v in bufs.items()}
-    dev = DeviceStep(arr["grads"][device], arr["params"], update, weight, loss,
-                     strategy.state_range(device, link.size, P),
+    held = strategy.state_range(device, link.size, len(arr["params"])) if update else (0, 0)
+    dev = DeviceStep(arr["grads"][device], arr["params"], update, weight, loss, held,
                      new=arr["new"][device] if "new" in arr else None,
                      state_in=arr["state"] if slots else None,
                      state_out=arr["state_out"][device] if slots else None)
@@ -137,7 +145,8 @@ def _step(device, model, fn, bufs, strategy, link, start, stop, weight, update, 
     spent = time.perf_counter() - t0
     times.update(exchange=max(0.0, spent - dev.seconds_update - (link.waited or 0.0)),
                  update=dev.seconds_update)
-    return loss, times, refused, dev.held(model)
+    model.last_step = dev  # what the device holds, counted on request ("held")
+    return loss, times, refused
 
 
 def _bare(model, fn, bufs, batch_size, steps):
@@ -162,7 +171,12 @@ def _copy(model, fn, bufs, repeats=50):
     return row.nbytes / float(np.median(times))
 
 
-_PROBES = {"bare": _bare, "copy": _copy, "ping": lambda model, fn, bufs: None}
+def _held(model, fn, bufs):
+    """Bytes this device held at its last step (parameters, gradient, optimizer state)."""
+    return model.last_step.held(model.params) if model.last_step else None
+
+
+_PROBES = {"bare": _bare, "copy": _copy, "held": _held, "ping": lambda model, fn, bufs: None}
 
 
 def worker_main(device, n_devices, spec, conn, core, strategy, pipes):
@@ -170,8 +184,10 @@ def worker_main(device, n_devices, spec, conn, core, strategy, pipes):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     pin(core)  # where the system allows it
     try:
-        model = build(spec)
-        fn = model.loss_and_gradients_function()
+        built = build(spec)
+        fn = built.loss_and_gradients_function()
+        # the few things a step reads of the model, looked up once
+        model = _Model(built.params, built.param_shapes, built.input_shape)
         link = ShmLink(device, n_devices, pipes, conn)
         conn.send(("ready", os.getpid()))
     except BaseException:
