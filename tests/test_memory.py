@@ -202,30 +202,38 @@ def test_figures(mlp):
 
 # -- sharding (ZeRO stages 0-3) ---------------------------------------------------------------
 def test_shards_are_the_ring_chunks():
-    from mgpu_lab.collectives import ring_chunks
-    assert memory.shard_sizes(4810, 3) == [1603, 1603, 1604]
-    assert memory.shard_sizes(10, 4) == [b - a for a, b in ring_chunks(10, 4)] == [2, 3, 2, 3]
-    assert memory.shard_sizes(2, 3) == [0, 1, 1]  # fewer numbers than devices: empty shards
+    """Device i owns the chunk the ring's reduce-scatter completes on it: (i + 1) mod N."""
+    from mgpu_lab.collectives import ring_chunks, simulate_ring_allreduce
+    assert [b - a for a, b in ring_chunks(4810, 3)] == [1603, 1603, 1604]
+    assert memory.shard_sizes(4810, 3) == [1603, 1604, 1603]
+    assert [b - a for a, b in ring_chunks(10, 4)] == [2, 3, 2, 3]
+    assert memory.shard_sizes(10, 4) == [3, 2, 3, 2]
+    assert memory.shard_sizes(2, 3) == [1, 1, 0]  # fewer numbers than devices: empty shards
+    # after the reduce-scatter half of the ring (N - 1 steps), device i's complete chunk
+    table = simulate_ring_allreduce([np.zeros(10)] * 4).tables[3]
+    done = [[c for c, who in enumerate(row) if len(who) == 4] for row in table]
+    assert done == [[1], [2], [3], [0]]
 
 
 def test_model_state_by_hand_for_uneven_shards(mlp):
-    """The digits MLP: P = 64*64 + 64 + 64*10 + 10 = 4,810 over N = 3 devices: shards of
-    1,603, 1,603 and 1,604; its largest layer, fc1, holds L = 4,160. Adam: 2 state arrays."""
+    """The digits MLP: P = 64*64 + 64 + 64*10 + 10 = 4,810 over N = 3 devices: chunks of
+    1,603, 1,603 and 1,604, device i owning chunk (i + 1) mod 3; its largest layer, fc1,
+    holds L = 4,160. Adam: 2 state arrays."""
     assert mlp.n_params == 4810
     assert memory.layer_sizes(mlp) == {"fc1": 4160, "out": 650}
     full, L = 4 * 4810, 4160
     want = {  # stage -> per device (parameters, gradients, optimizer), bytes, by hand
         0: [(full, full, 2 * full)] * 3,
-        1: [(full, full, 8 * 1603), (full, full, 8 * 1603), (full, full, 8 * 1604)],
-        2: [(full, 4 * (1603 + L), 8 * 1603), (full, 4 * (1603 + L), 8 * 1603),
-            (full, 4 * (1604 + L), 8 * 1604)],
-        3: [(4 * (1603 + L), 4 * (1603 + L), 8 * 1603), (4 * (1603 + L), 4 * (1603 + L), 8 * 1603),
-            (4 * (1604 + L), 4 * (1604 + L), 8 * 1604)]}
+        1: [(full, full, 8 * 1603), (full, full, 8 * 1604), (full, full, 8 * 1603)],
+        2: [(full, 4 * (1603 + L), 8 * 1603), (full, 4 * (1604 + L), 8 * 1604),
+            (full, 4 * (1603 + L), 8 * 1603)],
+        3: [(4 * (1603 + L), 4 * (1603 + L), 8 * 1603), (4 * (1604 + L), 4 * (1604 + L), 8 * 1604),
+            (4 * (1603 + L), 4 * (1603 + L), 8 * 1603)]}
     for stage, rows in want.items():
         got = memory.predicted_device_memory(mlp, 3, "adam", stage)
         assert [(d["parameters"], d["gradients"], d["optimizer"]) for d in got] == rows, stage
     # momentum: one array; SGD: none, sharded or not
-    assert [d["optimizer"] for d in memory.model_state(mlp, "momentum", 1, 3)] == [4 * 1603, 4 * 1603, 4 * 1604]
+    assert [d["optimizer"] for d in memory.model_state(mlp, "momentum", 1, 3)] == [4 * 1603, 4 * 1604, 4 * 1603]
     assert {d["optimizer"] for s in range(4) for d in memory.model_state(mlp, "sgd", s, 3)} == {0}
     # an optimizer object is read by its name
     from mgpu_lab.optim import Adam
@@ -241,7 +249,7 @@ def test_one_device_is_never_sharded(mlp):
 def test_estimate_with_sharding_is_the_busiest_device(mlp):
     plain = memory.estimate(mlp, 32, "adam")
     e = memory.estimate(mlp, 32, "adam", sharding=1, n_devices=3)
-    assert e["optimizer"] == 8 * 1604  # device 2 holds the largest shard
+    assert e["optimizer"] == 8 * 1604  # device 1 holds the largest shard (chunk 2)
     for term in ("parameters", "gradients", "inputs", "activations", "transient", "workspace"):
         assert e[term] == plain[term]  # sharding 1 changes the optimizer state only
     assert e["total"] == plain["total"] - 8 * 4810 + 8 * 1604
@@ -347,3 +355,27 @@ def test_state_bytes_per_parameter():
     assert [memory.state_bytes_per_parameter("momentum", s, 4) for s in range(4)] == [12, 9, 6, 3]
     assert memory.state_bytes_per_parameter() == 8  # SGD, no sharding: parameters + gradients
     assert {memory.state_bytes_per_parameter("adam", s, 1) for s in range(4)} == {16}
+
+
+# -- prediction against what the devices hold (the lead's engine.device_memory) ---------------
+@pytest.mark.integration  # starts worker processes
+@pytest.mark.parametrize("name", ["cnn", pytest.param("mlp", marks=pytest.mark.slow),
+                                  pytest.param("logistic", marks=pytest.mark.slow)])
+def test_predicted_device_memory_equals_what_the_devices_hold(name, digits):
+    """Adam on 3 devices (P never a multiple of 3 here: uneven shards), one step each of
+    ring (stage 0: every device updates all) and sharded (ZeRO-1)."""
+    from mgpu_lab.optim import Adam
+    from mgpu_lab.presets import digits_model
+    from mgpu_lab.trainer import DataParallelTrainer
+    model = digits_model(name)
+    assert model.n_params % 3 != 0
+    x, y = digits
+    x = x.reshape((len(x),) + model.input_shape)  # the MLPs take flat images
+    for strategy, stage in (("ring", 0), ("sharded", 1)):
+        with DataParallelTrainer(model.spec, 3, Adam(1e-3), strategy=strategy) as tr:
+            tr.step(x[:31], y[:31])  # splits of 11, 10, 10
+            held = tr.engine.device_memory()
+        predicted = memory.predicted_device_memory(model, 3, "adam", stage)
+        assert [{k: d[k] for k in memory.MODEL_STATE} for d in held] == predicted, strategy
+    # sharded: Adam's state on each device is its shard's, about 1/N of the ring's
+    assert sum(d["optimizer"] for d in predicted) == 8 * model.n_params

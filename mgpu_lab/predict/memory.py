@@ -28,12 +28,11 @@ replay; its ``peak`` is what Theano's own memory profiler reports for the compil
 function (see :mod:`mgpu_lab.measure.memory_check`; within 2 % on the test nets).
 
 Sharded data parallelism (ZeRO, Rajbhandari et al. 2020; PyTorch FSDP, Zhao et al. 2023)
-cuts the flat vector of P parameters into the N chunks of
-:func:`~mgpu_lab.collectives.ring_chunks` (sizes differ by at most one, so P need not divide
-by N); device i owns chunk i, its *shard* of s_i numbers. ``sharding`` is the ZeRO stage
-(:data:`SHARDING_STAGES`); per device, in numbers of float32 (4 bytes each), with L the
-largest layer's parameter count (a layer: the parameters whose names share a prefix before
-the last dot, e.g. ``fc6.W`` and ``fc6.b``):
+cuts the P flat parameters into the N :func:`~mgpu_lab.collectives.ring_chunks` (sizes
+differ by at most one); device i owns chunk (i + 1) mod N, the one the ring's
+reduce-scatter completes on it (as the engines' ShardedOptimizer), its *shard* of s_i.
+Per device, in float32 numbers, with L the largest layer's parameters (a layer: names
+sharing the part before the last dot, ``fc1.W`` and ``fc1.b``), at ZeRO stage ``sharding``:
 
     stage   parameters   gradients   optimizer
     0       P            P           k P        (k: 0 SGD, 1 momentum, 2 Adam)
@@ -41,18 +40,16 @@ the last dot, e.g. ``fc6.W`` and ``fc6.b``):
     2       P            s_i + L     k s_i
     3       s_i + L      s_i + L     k s_i
 
-At stage 2 a layer's gradient is computed whole and then reduce-scattered, so the largest
-layer's full gradient exists for a moment; at stage 3 a layer's parameters are all-gathered
-just before the layer runs and freed after it, so the largest layer's full parameters do
-too. Both are counted as transients on top of the shard, at the same moment as the
-activations (an upper bound: they need not peak together). On one device (N = 1) every
-stage is stage 0: there is nothing to split or gather.
+At stage 2 a layer's gradient is computed whole, then reduce-scattered; at stage 3 a
+layer's parameters are all-gathered just before it runs and freed after: so the largest
+layer's full gradient (and parameters) exist for a moment, counted on top of the shard
+with the activations (an upper bound: they need not peak together). On one device every
+stage is stage 0.
 
-Stages 2 and 3 are predicted only. The simulated devices (:mod:`mgpu_lab.engines`) run
-stage 1 for real (``strategy="sharded"``), but not 2 or 3: Theano compiles the whole
-forward and backward pass as one function, which returns the full gradient of every
-layer at once, so no device can drop a gradient before the next is made, nor fetch a
-layer's parameters only when that layer runs.
+Stages 2 and 3 are predicted only. The simulated devices run stage 1 for real
+(``strategy="sharded"``), not 2 or 3: Theano compiles the whole forward and backward pass
+as one function, which returns every layer's full gradient at once, so no device can drop
+a gradient before the next is made, nor fetch a layer's parameters just when it runs.
 """
 import weakref
 from collections import defaultdict
@@ -70,8 +67,7 @@ from .graph import analyse
 __all__ = ["OPTIMIZER_SLOTS", "SHARDING_STAGES", "VIEW_OPS", "IN_PLACE_OPS", "TERMS",
            "MODEL_STATE", "Simulation", "simulate", "check_sharding", "layer_sizes",
            "shard_sizes", "model_state", "predicted_device_memory", "state_bytes_per_parameter",
-           "estimate", "split_limits",
-           "max_batch_size", "predicted_limits"]
+           "estimate", "split_limits", "max_batch_size", "predicted_limits"]
 
 # Arrays of optimizer state per weight (see mgpu_lab.optim).
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
@@ -229,9 +225,12 @@ def layer_sizes(model):
 
 
 def shard_sizes(n_params, n_devices):
-    """How many of the P flat parameters each device owns: its
-    :func:`~mgpu_lab.collectives.ring_chunks` chunk (sizes differ by at most one)."""
-    return [b - a for a, b in ring_chunks(int(n_params), check_n_devices(n_devices))]
+    """How many of the P flat parameters each device owns: device i owns chunk (i + 1) mod N
+    of :func:`~mgpu_lab.collectives.ring_chunks` (sizes differ by at most one), the chunk
+    the ring's reduce-scatter leaves complete on it, as in the engines."""
+    n = check_n_devices(n_devices)
+    sizes = [b - a for a, b in ring_chunks(int(n_params), n)]
+    return [sizes[(i + 1) % n] for i in range(n)]
 
 
 def model_state(model, optimizer="sgd", sharding=0, n_devices=1):
