@@ -205,15 +205,16 @@ def _predicted_breakdown(predictions, title=None):
 # -- MPI ranks: host gather vs ring all-reduce (mgpu_lab.measure.mpi_bench.run) --------------------
 __all__ += ["mpi_comm"]
 
-_MPI_STYLE = {"host": ("C3", "o"), "ring": ("C0", "s")}
+_MPI_STYLE = {"host": ("C3", "o"), "ring": ("C0", "s"), "sharded": ("C2", "^"),
+              "hierarchical": ("C4", "D")}
 
 
 def _mpi_source(result):
     links = "; ".join(f"N={n}: {1e6 * v['latency_s']:.0f} us, {v['bandwidth_Bps'] / 1e9:.1f} GB/s"
                       for n, v in result["links"].items() if v)
-    return (f"{machine_label(result['machine'])}; mpiexec -n N, median of repeats (bars: min-max)\n"
-            f"predicted (dashed): mgpu_lab.predict.costmodel.comm_seconds with the link measured by "
-            f"ping-pong ({links})")
+    return (f"{machine_label(result['machine'])}; mpiexec -n N, MPIEngine steps, median of "
+            f"repeats (bars: min-max)\npredicted (dashed): mgpu_lab.predict.algorithms with the "
+            f"link measured by ping-pong ({links}) and the measured memory bandwidth")
 
 
 def _mpi_panel(ax_comm, ax_step, rows, strategy):
@@ -229,14 +230,14 @@ def _mpi_panel(ax_comm, ax_step, rows, strategy):
                      label=f"{strategy}: predicted")
     steps = [r for r in rows if "step_s" in r]
     if ax_step is not None and steps:
-        smb = [r["step_bytes"] / 1e6 for r in steps]
+        smb = [r["bytes"] / 1e6 for r in steps]
         ax_step.plot(smb, [1e3 * r["step_s"] for r in steps], color=color, marker=marker,
                      label=f"{strategy}: whole step")
-        ax_step.plot(smb, [1e3 * r["step_comm_s"] for r in steps], color=color, ls=":",
+        ax_step.plot(smb, [1e3 * r["comm_s"] for r in steps], color=color, ls=":",
                      marker=marker, mfc="none", label=f"{strategy}: its communication")
 
 
-def mpi_comm(result, title="MPI ranks: gather to the host vs ring all-reduce"):
+def mpi_comm(result, title="MPI ranks: the strategies' exchanges, measured in training steps"):
     """Communication time vs gradient size, one panel per N: measured (solid, bars min-max)
     beside the cost model's prediction (dashed). Below, when measured: time per training
     step and its communication part. ``result``: :func:`mgpu_lab.measure.mpi_bench.run`."""
