@@ -63,7 +63,8 @@ def show_figure(fig):
 
 def limits_view(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum"):
     """Print the summary and show the figure (what the widget redraws on each change)."""
-    summary, fig = limits_figure(gpu, image_size, depth, n_gpus, optimizer)
+    with plt.ioff():  # the inline backend neither tracks nor shows it: show_figure does
+        summary, fig = limits_figure(gpu, image_size, depth, n_gpus, optimizer)
     print(summary)
     show_figure(fig)
 
@@ -88,8 +89,10 @@ def measure_view(model="cnn", batch_size=128, max_devices=2):
     res = bench.run(model, devices=tuple(range(1, max_devices + 1)),
                     batch_sizes=(batch_size,), warmup=1, repeats=3, steps=2)
     print(bench.format_table(res))
-    show_figure(plots.speedup(res))
-    show_figure(plots.step_breakdown(res, batch_size=batch_size))
+    with plt.ioff():
+        figs = [plots.speedup(res), plots.step_breakdown(res, batch_size=batch_size)]
+    for fig in figs:
+        show_figure(fig)
 
 
 def throughput_widget():
