@@ -19,8 +19,8 @@ from ..measure import bench
 from ..predict import gpus, memory
 from . import plots
 
-__all__ = ["network", "limits_figure", "untracked", "show_figure", "limits_view", "batch_limits_widget",
-           "measure_view", "throughput_widget"]
+__all__ = ["network", "limits_figure", "untracked", "show_figure", "limits_view",
+           "batch_limits_widget", "measure_view", "throughput_widget"]
 
 
 @functools.lru_cache(maxsize=32)
