@@ -4,7 +4,8 @@ import sys
 
 from .data import load_digits, train_test_split
 from .engines.mpi import install_abort_hook, world
-from .gradients import STRATEGIES
+from .engines.strategies import STRATEGIES
+from .figures import plots
 from .measure import bench, mpi_bench
 from .optim import make_optimizer
 from .predict.gpus import CATALOGUE, DEFAULT_RESERVED, get_gpu
@@ -63,9 +64,13 @@ def _add_train(sub):
     p.add_argument("--batch", type=_positive, default=64, help="global batch size (default 64)")
     p.add_argument("--model", choices=DIGITS_MODELS, default="cnn")
     p.add_argument("--engine", choices=list(ENGINES), default="local")
-    p.add_argument("--strategy", choices=STRATEGIES, default="host",
-                   help="local and mpi engines: the host gathers, stacks and updates (host), "
-                        "or the devices run a ring all-reduce and each updates (ring)")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="host",
+                   help="host: the host gathers, stacks and updates; ring: the devices run a "
+                        "ring all-reduce and each updates; sharded: reduce-scatter, each device "
+                        "updates its shard, all-gather (ZeRO-1); hierarchical: reduce inside "
+                        "each node, ring across nodes (local and mpi engines)")
+    p.add_argument("--devices-per-node", type=_positive, default=None,
+                   help="hierarchical: devices per node (mpi: default the ranks per machine)")
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="momentum")
     p.add_argument("--lr", type=_positive_float, default=0.05)
     p.add_argument("--seed", type=_seed, default=0)
@@ -84,17 +89,17 @@ def _run_train(args):
                               f"and the {len(xtr)} training images")
     say = print if rank == 0 else (lambda *a, **k: None)  # under mpiexec only rank 0 speaks
     model = digits_model(args.model, args.seed)
-    say(f"model: {model!r}; {args.devices} device(s), engine={args.engine}"
-        f"{f' ({args.strategy})' if args.engine != 'serial' else ''}, "
+    say(f"model: {model!r}; {args.devices} device(s), engine={args.engine} ({args.strategy}), "
         f"batch {args.batch} = {args.devices} splits of ~{args.batch / args.devices:.1f}")
     with DataParallelTrainer(model, args.devices, make_optimizer(args.optimizer, args.lr),
-                             engine=args.engine, strategy=args.strategy) as tr:
+                             engine=args.engine, strategy=args.strategy,
+                             devices_per_node=args.devices_per_node) as tr:
         tr.fit(xtr, ytr, batch_size=args.batch, steps=args.steps,
                progress=not args.no_progress and rank == 0)
         loss, acc = tr.evaluate(xte, yte)
         say(f"after {tr.step_count} steps: train loss {tr.history[-1]['loss']:.4f}, "
             f"test loss {loss:.4f}, test accuracy {acc:.1%}")
-        if args.save and rank == 0:  # rank 0 holds the optimizer state ('host' updates there)
+        if args.save and rank == 0:  # rank 0 holds the whole optimizer state
             say(f"checkpoint: {tr.save(args.save)}")
     return 0
 
@@ -185,14 +190,28 @@ def _add_bench(sub):
                    help="untimed steps per configuration (default 2)")
     p.add_argument("--repeats", type=_positive, default=7, help="timed runs per configuration (default 7)")
     p.add_argument("--steps", type=_positive, default=3, help="steps per timed run (default 3)")
+    p.add_argument("--strategies", type=_strategies, default=["host"],
+                   help=f"strategies to compare on N > 1, e.g. host,ring,sharded (default host; "
+                        f"known: {', '.join(STRATEGIES)})")
     p.add_argument("--out", default="results", help="folder for bench-*.json and .csv (default results/)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_bench)
 
 
+def _strategies(text):
+    """'host,ring' -> ['host', 'ring'], each a name in the strategies' registry."""
+    names = [s.strip() for s in text.split(",")]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected strategies from {', '.join(STRATEGIES)} "
+                                         f"separated by commas, got {text!r}")
+    return names
+
+
 def _run_bench(args):
     result = bench.run(args.model, args.devices, args.batch, warmup=args.warmup,
-                       repeats=args.repeats, steps=args.steps, progress=not args.no_progress)
+                       repeats=args.repeats, steps=args.steps, progress=not args.no_progress,
+                       strategies=args.strategies)
     print(bench.format_table(result))
     print(bench.format_targets(result))
     json_path, csv_path = bench.save(result, args.out)
@@ -202,16 +221,17 @@ def _run_bench(args):
 
 # -- mpi-bench (host gather vs ring all-reduce on MPI ranks) --------------------------------
 def _add_mpibench(sub):
-    p = sub.add_parser("mpi-bench", help="measure host gather vs ring all-reduce on 2..N MPI ranks",
+    p = sub.add_parser("mpi-bench", help="measure the strategies' exchanges on 2..N MPI ranks",
                        description="Launches mpiexec -n N for each N (run it without mpiexec): "
-                       "communication time for gradients of each size, whole training steps of an "
-                       "MLP of that gradient size, and the cost model's prediction beside them.")
+                       "MPIEngine training steps of an MLP of each gradient size, their "
+                       "communication time per strategy, and the cost model's prediction beside.")
     p.add_argument("--ranks", type=parse_range, default=[2, 3, 4], help="rank counts (default 2-4)")
     p.add_argument("--sizes", type=_byte_sizes, default=[1e6, 1e7, 1e8],
                    help="gradient sizes in bytes (default 1e6,1e7,1e8)")
-    p.add_argument("--repeats", type=_positive, default=7, help="timed exchanges per size (default 7)")
-    p.add_argument("--steps", type=_steps_or_none, default=5,
-                   help="timed training steps per size, 0 for none (default 5)")
+    p.add_argument("--strategies", type=_strategies, default=list(mpi_bench.STRATEGIES),
+                   help=f"strategies to compare (default {','.join(mpi_bench.STRATEGIES)})")
+    p.add_argument("--repeats", type=_positive, default=5,
+                   help="timed training steps per size and strategy (default 5)")
     p.add_argument("--out", default="results", help="directory for the JSON, CSV and PNG (default results/)")
     p.set_defaults(run=_run_mpibench)
 
@@ -227,20 +247,14 @@ def _byte_sizes(text):
     return sizes
 
 
-def _steps_or_none(text):
-    """Training steps per size: 0 (time the exchanges only) or a positive integer."""
-    if text.strip() == "0":
-        return 0
-    try:
-        return _positive(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
-
-
 def _run_mpibench(args):
-    result = mpi_bench.run(args.ranks, args.sizes, repeats=args.repeats, steps=args.steps)
+    result = mpi_bench.run(args.ranks, args.sizes, args.strategies, repeats=args.repeats)
     print(mpi_bench.format_table(result))
-    for path in mpi_bench.save(result, args.out):
+    paths, base = mpi_bench.save(result, args.out)
+    figure = plots.mpi_comm(result)  # measure returns data; figures draws it
+    paths.append(base.with_suffix(".png"))
+    figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    for path in paths:
         print(f"saved: {path}")
     return 0
 

@@ -6,18 +6,23 @@ over its own split. The mean loss over the batch is sum_i (n_i / B) * loss_i, so
 gradient is the weighted sum sum_i (n_i / B) * g_i. A plain average (1/N) * sum g_i is
 right for each batch only when every split has the same size (chapter 4).
 
-``STRATEGIES`` names the two ways engines combine gradients: ``host`` (the devices send
-their gradients to the host, which stacks them and updates) and ``ring`` (the devices
-reduce the weighted gradients among themselves and each applies the update).
+:func:`split_weights` is the one place the weights n_i / B are computed: the host's
+stacking here and every strategy in :mod:`mgpu_lab.engines.strategies` (where devices
+scale their own gradient before reducing) use it, so all agree to the last bit.
 """
 import numpy as np
 
 from ._theano import floatX
 
-__all__ = ["STRATEGIES", "stack_gradients", "stack_losses", "mean_gradients",
+__all__ = ["split_weights", "stack_gradients", "stack_losses", "mean_gradients",
            "full_batch_gradient", "all_finite"]
 
-STRATEGIES = ("host", "ring")
+def split_weights(split_sizes):
+    """n_i / B for each split, as floatX (computed in float64, rounded once)."""
+    if not len(split_sizes) or any(n <= 0 for n in split_sizes):
+        raise ValueError(f"split sizes must be positive, one per device, got {list(split_sizes)}")
+    sizes = np.asarray(split_sizes, dtype=np.float64)
+    return (sizes / sizes.sum()).astype(floatX)
 
 
 def stack_gradients(per_device_grads, split_sizes):
@@ -32,9 +37,7 @@ def stack_gradients(per_device_grads, split_sizes):
     if len(per_device_grads) != len(split_sizes) or not per_device_grads:
         raise ValueError(f"need one split size per device: got {len(per_device_grads)} "
                          f"gradient lists and {len(split_sizes)} sizes")
-    if any(n <= 0 for n in split_sizes):
-        raise ValueError(f"split sizes must be positive, got {list(split_sizes)}")
-    weights = (np.asarray(split_sizes, dtype=np.float64) / float(sum(split_sizes))).astype(floatX)
+    weights = split_weights(split_sizes)
     first = per_device_grads[0]
     for d, grads in enumerate(per_device_grads):
         if len(grads) != len(first):

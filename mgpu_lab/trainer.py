@@ -6,9 +6,10 @@
         host params <- result.new_values              (all at once, only if all is finite)
 
 One device is N=1 of the same path; every engine follows the same protocol
-(:class:`mgpu_lab.engines.base.Engine`). The update is an
-:class:`~mgpu_lab.engines.base.OptimizerUpdate` of the trainer's optimizer: the host runs
-it ('host'), or every device does ('ring') and the host's optimizer takes their new state.
+(:class:`mgpu_lab.engines.base.Engine`). The trainer keeps the optimizer's state (plain
+arrays) and t; each step hands them to the engine in an
+:class:`~mgpu_lab.engines.update.Update` and takes the new state back from the result,
+wherever the strategy ran the update (the host, every device, or every device's shard).
 """
 import time
 
@@ -16,14 +17,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .engines.base import OptimizerUpdate, Timings, check_fits
+from .engines.base import Timings
 from .engines.local import DevicePool
 from .engines.mpi import MPIEngine
 from .engines.serial import SerialEngine
+from .engines.update import Update
 from .errors import CheckpointError
-from .models import build
-from .optim import SGD
-from .validate import check_n_devices
+from .optim import SGD, state_dict
 
 __all__ = ["DataParallelTrainer", "ENGINES", "batch_indices"]
 
@@ -46,31 +46,27 @@ def batch_indices(step, n_samples, batch_size, seed):
 
 class DataParallelTrainer:
     """Train ``model`` (a Model or a ModelSpec) on ``n_devices`` with ``engine`` ('local',
-    'serial' or 'mpi') and ``strategy`` ('host' or 'ring', where the engine has it)."""
+    'serial' or 'mpi') and ``strategy`` (a name in ``engines.strategies.STRATEGIES`` or a
+    strategy object; ``devices_per_node`` for 'hierarchical')."""
 
     def __init__(self, model, n_devices=1, optimizer=None, engine="local",
-                 memory_bytes=None, seed=0, strategy="host"):
+                 memory_bytes=None, seed=0, strategy="host", devices_per_node=None):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-        kinds = ENGINES[engine].strategies
-        if strategy not in kinds:
-            raise ValueError(f"engine {engine!r} has no strategy {strategy!r}; choose one of "
-                             f"{', '.join(kinds)}")
-        self.model = build(model)  # host copy: the parameters live here
-        self.spec = self.model.spec
-        self.n_devices = check_n_devices(n_devices)
+        # the engine's own checks, now rather than at the first step (the engine starts then)
+        self.model, self.n_devices, self.strategy = ENGINES[engine].configure(
+            model, n_devices, memory_bytes, strategy, devices_per_node)
+        self.spec = self.model.spec  # the host copy: the parameters live here
         self.optimizer = optimizer or SGD(0.1)
-        self.engine_name, self.strategy = engine, strategy
-        self.memory_bytes, self.seed = memory_bytes, seed
-        check_fits(self.model, [1], memory_bytes)  # now, not at the first step: one sample must fit
+        self.opt_state = self.optimizer.init_state(self.model.get_values())  # plain arrays
+        self.opt_t = 0  # updates applied so far
+        self.engine_name, self.memory_bytes, self.seed = engine, memory_bytes, seed
         self.history, self.step_count, self._engine = [], 0, None
 
     # -- engines ------------------------------------------------------------------
     def _make_engine(self):
-        kind = ENGINES[self.engine_name]
-        if kind is SerialEngine:  # one process: it has only the host's way
-            return kind(self.spec, self.n_devices, self.memory_bytes)
-        return kind(self.spec, self.n_devices, self.memory_bytes, strategy=self.strategy)
+        return ENGINES[self.engine_name](self.spec, self.n_devices, self.memory_bytes,
+                                         strategy=self.strategy)
 
     @property
     def engine(self):
@@ -83,9 +79,12 @@ class DataParallelTrainer:
     def step(self, x, y):
         """One data-parallel step on the batch ``(x, y)``; returns the batch's mean loss."""
         t0 = time.perf_counter()
-        update = OptimizerUpdate(self.optimizer, f"step {self.step_count}")
+        update = Update(self.optimizer, self.opt_state, self.opt_t, f"step {self.step_count}")
         result = self.engine.step(self.model.get_values(), x, y, update)
         self.model.set_values(result.new_values)
+        if result.new_state is not None:  # None on MPI ranks that do not hold the state
+            self.opt_state = result.new_state
+        self.opt_t += 1
         seconds = time.perf_counter() - t0
         self.history.append({"step": self.step_count, "loss": result.loss, "seconds": seconds,
                              "images_per_s": len(x) / seconds, "timings": result.timings})
@@ -132,7 +131,8 @@ class DataParallelTrainer:
         """Write params, optimizer state, step and history atomically; returns the path."""
         history = [{**h, "timings": h["timings"].as_dict()} for h in self.history]
         return save_checkpoint(path, self.spec, self.model.get_values(),
-                               self.optimizer.state_dict(), self.step_count, history)
+                               state_dict(self.optimizer, self.opt_state, self.opt_t),
+                               self.step_count, history)
 
     def load(self, path):
         """Restore a checkpoint written by :meth:`save` for this same model.
@@ -148,6 +148,12 @@ class DataParallelTrainer:
                                   f"{ck.optimizer_state['name']!r}, but this trainer uses "
                                   f"{self.optimizer.name!r}")
         names, shapes = [p.name for p in self.model.params], self.model.param_shapes
+        if not ck.optimizer_state["state"] and ck.optimizer_state["t"] == 0:  # saved before any
+            ck.optimizer_state["state"] = self.optimizer.init_state(ck.values)  # update: zeros
+        if len(ck.optimizer_state["state"]) != self.optimizer.slots:
+            raise CheckpointError(f"{path} holds {len(ck.optimizer_state['state'])} state arrays "
+                                  f"per parameter, but {self.optimizer.name} keeps "
+                                  f"{self.optimizer.slots}: not a checkpoint of this optimizer")
         if len(ck.values) != len(names):
             raise CheckpointError(f"{path} holds {len(ck.values)} parameters, this model "
                                   f"{len(names)}: not a checkpoint of this model")
@@ -157,7 +163,8 @@ class DataParallelTrainer:
                     raise CheckpointError(f"{path} does not match this model: parameter {name} "
                                           f"is {shape} here but {a.shape} in the file")
         history = [{**h, "timings": Timings(**h["timings"])} for h in ck.history]
-        self.optimizer.load_state_dict(ck.optimizer_state)
+        self.opt_state = [list(slot) for slot in ck.optimizer_state["state"]]
+        self.opt_t = int(ck.optimizer_state["t"])
         self.model.set_values(ck.values)
         self.step_count, self.history = ck.step, history
         return self

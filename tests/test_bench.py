@@ -141,3 +141,17 @@ def test_runs_disturbed_by_other_programs_are_set_aside_when_enough_are_quiet():
     two = [{"foreign": 0.0}, {"foreign": 0.0}]  # fewer runs than three, all quiet
     assert bench._quiet(two) == two
     assert bench._quiet(runs, load=lambda r: 0.0) == runs
+
+
+@pytest.mark.integration
+def test_strategies_are_compared_in_one_run(cnn):
+    """N > 1 runs every strategy asked for; N = 1 is the first one's (one device has nothing
+    to exchange); every speed-up is over that one device."""
+    result = bench.run(cnn, devices=[1, 2], batch_sizes=[12], warmup=1, repeats=1, steps=1,
+                       progress=False, strategies=("host", "ring", "sharded"))
+    assert [(r["n_devices"], r["strategy"]) for r in result["rows"]] == [
+        (1, "host"), (2, "host"), (2, "ring"), (2, "sharded")]
+    assert set(result["targets"]["speedup_2_by_strategy"]) == {"host@12", "ring@12", "sharded@12"}
+    ring = next(r for r in result["rows"] if r["strategy"] == "ring")
+    assert ring["t_exchange"] > 0 and ring["t_stack"] == 0  # the devices reduced, not the host
+    assert "sharded" in bench.format_table(result)

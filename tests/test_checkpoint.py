@@ -34,10 +34,10 @@ def run_python(body, *args, **popen):
 
 def same_state(a, b):
     """Parameters, optimizer state, step count and losses identical, bit for bit."""
-    assert a.step_count == b.step_count and a.optimizer.t == b.optimizer.t
+    assert a.step_count == b.step_count and a.opt_t == b.opt_t
     for u, v in zip(a.model.get_values(), b.model.get_values(), strict=True):
         assert u.dtype == v.dtype and np.array_equal(u, v)
-    for su, sv in zip(a.optimizer.state, b.optimizer.state, strict=True):
+    for su, sv in zip(a.opt_state, b.opt_state, strict=True):
         assert all(np.array_equal(u, v) for u, v in zip(su, sv, strict=True))
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
 
@@ -80,7 +80,7 @@ def test_k_steps_save_load_in_a_new_process_k_steps_equals_2k_steps(tmp_path):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
         resumed = trainer().load(tmp_path / "resumed.npz")
-        assert tr.step_count == 2 * K and len(tr.optimizer.state) == 2  # Adam: m and v
+        assert tr.step_count == 2 * K and len(tr.opt_state) == 2  # Adam: m and v
         same_state(tr, resumed)
 
 
@@ -152,11 +152,11 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp
 # -- files that are not a checkpoint of this model ---------------------------------------------
 def unchanged_after_failed_load(tr, path, match):
     """``tr.load(path)`` raises CheckpointError matching ``match`` and changes nothing."""
-    values, t, step = tr.model.get_values(), tr.optimizer.t, tr.step_count
+    values, t, step = tr.model.get_values(), tr.opt_t, tr.step_count
     with pytest.raises(CheckpointError, match=match):
         tr.load(path)
     assert all(np.array_equal(a, b) for a, b in zip(values, tr.model.get_values()))
-    assert (tr.optimizer.t, tr.step_count) == (t, step)
+    assert (tr.opt_t, tr.step_count) == (t, step)
 
 
 def test_a_checkpoint_of_another_model_is_refused(saved, cnn):
@@ -234,3 +234,20 @@ def test_other_npz_files_and_missing_files_are_refused(tmp_path, saved):
         unchanged_after_failed_load(tr, newer, "format 99, expected 1")
         unchanged_after_failed_load(tr, no_spec, "not a readable checkpoint")
         unchanged_after_failed_load(tr, tmp_path / "missing.npz", "no checkpoint at")
+
+
+def test_a_checkpoint_written_before_the_optimizer_kept_zeros_still_loads(tmp_path):
+    """Format 1 as the trainer wrote it before optimizers became pure rules: a run saved
+    before its first step stored no state arrays (n_slots 0, t 0). It loads as zeros, and
+    training from it equals training from scratch."""
+    from mgpu_lab.checkpoint import save_checkpoint
+    fresh = trainer(Momentum(0.1))
+    path = save_checkpoint(tmp_path / "old.npz", fresh.spec, fresh.model.get_values(),
+                           {"name": "momentum", "t": 0, "state": []}, 0, [])
+    loaded = trainer(Momentum(0.1)).load(path)
+    assert loaded.opt_t == 0 and len(loaded.opt_state) == 1
+    assert all(not a.any() for a in loaded.opt_state[0])
+    x, y = load_digits(flat=True)
+    for tr in (fresh, loaded):
+        tr.fit(x, y, batch_size=32, steps=3, progress=False)
+    same_state(fresh, loaded)

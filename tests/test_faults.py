@@ -91,7 +91,7 @@ def test_sigkill_mid_step_names_the_device_and_keeps_the_parameters(cnn):
         tr.step(x, y)  # starts the pool and grows its batch buffer
         pool, before = tr.engine, tr.model.get_values()
         pids = pool.pids()
-        state_before = [[a.copy() for a in slot] for slot in tr.optimizer.state]
+        state_before = [[a.copy() for a in slot] for slot in tr.opt_state]
         killed = {}
         killer = threading.Thread(target=kill_when_busy, args=(pids[1], killed))
         killer.start()
@@ -105,7 +105,7 @@ def test_sigkill_mid_step_names_the_device_and_keeps_the_parameters(cnn):
         assert pool.closed and wait_gone(pids) == []  # no other worker is left alive
         for a, b in zip(tr.model.get_values(), before):
             assert np.array_equal(a, b)  # parameters are those before the step
-        for slot, slot_before in zip(tr.optimizer.state, state_before):
+        for slot, slot_before in zip(tr.opt_state, state_before):
             assert all(np.array_equal(a, b) for a, b in zip(slot, slot_before))
         assert tr.step_count == 1 and len(tr.history) == 1
         print(f"WorkerDied raised {raised_after * 1000:.0f} ms after the SIGKILL")
@@ -127,7 +127,7 @@ def test_trainer_survives_dead_workers_and_restarts_its_pool(cnn, digits):
         assert wait_gone(pids) == []  # the other worker was stopped too
         assert all(np.array_equal(a, b) for a, b in zip(tr.model.get_values(), before))
         with pytest.raises(EngineClosed, match="closed"):
-            first.gradients(before, x, y)
+            first.step(before, x, y)
         loss = tr.step(x, y)  # the next step starts a fresh pool
         assert tr.engine is not first and set(tr.engine.pids()).isdisjoint(pids)
         assert np.isfinite(loss) and tr.step_count == 2
@@ -143,7 +143,7 @@ def test_exception_at_worker_start_carries_the_worker_traceback():
     with pytest.raises(DeviceError, match="device 0 raised an exception") as err:
         DevicePool(model, 2)
     tb = err.value.remote_traceback
-    assert "Traceback (most recent call last)" in tb and "_worker_main" in tb
+    assert "Traceback (most recent call last)" in tb and "worker_main" in tb
     assert "unexpected keyword argument 'not_an_argument'" in tb
     assert worker_pids() <= before  # no worker of the failed pool is left
 
@@ -158,19 +158,19 @@ def test_exception_in_a_step_carries_the_worker_traceback_and_pool_closes_cleanl
     with DevicePool(model, 2) as pool:
         pids = pool.pids()
         with pytest.raises(DeviceError, match="device 0 raised an exception") as err:
-            pool.gradients(model.get_values(), x, y)
+            pool.step(model.get_values(), x, y)
         tb = err.value.remote_traceback
-        assert "_worker_step" in tb and "ValueError" in tb and "reshape" in tb
+        assert "compute_split" in tb and "ValueError" in tb and "reshape" in tb
     assert pool.closed and wait_gone(pids) == []
     with pytest.raises(EngineClosed, match="DevicePool is closed"):
-        pool.gradients(model.get_values(), x, y)
+        pool.step(model.get_values(), x, y)
 
 
 def test_a_closed_serial_engine_refuses_work_too(cnn):
     engine = SerialEngine(cnn.spec, 2)
     engine.close()
     with pytest.raises(EngineClosed, match="this SerialEngine is closed; create a new one"):
-        engine.gradients(cnn.get_values(), np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, np.int32))
+        engine.step(cnn.get_values(), np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, np.int32))
 
 
 def run_script(body, **popen):

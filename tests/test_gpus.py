@@ -24,7 +24,7 @@ def test_every_figure_is_sane_and_sourced(name):
     # per direction: half the datasheet's both-ways figure, shared by the GPUs of a board
     assert 10 * GB <= g.host_bw * g.gpus_per_board <= 64 * GB
     assert g.peer_bw >= g.host_bw and g.peer_or_host_bw() == g.peer_bw
-    assert g.peer_link.startswith("NVLink") == (g.peer_bw > g.host_bw)
+    assert g.peer_link.startswith("NVLink") == (g.peer_bw > g.host_bw * g.gpus_per_board)
     assert "datasheet" in g.source and re.search(r"\b20[12]\d\b", g.source)
 
 
@@ -41,7 +41,7 @@ def test_a_k80_gpu_gets_half_of_its_boards_link():
     k80 = get_gpu("K80")
     assert k80.gpus_per_board == 2 and "shared by the board's 2 GPUs" in k80.host_link
     assert k80.host_bw == get_gpu("P100-PCIe").host_bw / 2 == 8 * GB  # PCIe 3.0 x16: 16 GB/s per direction
-    assert k80.peer_bw == 8 * GB
+    assert k80.peer_bw == 16 * GB  # the ring ordered board by board: a whole x16 link per direction
     assert k80.base_fp32_flops == pytest.approx(2.8e12)  # 5.6 TFLOPS per board at base clock
 
 

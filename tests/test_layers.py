@@ -15,8 +15,9 @@ LAYERS = {
     "sources": 1,
     "predict": 2,
     "engines": 3, "trainer": 3,
-    "measure": 4, "figures": 4, "exercises": 4,
-    "cli": 5, "__main__": 5, "": 5,  # "": the package's own __init__
+    "measure": 4,  # measure returns data...
+    "figures": 5, "exercises": 5,  # ...figures draw it (and may use its provenance)
+    "cli": 6, "__main__": 6, "": 6,  # "": the package's own __init__
 }
 
 
@@ -113,3 +114,64 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
 @pytest.mark.parametrize("pkg", ["engines", "predict", "measure", "figures"])
 def test_each_subpackage_says_what_it_holds(pkg):
     assert ast.get_docstring(ast.parse((PACKAGE / pkg / "__init__.py").read_text()))
+
+
+# -- strategies are objects; optimizers are pure ------------------------------------------
+STRATEGY_NAMES = {"host", "ring", "sharded", "hierarchical"}
+
+
+def strategy_name_comparisons(source, where="<test>"):
+    """Places in ``source`` that compare something to a strategy's name (==, !=, in, match)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for c in [node.left, *node.comparators]:
+                elts = c.elts if isinstance(c, (ast.Tuple, ast.List, ast.Set)) else [c]
+                if any(isinstance(e, ast.Constant) and e.value in STRATEGY_NAMES for e in elts):
+                    found.append(f"{where}:{node.lineno}")
+        elif isinstance(node, ast.match_case) and any(
+                isinstance(n, ast.Constant) and n.value in STRATEGY_NAMES for n in ast.walk(node.pattern)):
+            found.append(f"{where}:{node.pattern.lineno}")
+    return found
+
+
+def test_no_engine_compares_a_strategy_name_to_a_string():
+    found = [hit for path in (PACKAGE / "engines").glob("*.py")
+             for hit in strategy_name_comparisons(path.read_text(), path.name)]
+    assert found == [], "let the strategy object decide (engines/strategies.py)"
+
+
+def test_the_strategy_name_checker_can_fail():
+    assert strategy_name_comparisons("if self.strategy == 'ring': pass")
+    assert strategy_name_comparisons("x = s in ('host', 'tree')")
+    assert not strategy_name_comparisons("if self.strategy.updates_on_host: pass")
+
+
+def optimizer_attribute_assignments(source, where="<test>"):
+    """Assignments to an attribute of something named like an optimizer (``opt.state = ...``,
+    ``update.optimizer.t += 1``, ``setattr(opt, ...)``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+        for t in targets:
+            for e in ast.walk(t):
+                if isinstance(e, ast.Attribute) and "opt" in ast.unparse(e.value).lower():
+                    found.append(f"{where}:{node.lineno}: {ast.unparse(e)}")
+        if (isinstance(node, ast.Call) and ast.unparse(node.func) == "setattr" and node.args
+                and "opt" in ast.unparse(node.args[0]).lower()):
+            found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_optimizer_attribute_is_assigned_outside_optim():
+    found = [hit for name, path in modules_paths.items() if name != "optim"
+             for hit in optimizer_attribute_assignments(path.read_text(), path.name)]
+    assert found == [], "optimizers are pure: pass their state along instead (mgpu_lab/optim.py)"
+
+
+def test_the_optimizer_checker_can_fail():
+    assert optimizer_attribute_assignments("opt.state = []")
+    assert optimizer_attribute_assignments("update.optimizer.t += 1")
+    assert optimizer_attribute_assignments("setattr(self.optimizer, 'lr', 1)")
+    assert not optimizer_attribute_assignments("self.opt_state = new_state")

@@ -120,7 +120,7 @@ def test_pool_refuses_a_split_that_does_not_fit_before_any_work(cnn, digits):
     with DevicePool(cnn.spec, 2, memory_bytes=capacity) as pool:
         grads_buffer = pool._bufs["grads"].array  # what the workers write, row per device
         with pytest.raises(DeviceOutOfMemory) as err:
-            pool.gradients(values, x[:30], y[:30])  # splits of 15 and 15
+            pool.step(values, x[:30], y[:30])  # splits of 15 and 15
         e = err.value
         needed = memory.estimate(cnn, 15)["total"]
         assert (e.device, e.needed, e.memory_bytes, e.largest_fit) == (0, needed, capacity, 10)
@@ -130,7 +130,7 @@ def test_pool_refuses_a_split_that_does_not_fit_before_any_work(cnn, digits):
             assert part in msg
         assert not grads_buffer.any()  # no device computed anything
         assert all(np.array_equal(a, b) for a, b in zip(values, before))
-        ok = pool.gradients(values, x[:20], y[:20])  # 10 + 10 fits, and the pool still works
+        ok = pool.step(values, x[:20], y[:20])  # 10 + 10 fits, and the pool still works
         assert ok.split_sizes == [10, 10] and grads_buffer.any()
 
 

@@ -50,8 +50,9 @@ def test_mpiexec_command_uses_this_python():
 
 
 def test_engine_rejects_an_unknown_strategy():
-    with pytest.raises(ValueError, match="choose one of host, ring"):
-        mpi.MPIEngine(None, 1, strategy="tree")  # checked before MPI starts
+    with pytest.raises(ValueError, match="unknown strategy 'tree'; choose one of host, ring, "
+                                         "sharded, hierarchical"):
+        mpi.MPIEngine(None, 1, strategy="tree")
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,11 @@ def serial_runs(tmp_path_factory):
 
 @pytest.mark.timeout(2 * JOB_TIMEOUT)
 @pytest.mark.parametrize("n", [pytest.param(2, marks=pytest.mark.slow), 3])  # 3: make test
-@pytest.mark.parametrize("strategy", ["host", "ring"])
+@pytest.mark.parametrize("strategy", ["host", "ring",
+                                      pytest.param("sharded", marks=pytest.mark.slow)])
 def test_mpi_training_ends_at_the_serial_parameters(n, strategy, serial_runs, tmp_path):
+    # 'sharded': each rank updates its shard with its shard of the momentum; rank 0
+    # gathers every shard of the state, so its checkpoint holds all of it.
     path = tmp_path / "mpi.npz"
     devices = ["--devices", str(n)] if n == 2 else []  # n = 3: defaults to the rank count
     job = run_job(n, ["-m", "mgpu_lab", *TRAIN, "--engine", "mpi", "--strategy", strategy,
@@ -85,6 +89,32 @@ def test_mpi_training_ends_at_the_serial_parameters(n, strategy, serial_runs, tm
                                [h["loss"] for h in ref_meta["history"]], rtol=1e-6)
     worst = max(float(np.max(np.abs(arrays[k] - ref[k]))) for k in ref)
     assert worst <= PARAM_ATOL, f"largest difference to the serial engine: {worst:.3g}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3 * JOB_TIMEOUT)
+@pytest.mark.parametrize("n, nodes", [(4, ["--devices-per-node", "2"]), (6, ["--devices-per-node", "2"]),
+                                      (4, [])])
+def test_mpi_hierarchical_ends_at_the_host_parameters(n, nodes, tmp_path):
+    """4 ranks as 2 nodes x 2, 6 as 3 x 2 (one machine plays the nodes), and 4 ranks with
+    the nodes found by MPI itself (one machine: one node of 4); 47 samples split unevenly."""
+    paths = {s: tmp_path / f"{s}.npz" for s in ("host", "hierarchical")}
+    for s, extra in (("host", []), ("hierarchical", nodes)):
+        job = run_job(n, ["-m", "mgpu_lab", *TRAIN, "--engine", "mpi", "--strategy", s,
+                          "--save", str(paths[s]), *extra], timeout=3 * JOB_TIMEOUT)
+        assert job.returncode == 0, job.stderr[-3000:]
+    (_, ref), (_, got) = load_checkpoint(paths["host"]), load_checkpoint(paths["hierarchical"])
+    worst = max(float(np.max(np.abs(got[k] - ref[k]))) for k in ref)
+    assert worst <= PARAM_ATOL, f"largest difference to the host gather: {worst:.3g}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(JOB_TIMEOUT)
+def test_mpi_hierarchical_refuses_nodes_that_do_not_divide_the_ranks():
+    job = run_job(3, ["-m", "mgpu_lab", *TRAIN, "--engine", "mpi", "--strategy", "hierarchical",
+                      "--devices-per-node", "2"])
+    assert job.returncode != 0
+    assert "3 devices do not make whole nodes of devices_per_node=2" in job.stderr
 
 
 @pytest.mark.slow
@@ -152,6 +182,7 @@ RING_SCRIPT = textwrap.dedent("""
     from mpi4py import MPI
     from mgpu_lab.collectives import simulate_ring_allreduce
     from mgpu_lab.engines import mpi
+    from mgpu_lab.engines.strategies import ring_allreduce
 
     comm = mpi.world()
     arrays = [np.random.RandomState(i).randn(1001).astype(np.float32) for i in range(comm.size)]
@@ -161,7 +192,7 @@ RING_SCRIPT = textwrap.dedent("""
     comm_sendrecv = lambda sendbuf, **kw: (sent.append(sendbuf[0].nbytes), real(sendbuf, **kw))
     class Counting:  # the same communicator, with Sendrecv counted
         rank, size, Sendrecv = comm.rank, comm.size, staticmethod(comm_sendrecv)
-    mpi.ring_allreduce(Counting, buf)
+    ring_allreduce(mpi.MPILink(Counting, buf.size), buf, np.empty_like(buf))
     sim = simulate_ring_allreduce(arrays)
     same = np.array_equal(buf, sim.result[comm.rank])
     print(f"rank {comm.rank}: equal={same} bytes={sum(sent)} expected={sim.bytes_sent[comm.rank]}"
@@ -184,27 +215,30 @@ def test_mpi_ring_is_the_simulated_ring(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_comm_benchmark_saves_measurements_and_prediction(tmp_path):
-    # steps=0: only the exchanges (no Theano graph to compile); tiny sizes and repeats.
-    result = mpi_bench.run(ranks=(2,), sizes_bytes=(4e3, 4e4), repeats=2, steps=0,
-                           timeout=JOB_TIMEOUT, progress=False)
+    # Real MPIEngine steps of small MLPs (their graph compiles once); tiny sizes and repeats.
+    result = mpi_bench.run(ranks=(2,), sizes_bytes=(4e3, 4e4), strategies=("host", "ring"),
+                           repeats=2, timeout=JOB_TIMEOUT, progress=False)
     rows = result["rows"]
     assert [(r["strategy"], r["bytes"]) for r in rows] == [
         ("host", 4000), ("ring", 4000), ("host", 40000), ("ring", 40000)]
     for r in rows:
         assert 0 < r["comm_min_s"] <= r["comm_s"] <= r["comm_max_s"] and r["comm_repeats"] == 2
-        assert r["predicted_comm_s"] > 0
+        assert r["predicted_comm_s"] > 0 and r["step_s"] > r["comm_s"]
+        assert ("comm_gather_s" in r) == (r["strategy"] == "host")  # the host's phases
     link = result["links"]["2"]
     assert link["latency_s"] > 0 and link["bandwidth_Bps"] > 0
-    paths = mpi_bench.save(result, tmp_path)
+    paths, base = mpi_bench.save(result, tmp_path)
     saved = json.loads(paths[0].read_text())
     assert saved["machine"]["cores"] >= 1 and saved["rows"] == rows
     header = paths[1].read_text().splitlines()[0].split(",")
     assert {"n_ranks", "strategy", "bytes", "comm_s", "predicted_comm_s", "cpu"} <= set(header)
-    assert paths[2].suffix == ".png" and paths[2].stat().st_size > 10_000
+    from mgpu_lab.figures import plots  # the book and the CLI draw what measure returns
+    fig = plots.mpi_comm(result)
+    assert fig.axes and base.parent == tmp_path
 
 
-@pytest.mark.parametrize("bad", [["--sizes", "1e6,abc"], ["--sizes", "2"], ["--steps", "-1"],
-                                 ["--ranks", "0"]])
+@pytest.mark.parametrize("bad", [["--sizes", "1e6,abc"], ["--sizes", "2"], ["--repeats", "0"],
+                                 ["--ranks", "0"], ["--strategies", "tree"]])
 def test_mpi_bench_rejects_bad_flags(bad, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["mpi-bench", *bad])

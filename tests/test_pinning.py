@@ -37,9 +37,9 @@ def test_without_pinning_the_helpers_say_so(no_pinning):
 def test_the_pool_runs_unpinned_and_matches_the_serial_engine(no_pinning, cnn, digits):
     x, y = digits[0][:30], digits[1][:30]
     values = cnn.get_values()
-    ref = SerialEngine(cnn, 2).gradients(values, x, y)
+    ref = SerialEngine(cnn, 2).step(values, x, y)
     with DevicePool(cnn.spec, 2) as pool:
-        got = pool.gradients(values, x, y)
+        got = pool.step(values, x, y)
         if Path("/proc/self/status").exists():  # Linux: the workers really were not pinned
             allowed = [_cpus_allowed(p) for p in pool.pids()]
             assert allowed == [_cpus_allowed("self")] * 2

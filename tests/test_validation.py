@@ -37,15 +37,15 @@ def batch(digits):
 
 
 def snapshot(tr):
-    return ([v.copy() for v in tr.model.get_values()], tr.optimizer.t,
-            [[a.copy() for a in slot] for slot in tr.optimizer.state], tr.step_count, len(tr.history))
+    return ([v.copy() for v in tr.model.get_values()], tr.opt_t,
+            [[a.copy() for a in slot] for slot in tr.opt_state], tr.step_count, len(tr.history))
 
 
 def assert_unchanged(tr, snap):
     values, t, state, steps, n_hist = snap
     assert all(np.array_equal(a, b) for a, b in zip(tr.model.get_values(), values, strict=True))
-    assert (tr.optimizer.t, tr.step_count, len(tr.history)) == (t, steps, n_hist)
-    for slot, before in zip(tr.optimizer.state, state, strict=True):
+    assert (tr.opt_t, tr.step_count, len(tr.history)) == (t, steps, n_hist)
+    for slot, before in zip(tr.opt_state, state, strict=True):
         assert all(np.array_equal(a, b) for a, b in zip(slot, before, strict=True))
 
 
@@ -122,12 +122,12 @@ def test_float64_images_are_cast_to_float32_with_a_one_time_warning(tr, batch):
     values = tr.model.get_values()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # Python's own rule: once per place it is raised
-        got = [tr.engine.gradients(values, x.astype(np.float64), y) for _ in range(2)]
+        got = [tr.engine.step(values, x.astype(np.float64), y) for _ in range(2)]
     assert [str(w.message) for w in caught] == ["x is float64; casting to float32 (pass "
                                                 "float32 to skip the copy)"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # float32 images and int64 labels: no warning
-        ref = tr.engine.gradients(values, x, y.astype(np.int64))
+        ref = tr.engine.step(values, x, y.astype(np.int64))
     for result in got:
         assert result.loss == ref.loss
         assert all(np.array_equal(g, r) for g, r in zip(result.grads, ref.grads, strict=True))
@@ -144,7 +144,6 @@ def test_a_nan_gradient_stops_the_step_and_leaves_the_parameters_untouched(tr, b
 def test_an_infinite_update_leaves_parameters_and_optimizer_state_untouched(tr, batch):
     good = tr.optimizer
     tr.optimizer = Momentum(1e300)  # new parameters of ~1e297: float32 overflows to inf
-    tr.optimizer.load_state_dict(good.state_dict())
     try:
         refused(tr, *batch, "the update produced NaN or infinite parameters; parameters left "
                             "untouched", error=NonFiniteGradient)

@@ -1,39 +1,36 @@
 """The one engine protocol: ``Engine.step(values, x, y, update) -> StepResult``.
 
-An engine is N devices. Every engine's step is the same four moves:
+An engine is N devices and a :mod:`strategy <mgpu_lab.engines.strategies>`. Every
+engine's step is the same moves:
 
     check the batch; split bounds from split.py; memory check   Engine.step (here, once)
-    each device: loss and gradient of its split                  engine._compute
-    exchange: stack on the host, or reduce between devices;
-    the update, where the strategy puts it                       engine._exchange
+    each device: loss and gradient of its split, then what the  engine._run_devices
+      strategy does on a device (strategy.on_device, over the
+      engine's transport)
+    the host: stack and update, or read back (strategy.on_host)  engine._run_devices
     batch loss = sum_i (n_i / B) loss_i                          Engine.step (here)
 
-The base class owns the first and the last line. An engine supplies ``_compute`` (how its
-devices compute their splits) and, if the host does not simply stack and update,
-``_exchange``. The serial engine needs only ``_compute``.
-
-``update`` is any ``update(values, grads, loss) -> new values``, run where the strategy
-says. An engine that runs it on devices in other processes (the local engine's ring)
-must ship it there, so it needs an :class:`OptimizerUpdate`: picklable, the optimizer's
-rule with the trainer's checks, whose state the host keeps (see ``for_devices``).
+The base class owns the first and the last line; an engine supplies ``_run_devices`` and
+a transport, never a branch on the strategy. ``update`` is an :class:`Update`: the
+optimizer (a pure rule, :mod:`mgpu_lab.optim`), its state arrays and t. The state comes
+back in the :class:`StepResult`: engines pass it along, shard it and return it, and never
+open the optimizer.
 """
-import copy
 import numbers
 import time
 from dataclasses import asdict, dataclass, fields
 
-import numpy as np
-
-from .._theano import floatX
-from ..errors import DeviceOutOfMemory, EngineClosed, NonFiniteGradient
-from ..gradients import STRATEGIES, all_finite, stack_gradients, stack_losses
+from ..errors import DeviceOutOfMemory, EngineClosed
+from ..gradients import stack_losses
 from ..models import build
 from ..predict.memory import estimate, max_batch_size
 from ..split import split_bounds
 from ..validate import check_n_devices
+from .strategies import get_strategy
+from .update import Update, apply_update, flatten, unflatten  # noqa: F401  (re-exported)
 
-__all__ = ["Timings", "StepResult", "Engine", "OptimizerUpdate", "FixedRate", "check_fits",
-           "check_memory_bytes", "flatten", "unflatten"]
+__all__ = ["Timings", "StepResult", "Engine", "check_fits", "check_memory_bytes",
+           "flatten", "unflatten", "Update", "apply_update"]
 
 
 @dataclass
@@ -70,82 +67,10 @@ class StepResult:
     loss: float  # batch mean loss, sum_i (n_i / B) loss_i
     grads: list  # arrays shaped like the params: gradient of the batch mean loss
     new_values: list  # parameters after the update (None when no update was asked for)
+    new_state: list  # the optimizer's state after it ([slot][param]; None without update)
     split_sizes: list  # n_i, samples per device
     device_seconds: list  # compute seconds of each device
     timings: Timings
-
-
-def flatten(arrays, out=None):
-    """Concatenate arrays into one flat floatX vector (into ``out`` when given)."""
-    sizes = [a.size for a in arrays]
-    out = np.empty(sum(sizes), dtype=floatX) if out is None else out
-    pos = 0
-    for a, n in zip(arrays, sizes):
-        out[pos:pos + n] = np.ravel(a)
-        pos += n
-    return out
-
-
-def unflatten(flat, shapes):
-    """Views of ``flat`` shaped like ``shapes`` (no copy)."""
-    views, pos = [], 0
-    for s in shapes:
-        n = int(np.prod(s))
-        views.append(flat[pos:pos + n].reshape(s))
-        pos += n
-    return views
-
-
-class FixedRate:
-    """A learning-rate schedule that is one number (picklable, unlike a lambda)."""
-
-    def __init__(self, lr):
-        self.lr = float(lr)
-
-    def __call__(self, step):
-        return self.lr
-
-
-class OptimizerUpdate:
-    """``update(values, grads, loss) -> new values``: ``optimizer``'s rule, refusing a step
-    whose loss, gradient or result is not finite (:class:`NonFiniteGradient`; neither the
-    parameters nor the optimizer's state change). ``label`` names the step in the message.
-    """
-
-    def __init__(self, optimizer, label="this step"):
-        self.optimizer, self.label = optimizer, label
-
-    def __call__(self, values, grads, loss):
-        if not np.isfinite(loss) or not all_finite(grads):
-            raise NonFiniteGradient(
-                f"{self.label}: the gradient (or loss {loss}) is NaN or infinite; parameters "
-                f"left untouched (lower the learning rate or check the data)")
-        opt = self.optimizer
-        before = opt.state, opt.t  # update() replaces both, never mutates
-        new_values = opt.update(values, grads)
-        if not all_finite(new_values):
-            opt.state, opt.t = before  # the optimizer forgets this step too
-            raise NonFiniteGradient(f"{self.label}: the update produced NaN or infinite "
-                                    f"parameters; parameters left untouched")
-        return new_values
-
-    def for_devices(self):
-        """A picklable copy for devices in other processes: this step's learning rate
-        fixed (schedules may be lambdas), no state. The engine hands the state over
-        (``state``, ``t``) and gives the new state back with :meth:`commit`."""
-        opt = copy.copy(self.optimizer)
-        opt.schedule, opt.state = FixedRate(self.optimizer.schedule(self.optimizer.t)), []
-        return OptimizerUpdate(opt, self.label)
-
-    def n_slots(self, dtype=floatX):
-        """How many state arrays per parameter the rule keeps (SGD 0, momentum 1, Adam 2)."""
-        probe = self.for_devices().optimizer
-        probe.update([np.zeros(1, dtype)], [np.zeros(1, dtype)])  # one number: cheap
-        return len(probe.state)
-
-    def commit(self, state):
-        """The devices applied this step: take their new state (fresh arrays, one list per slot)."""
-        self.optimizer.state, self.optimizer.t = state, self.optimizer.t + 1
 
 
 def check_memory_bytes(memory_bytes):
@@ -177,73 +102,88 @@ class Engine:
 
     ``model``: a :class:`~mgpu_lab.models.Model` or its :class:`~mgpu_lab.models.ModelSpec`.
     ``memory_bytes``: each device's memory capacity (None: unlimited), checked before any
-    work. ``strategy``: how gradients are combined, one of the class's ``strategies``.
+    work. ``strategy``: a name in :data:`~mgpu_lab.engines.strategies.STRATEGIES` or a
+    strategy object; ``devices_per_node``: G for a hierarchical all-reduce.
     """
 
-    strategies = ("host",)  # what this engine can do, out of gradients.STRATEGIES
+    links = False  # a transport between devices (strategies with ``needs_links`` need one)
     closed = False
     closes_itself = ""  # when else it closes, for the error after it did
 
-    def __init__(self, model, n_devices=1, memory_bytes=None, strategy="host"):
-        if strategy not in STRATEGIES or strategy not in self.strategies:
-            raise ValueError(f"{type(self).__name__} has no strategy {strategy!r}; choose one "
-                             f"of {', '.join(self.strategies)}")
-        self.model = build(model)
-        self.n_devices = check_n_devices(n_devices)
-        self.memory_bytes, self.strategy = memory_bytes, strategy
-        check_fits(self.model, [1], memory_bytes)  # a device that cannot hold one sample is useless
+    def __init__(self, model, n_devices=1, memory_bytes=None, strategy="host",
+                 devices_per_node=None):
+        self.model, self.n_devices, self.strategy = self.configure(
+            model, n_devices, memory_bytes, strategy, devices_per_node)
+        self.memory_bytes = memory_bytes
+
+    @classmethod
+    def configure(cls, model, n_devices, memory_bytes, strategy, devices_per_node=None):
+        """Every check of a setting, before any work: ``(model, N, strategy object)``. The
+        trainer calls it too, so a bad setting fails when the trainer is made."""
+        model, n = build(model), check_n_devices(n_devices)
+        s = get_strategy(strategy).for_engine(devices_per_node, cls.default_devices_per_node)
+        if s.needs_links and not cls.links:
+            raise ValueError(f"{cls.__name__} runs its devices one after another in one "
+                             f"process, so they cannot send each other messages, and strategy "
+                             f"{s.name!r} needs that: use engine 'local' or 'mpi', or strategy 'host'")
+        s.check(n)
+        check_fits(model, [1], memory_bytes)  # a device that cannot hold one sample is useless
+        return model, n, s
+
+    @staticmethod
+    def default_devices_per_node():
+        """G for a hierarchical all-reduce given none (MPI: the ranks that share a machine);
+        None: this engine has no nodes of its own, the user must say."""
+        return None
 
     # -- the protocol ---------------------------------------------------------------------
     def step(self, values, x, y, update=None):
         """One data-parallel step on ``(x, y)`` from parameters ``values``.
 
-        ``update(values, grads, loss) -> new values`` is the update rule; the engine runs
-        it where its strategy says (the host, or every device). Without it the step stops
-        at the stacked gradient (``new_values`` is None).
+        ``update`` (an :class:`~mgpu_lab.engines.update.Update`) runs where the strategy
+        says; without it the step stops at the gradient of the batch (``new_values`` and
+        ``new_state`` are None).
         """
         if self.closed:
             raise EngineClosed(f"this {type(self).__name__} is closed{self.closes_itself}; "
                                f"create a new one")
+        if update is not None and not isinstance(update, Update):
+            raise TypeError(f"update must be an Update(optimizer, state, t) from "
+                            f"mgpu_lab.engines.update (or None for the gradient alone), got {update!r}")
         t0 = time.perf_counter()
         x, y = self.model.check_batch(x, y)
         bounds = split_bounds(len(x), self.n_devices)
         sizes = [b - a for a, b in bounds]
         check_fits(self.model, sizes, self.memory_bytes)  # before any work: nothing half-done
         t = Timings(split=time.perf_counter() - t0)
-        losses, device_seconds, local = self._compute(values, x, y, bounds, update, t)
+        losses, device_seconds, view = self._run_devices(values, x, y, bounds, update, t)
         loss = stack_losses(losses, sizes)
-        grads, new_values = self._exchange(values, local, sizes, loss, update, t)
+        grads, new_values, new_state = self._run_host(view, sizes, values, update, loss, t)
         t.total = time.perf_counter() - t0
-        return StepResult(loss, grads, new_values, sizes, list(device_seconds), t)
+        return StepResult(loss, grads, new_values, new_state, sizes, list(device_seconds), t)
 
     def gradients(self, values, x, y):
-        """The stacked gradient of the batch (a :class:`StepResult` with no update)."""
-        return self.step(values, x, y)
+        """The gradient of the batch's mean loss: a list of arrays shaped like the params."""
+        return self.step(values, x, y).grads
 
     # -- what an engine supplies ----------------------------------------------------------
-    def _compute(self, values, x, y, bounds, update, t):
-        """Each device's split ``x[a:b]``: ``(losses, device_seconds, local)``, where
-        ``local`` is what ``_exchange`` combines (here: per-device gradient lists).
-        ``update`` is there for engines whose devices update in the same round trip (the
-        local ring); the others leave it to ``_exchange``."""
+    def _run_devices(self, values, x, y, bounds, update, t):
+        """Every device: the gradient of its split ``x[a:b]``, then ``strategy.on_device``
+        over this engine's transport. ``(losses, device_seconds, view)``, where ``view``
+        (a :class:`~mgpu_lab.engines.strategies.HostView`) is what the host reads."""
         raise NotImplementedError
 
-    def _exchange(self, values, local, sizes, loss, update, t):
-        """``(grads, new_values)``. By default the host stacks and applies the update."""
+    def _run_host(self, view, sizes, values, update, loss, t):
+        """``strategy.on_host``: stack and update, or read back. Timed as the update."""
         t0 = time.perf_counter()
-        grads = stack_gradients(local, sizes)
-        t.stack = time.perf_counter() - t0
-        return grads, self._update(update, values, grads, loss, t)
+        out = self.strategy.on_host(view, sizes, values, update, loss, t)
+        t.update += time.perf_counter() - t0 - t.stack
+        return out
 
-    @staticmethod
-    def _update(update, values, grads, loss, t):
-        """The update rule, timed into ``t.update`` (None without one)."""
-        if update is None:
-            return None
-        t0 = time.perf_counter()
-        new = update(values, grads, loss)
-        t.update += time.perf_counter() - t0
-        return new
+    def device_memory(self):
+        """Bytes each device holds: a list of ``{"parameters", "gradients", "optimizer"}``,
+        counted from the arrays the devices hold after the last step."""
+        raise NotImplementedError
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self):

@@ -2,49 +2,33 @@
 
 A "device" here is a process pinned to one CPU core (BLAS limited to one thread), which
 rebuilds the model from its spec and compiles its own Theano gradient function, as each
-GPU would. Data moves through shared memory, not pickles:
+GPU would (the worker's side: :mod:`mgpu_lab.engines.worker`). Data moves through shared
+memory, not pickles; only tiny control messages go through pipes. Workers die with the
+pool: on ``close()``, on any error, on Ctrl-C, and (pipe EOF) if the parent itself dies.
 
-    params  floatX[P]         host -> every device (the broadcast)
-    batch   x floatX[B*D], y int32[B]    device i reads samples [a_i, b_i) (split_bounds)
-    grads   floatX[N, P]      device i writes row i (the fetch back to the host)
-
-Only tiny control messages go through pipes. Workers die with the pool: on ``close()``,
-on any error, on Ctrl-C, and (pipe EOF) if the parent itself dies.
-
-With ``strategy="ring"`` the host neither stacks nor updates. Each device scales its row
-of ``grads`` by n_i / B; the devices run the ring all-reduce of
-:mod:`mgpu_lab.collectives` on those rows, each reading its left neighbour's row, with a
-one-byte signal to each neighbour per step (a pipe per pair: "my chunk is ready", "I have
-read yours"); then every device applies the update (an
-:class:`~mgpu_lab.engines.base.OptimizerUpdate`, shipped with the step) to its own copy:
-
-    state     floatX[S, P]    host -> devices: the optimizer's state (S slots: 0 for SGD)
-    new       floatX[N, P]    device i writes its updated parameters to row i
-    state_out floatX[S, P]    device 0 writes the new optimizer state
-
-The host reads row 0 of ``new``, ``state_out`` and the losses: its parameters and its
-optimizer stay the ones a checkpoint saves, and a failed step changes neither.
+One step: the host writes the parameters and the batch (and the optimizer state, when the
+devices update); each device computes its split and runs ``strategy.on_device`` over its
+:class:`~mgpu_lab.engines.worker.ShmLink`; the host runs ``strategy.on_host`` on what the
+devices left in shared memory. The host's parameters and optimizer state are the ones a
+checkpoint saves, and a failed step changes neither.
 """
 import contextlib
 import multiprocessing as mp
 import os
-import signal
 import sys
 import threading
 import time
-import traceback
 import weakref
-from multiprocessing import shared_memory
 from multiprocessing.connection import wait
 
 import numpy as np
 
 from .._theano import floatX
-from ..collectives import device_steps, ring_chunks
 from ..errors import DeviceError, NonFiniteGradient, WorkerDied
-from ..models import build
-from .base import Engine, OptimizerUpdate, flatten, unflatten
-from .pinning import PIN_ENV, cores, pin
+from .base import Engine, flatten
+from .pinning import PIN_ENV, cores
+from .strategies import HostView
+from .worker import Buffer, worker_main
 
 __all__ = ["DevicePool"]
 
@@ -75,191 +59,29 @@ def _pinned_spawn_env():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-class _Buffer:
-    """A named shared-memory block seen as a numpy array."""
-
-    def __init__(self, shape, dtype, name=None):
-        nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-        self.shm = shared_memory.SharedMemory(name=name, create=name is None, size=nbytes)
-        self.array = np.ndarray(shape, dtype=dtype, buffer=self.shm.buf)
-        self.spec = (self.shm.name, tuple(shape), np.dtype(dtype).str)
-
-    def close(self, unlink=False):
-        self.array = None  # drop the view first, or close() sees exported pointers
-        self.shm.close()
-        if unlink:
-            self.shm.unlink()
-
-
-# -- the worker (runs in the child process) -----------------------------------------
-class _Stop(Exception):
-    """The parent stopped us (or died) while we waited on a neighbour."""
-
-
-class _NeighbourGone(Exception):
-    """A ring neighbour's link broke: it died. The parent learns which from its sentinel."""
-
-
-def _worker_main(device, spec, conn, core, links=None):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    pin(core)  # where the system allows it
-    try:
-        model = build(spec)
-        fn = model.loss_and_gradients_function()
-        shapes = model.param_shapes
-        conn.send(("ready", os.getpid()))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        return
-    bufs = {}
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone: so are we
-        try:
-            if msg[0] == "stop":
-                return
-            if msg[0] == "ring":
-                conn.send(("ok",) + _worker_ring_step(device, model, fn, shapes, bufs, links, conn,
-                                                      *msg[1:]))
-            elif msg[0] == "attach":  # new shared blocks (the batch buffer grew)
-                for b in bufs.values():
-                    b.close()
-                bufs = {k: _Buffer(s[1], s[2], name=s[0]) for k, s in msg[1].items()}
-                conn.send(("ok",))
-            elif msg[0] == "step":
-                conn.send(("ok",) + _worker_step(device, model, fn, shapes, bufs, *msg[1:]))
-        except _Stop:
-            return
-        except _NeighbourGone:
-            conn.send(("gone",))  # not this device's fault: the dead one is named by the host
-        except BaseException:
-            conn.send(("error", traceback.format_exc()))
-
-
-def _worker_step(device, model, fn, shapes, bufs, start, stop):
-    """Set params, run the gradient of samples [start, stop), write grads row ``device``."""
-    t0 = time.perf_counter()
-    for p, v in zip(model.params, unflatten(bufs["params"].array, shapes)):
-        p.get_value(borrow=True)[...] = v  # one copy out of shared memory, into Theano's own array
-    x = bufs["x"].array.reshape((-1,) + model.input_shape)[start:stop]  # (n_i, *input_shape), a view
-    y = bufs["y"].array[start:stop]
-    t1 = time.perf_counter()
-    loss, *grads = fn(x, y)
-    t2 = time.perf_counter()
-    flatten(grads, out=bufs["grads"].array[device])  # the fetch back to the host
-    t3 = time.perf_counter()
-    return float(loss), {"set_params": t1 - t0, "compute": t2 - t1, "fetch": t3 - t2}
-
-
-def _expect(link, parent):
-    """One signal byte from a neighbour's ``link``. The parent sends nothing mid-step, so
-    if its pipe turns readable it said "stop" or died: leave (EOFError: the neighbour died)."""
-    ready = wait([link, parent])
-    if link not in ready:
-        raise _Stop
-    try:
-        return link.recv_bytes()
-    except (EOFError, OSError):
-        raise _NeighbourGone from None
-
-
-def _signal(link, byte):
-    """One signal byte to a neighbour (a broken pipe: the neighbour died)."""
-    try:
-        link.send_bytes(byte)
-    except OSError:
-        raise _NeighbourGone from None
-
-
-def _ring_allreduce(rows, device, links, parent):
-    """This device's part of the ring, in place on the shared (N, P) ``rows``.
-
-    At each step of :func:`~mgpu_lab.collectives.device_steps` the left neighbour's
-    chunk is read straight from its row. The signals keep it safe: a device tells its
-    right neighbour "ready" only after its chunk is written, and writes again only after
-    the right neighbour said "read". Returns the seconds spent waiting for the left
-    neighbour to finish computing (the first signal): that is sync, not communication.
-    """
-    N, waited = len(rows), 0.0
-    if N == 1:
-        return waited
-    to_right, from_left = links
-    mine, left = rows[device], rows[(device - 1) % N]
-    chunks = ring_chunks(rows.shape[1], N)
-    for s, (op, _send, recv) in enumerate(device_steps(device, N)):
-        if s:
-            _expect(to_right, parent)  # right has read what I offered at step s-1
-        _signal(to_right, b"s")  # my chunk of step s is in my row
-        t0 = time.perf_counter()
-        _expect(from_left, parent)  # and left's is in its row
-        waited = waited or time.perf_counter() - t0
-        a, b = chunks[recv]
-        if op == "add":
-            mine[a:b] += left[a:b]  # the reduce-scatter: add left's partial sum to mine
-        else:
-            mine[a:b] = left[a:b]  # the all-gather: copy left's finished chunk
-        _signal(from_left, b"r")  # read: left may write that chunk again
-    _expect(to_right, parent)  # right has read my last chunk: my row is free for the next step
-    return waited
-
-
-def _worker_ring_step(device, model, fn, shapes, bufs, links, parent, start, stop, weight,
-                      rule, n_state):
-    """Compute, scale by n_i / B, all-reduce with the neighbours, update this device's copy.
-
-    Returns (loss, seconds per phase, why the update was refused or None).
-    """
-    loss, times = _worker_step(device, model, fn, shapes, bufs, start, stop)
-    rows = bufs["grads"].array
-    t0 = time.perf_counter()
-    rows[device] *= np.dtype(floatX).type(weight)  # (n_i / B) g_i, as stack_gradients weighs it
-    waited = _ring_allreduce(rows, device, links, parent)
-    t1 = time.perf_counter()
-    refused = None
-    if rule is not None:
-        opt = rule.optimizer  # this step's learning rate, the host's t; state from shared memory
-        # views: an update never writes into its inputs (n_state = 0: a fresh optimizer)
-        opt.state = [unflatten(bufs["state"].array[k], shapes) for k in range(n_state)]
-        try:
-            new = rule(unflatten(bufs["params"].array, shapes), unflatten(rows[device], shapes), loss)
-        except NonFiniteGradient as e:  # every device sees the same gradient: all refuse
-            refused = str(e)
-        else:
-            flatten(new, out=bufs["new"].array[device])
-            if device == 0:
-                for k, slot in enumerate(opt.state):
-                    flatten(slot, out=bufs["state_out"].array[k])
-    times.update(exchange=t1 - t0 - waited, update=time.perf_counter() - t1)
-    return loss, times, refused
-
-
 def _floats_per_sample(model):
     """Floats per sample, e.g. 3*224*224 for a 224 px RGB image."""
     return int(np.prod(model.input_shape))
 
 
-# -- the pool (runs in the parent) --------------------------------------------------
 class DevicePool(Engine):
     """N simulated GPUs, one worker process each. Use as a context manager; workers never
     outlive it. ``pool.step(values, x, y, update)`` (see :class:`~.base.Engine`); the host
     never compiles the model, it only holds the graph for shapes and checks.
     """
 
-    strategies = ("host", "ring")
+    links = True
     closes_itself = " (closed explicitly, or after a worker died)"
 
     def __init__(self, model, n_devices=1, memory_bytes=None, strategy="host",
-                 start_timeout=300.0):
-        super().__init__(model, n_devices, memory_bytes, strategy)  # checks before any worker starts
+                 devices_per_node=None, start_timeout=300.0):
+        super().__init__(model, n_devices, memory_bytes, strategy, devices_per_node)  # checks first
         self.shapes = self.model.param_shapes
         self.workers, self.conns, self._bufs = [], [], {}
         self._finalizer = weakref.finalize(self, _shutdown, self.workers, self.conns, self._bufs)
         self.cores = cores()
         self.oversubscribed = self.n_devices > len(self.cores)
         self.spin = self.n_devices < len(self.cores)  # the host has a core of its own: see _wait
-        self._slots = {}  # optimizer class -> state slots (the ring's state buffers)
         try:
             self._allocate(batch_capacity=max(64, self.n_devices))
             self._start_workers(start_timeout)
@@ -268,24 +90,26 @@ class DevicePool(Engine):
             raise
 
     # -- set-up ---------------------------------------------------------------------
-    def _allocate(self, batch_capacity=None, state_slots=None):
-        """(Re)allocate the batch buffers for ``batch_capacity`` samples, or the ring's
-        optimizer-state buffers for ``state_slots`` slots; the others are kept."""
+    def _allocate(self, batch_capacity=None, slots=None):
+        """(Re)allocate the batch buffers for ``batch_capacity`` samples, or the optimizer
+        state buffers for ``slots`` slots; the others are kept. True if any block is new."""
         P, D, N = self.model.n_params, _floats_per_sample(self.model), self.n_devices
         shapes = {"params": (P,), "grads": (N, P)}
-        if self.strategy == "ring":
-            shapes["new"] = (N, P)
+        if self.strategy.needs_links:  # the devices exchange and update
+            shapes.update(new=(N, P), outbox=(N, P))
         if batch_capacity is not None:
             shapes.update(x=(batch_capacity * D,), y=(batch_capacity,))
             self.capacity = batch_capacity
-        if state_slots is not None:
-            shapes.update(state=(state_slots, P), state_out=(state_slots, P))
+        if slots:
+            shapes.update(state=(slots, P), state_out=(N, slots, P))
+        changed = False
         for key, shape in shapes.items():
             old = self._bufs.get(key)
             if old is None or old.array.shape != shape:
-                self._bufs[key] = _Buffer(shape, np.int32 if key == "y" else floatX)
+                self._bufs[key], changed = Buffer(shape, np.int32 if key == "y" else floatX), True
                 if old is not None:
                     old.close(unlink=True)
+        return changed
 
     def _attach_message(self):
         return ("attach", {k: b.spec for k, b in self._bufs.items()})
@@ -293,21 +117,24 @@ class DevicePool(Engine):
     def _start_workers(self, timeout):
         ctx = mp.get_context("spawn")  # a clean interpreter: no inherited BLAS threads or locks
         N = self.n_devices
-        ring = [ctx.Pipe() for _ in range(N)] if self.strategy == "ring" and N > 1 else None
+        mesh = {}  # a pipe per pair of devices, only where devices talk to each other
+        if self.strategy.needs_links:
+            for i in range(N):
+                for j in range(i + 1, N):
+                    mesh[i, j], mesh[j, i] = ctx.Pipe()
         with _pinned_spawn_env():
             for d in range(N):
                 parent, child = ctx.Pipe()
                 core = self.cores[d % len(self.cores)]
-                links = (ring[d][0], ring[(d - 1) % N][1]) if ring else None  # (to d+1, from d-1)
-                p = ctx.Process(target=_worker_main, args=(d, self.model.spec, child, core, links),
-                                name=f"mgpu-device-{d}", daemon=True)
+                pipes = {j: mesh[d, j] for j in range(N) if (d, j) in mesh}
+                p = ctx.Process(target=worker_main, name=f"mgpu-device-{d}", daemon=True,
+                                args=(d, N, self.model.spec, child, core, self.strategy, pipes))
                 p.start()
                 child.close()
                 self.workers.append(p)
                 self.conns.append(parent)
-        for a, b in ring or ():  # only the two neighbours hold a link: one dying is EOF to the other
-            a.close()
-            b.close()
+        for end in mesh.values():  # only the two devices hold a pipe: one dying is EOF to the other
+            end.close()
         self._collect(range(self.n_devices), timeout=timeout)  # "ready": compiled
         self._broadcast(self._attach_message())
 
@@ -362,8 +189,8 @@ class DevicePool(Engine):
                         raise self._died(d) from None
                     pending.discard(d)
                     (errors if reply[0] == "error" else replies)[d] = reply
-                    if reply[0] == "error" and pending and self.strategy == "ring":
-                        self.close()  # its neighbours wait in the ring for it: stop them all
+                    if reply[0] == "error" and pending and self.strategy.needs_links:
+                        self.close()  # the others may wait on it mid-exchange: stop them all
                         raise DeviceError(d, reply[1])
                 elif self.workers[d].sentinel in ready:
                     raise self._died(d)
@@ -371,96 +198,89 @@ class DevicePool(Engine):
             d = min(errors)
             raise DeviceError(d, errors[d][1])
         gone = [d for d, r in replies.items() if r[0] == "gone"]
-        if gone:  # a neighbour broke the ring but no death was seen (should not happen)
+        if gone:  # a peer broke a link but no death was seen (should not happen)
             self.close()
-            raise DeviceError(gone[0], "lost its ring neighbour in the middle of a step")
+            raise DeviceError(gone[0], "lost a peer device in the middle of a step")
         return replies
 
-    # -- the step: each device computes its split, then the host stacks (Engine._exchange)
-    #    or, with strategy="ring", the devices all-reduce and update (_exchange below) -----
-    def _compute(self, values, x, y, bounds, update, t):
+    # -- the step -------------------------------------------------------------------
+    def _run_devices(self, values, x, y, bounds, update, t):
         t0 = time.perf_counter()
-        if len(x) > self.capacity:
-            self._allocate(batch_capacity=len(x))
-            self._broadcast(self._attach_message())
+        job = self._devices_update(update)
+        self._put_batch(x, y, attach=job.pop("attach"))
         flatten(values, out=self._bufs["params"].array)  # broadcast: one copy, all devices read it
-        self._bufs["x"].array[:x.size] = x.ravel()
-        self._bufs["y"].array[:len(y)] = y
-        messages = self._ring_messages(bounds, update) if self.strategy == "ring" else [
-            ("step", a, b) for a, b in bounds]
+        weights = self.strategy.weights([b - a for a, b in bounds])
         t1 = time.perf_counter()
         try:
-            for d, msg in enumerate(messages):
-                self._send(d, msg)
+            for d, ((a, b), w) in enumerate(zip(bounds, weights)):
+                self._send(d, ("step", a, b, float(w), job["update"], job["slots"]))
             replies = self._collect(range(self.n_devices))
         except (KeyboardInterrupt, OSError):
             self.close()  # workers are mid-step: the only safe state is no workers at all
             raise
-        t2 = time.perf_counter()
-        losses = [replies[d][1] for d in range(self.n_devices)]
-        per_dev = [replies[d][2] for d in range(self.n_devices)]
-        t.scatter = t1 - t0
-        ring = self.strategy == "ring"
-        phases = ("set_params", "compute", "fetch") + (("exchange", "update") if ring else ())
-        for phase in phases:  # the slowest device's, as on GPUs
+        t.scatter, t.sync = t1 - t0, time.perf_counter() - t1
+        return self._read_replies([replies[d] for d in range(self.n_devices)], job["slots"], t)
+
+    def _put_batch(self, x, y, attach=False):
+        """The batch into shared memory (grown first if it does not fit)."""
+        if (len(x) > self.capacity and self._allocate(batch_capacity=len(x))) or attach:
+            self._broadcast(self._attach_message())
+        self._bufs["x"].array[:x.size] = x.ravel()
+        self._bufs["y"].array[:len(y)] = y
+
+    def probe(self, kind, *args, x=None, y=None):
+        """A measurement on every device's own loop and links: ``"bare"`` (batch, steps:
+        seconds of bare calls on the batch ``x, y``), ``"copy"`` (bytes/s into shared
+        memory), ``"ping"`` (a round trip). One result per device."""
+        if x is not None:
+            self._put_batch(x, y)
+        replies = self._broadcast((kind,) + args)
+        return [replies[d][1] for d in range(self.n_devices)]
+
+    def _devices_update(self, update):
+        """What the devices need of ``update`` when they run it: the optimizer with this
+        step's rate (picklable) and the state, copied into shared memory."""
+        job = {"update": None, "slots": 0, "attach": False}
+        if update is None or self.strategy.updates_on_host:
+            return job
+        slots = update.optimizer.slots
+        job.update(update=update.for_devices(), slots=slots,
+                   attach=bool(slots) and self._allocate(slots=slots))
+        for k, slot in enumerate(update.state):
+            flatten(slot, out=self._bufs["state"].array[k])
+        return job
+
+    def _read_replies(self, replies, slots, t):
+        """Losses, compute seconds and the host's view; the slowest device's phases."""
+        per_dev = [r[2] for r in replies]
+        for phase in per_dev[0]:  # the slowest device's, as on GPUs
             setattr(t, phase, max(p[phase] for p in per_dev))
-        t.sync = max(0.0, (t2 - t1) - sum(getattr(t, p) for p in phases))
-        if ring:  # what the devices said about the update: None, or why they refused it
-            return losses, [p["compute"] for p in per_dev], [replies[d][3] for d in range(self.n_devices)]
-        rows = self._bufs["grads"].array  # (N, P): device d wrote row d
-        return losses, [p["compute"] for p in per_dev], [unflatten(r, self.shapes) for r in rows]
-
-    def _ring_messages(self, bounds, update):
-        """One "ring" message per device: its split, its weight n_i / B, the update rule.
-
-        The optimizer's state goes through shared memory (``state``), not the pipes.
-        """
-        if update is not None and not isinstance(update, OptimizerUpdate):
-            raise TypeError(f"DevicePool(strategy='ring') runs the update on every device, so it "
-                            f"must travel to them: pass an OptimizerUpdate(optimizer), not "
-                            f"{update!r}")
-        rule, n_state = None, 0
-        if update is not None:
-            kind = type(update.optimizer)
-            if kind not in self._slots:
-                self._slots[kind] = update.n_slots()
-            slots = self._slots[kind]
-            if slots and ("state" not in self._bufs or len(self._bufs["state"].array) < slots):
-                self._allocate(state_slots=slots)
-                self._broadcast(self._attach_message())
-            n_state = len(update.optimizer.state)
-            for k, slot in enumerate(update.optimizer.state):
-                flatten(slot, out=self._bufs["state"].array[k])
-            rule = update.for_devices()
-        sizes = np.array([b - a for a, b in bounds], dtype=np.float64)
-        weights = (sizes / sizes.sum()).astype(floatX)  # as stack_gradients computes them
-        return [("ring", a, b, float(w), rule, n_state) for (a, b), w in zip(bounds, weights)]
-
-    def _exchange(self, values, local, sizes, loss, update, t):
-        """Ring: the devices have all-reduced and updated; the host reads device 0's result."""
-        if self.strategy != "ring":
-            return super()._exchange(values, local, sizes, loss, update, t)
-        t0 = time.perf_counter()
-        grads = [g.copy() for g in unflatten(self._bufs["grads"].array[0], self.shapes)]
-        if update is None:
-            return grads, None
-        refused = [r for r in local if r]
+        t.sync = max(0.0, t.sync - sum(getattr(t, p) for p in per_dev[0]))
+        refused = [r[3] for r in replies if r[3]]
         if refused:  # nothing was committed: parameters and optimizer state are as before
             raise NonFiniteGradient(refused[0])
-        new = [v.copy() for v in unflatten(self._bufs["new"].array[0], self.shapes)]
-        slots = self._slots[type(update.optimizer)]
-        update.commit([[a.copy() for a in unflatten(self._bufs["state_out"].array[k], self.shapes)]
-                       for k in range(slots)])
-        t.update += time.perf_counter() - t0
-        return grads, new
+        b = self._bufs
+        view = HostView(self.n_devices, self.shapes, slots, grad=b["grads"].array.__getitem__,
+                        new=b["new"].array.__getitem__ if "new" in b else None,
+                        state=(b["state_out"].array.__getitem__ if slots else
+                               lambda r: np.empty((0, self.model.n_params), floatX)))
+        return [r[1] for r in replies], [p["compute"] for p in per_dev], view
+
+    def device_memory(self):
+        """Bytes each device held at the last step: parameters, gradients, optimizer state
+        (counted by each worker from the arrays it used)."""
+        held = self.probe("held")
+        if None in held:
+            raise ValueError("no step has run yet: device_memory() counts what a step used")
+        return held
 
     def device_parameters(self):
-        """(N, P) copy: every device's parameters after the last ring step with an update."""
-        if self.strategy != "ring":
-            raise ValueError("only strategy='ring' keeps a parameter copy per device")
+        """(N, P) copy: every device's parameters after the last step that updated on them."""
+        if "new" not in self._bufs:
+            raise ValueError(f"strategy {self.strategy.name!r} updates on the host: the devices "
+                             f"keep no parameters of their own")
         return self._bufs["new"].array.copy()
 
-    # -- shutdown -------------------------------------------------------------------
     def pids(self):
         return [p.pid for p in self.workers]
 

@@ -1,25 +1,20 @@
 """The same data-parallel step on MPI ranks: the engine for one machine or many.
 
 Every rank runs the same program (SPMD) and is one device. Every rank holds the same
-full batch, takes its own split (rank r = device r, :func:`mgpu_lab.split.split_batch`),
-computes the gradient of that split, and then the ranks combine the N gradients in one
-of two ways (``strategy``):
-
-    host   as in the chapter: rank 0 is the host. It gathers the N gradients (Gatherv
-           into an (N, P) buffer), stacks them weighted by split size
-           (:func:`mgpu_lab.gradients.stack_gradients`), applies the update, and
-           broadcasts the new parameters (Bcast). Rank 0 receives N-1 gradients and
-           sends the parameters on: its links carry everything.
-    ring   every rank scales its gradient by n_i / B; a ring all-reduce sums them: the
-           2(N-1) steps of :func:`mgpu_lab.collectives.ring_schedule`, each one
-           ``Sendrecv`` of a chunk to rank+1 and from rank-1 (not MPI's ``Allreduce``,
-           which picks an algorithm of its own). Every rank ends with the full-batch
-           gradient and applies the same update itself. Each rank sends and receives
-           2 (N-1)/N * P numbers, whatever N is.
+full batch, takes its own split (rank r = device r), computes the gradient of that split
+and then runs the strategy's part (:mod:`mgpu_lab.engines.strategies`) over an
+:class:`MPILink`, this file's transport: ``Sendrecv``/``Send``/``Recv`` of float32
+buffers for the point-to-point algorithms (ring, sharded, hierarchical), ``Gatherv`` to
+rank 0 for the host gather. Rank 0 is the host: with ``strategy="host"`` it stacks the
+gathered gradients, updates and broadcasts the new parameters (``Bcast``); with the
+others every rank updates itself and rank 0 gathers what a checkpoint needs (the
+sharded optimizer's state shards).
 
 Only float32/float64 numpy buffers travel (capital-letter mpi4py calls, no pickles),
 except the text of an error when a step fails. ``mpiexec`` decides where the ranks run
 (one machine, or many with a host file): nothing in this module changes between them.
+The nodes of a hierarchical all-reduce are, by default, the ranks that share a machine
+(``Split_type(COMM_TYPE_SHARED)``).
 
 Launch with ``mpiexec -n N python -m mgpu_lab train --engine mpi --strategy ring``, or
 build the command with :func:`mpiexec_command`. mpi4py is imported (and MPI started) only
@@ -35,18 +30,17 @@ from pathlib import Path
 import numpy as np
 
 from .._theano import floatX
-from ..collectives import device_steps, ring_chunks
 from ..errors import DeviceError, NonFiniteGradient
-from ..gradients import stack_gradients
 from ..validate import check_n_devices
 from .base import Engine, flatten, unflatten
 from .pinning import PIN_ENV
+from .strategies import HostView
+from .update import DeviceStep
 
-__all__ = ["ROOT", "MPIEngine", "mpiexec_path", "mpiexec_command", "world", "mpi",
-           "install_abort_hook", "gather_rows", "ring_allreduce", "allreduce_weighted",
-           "host_exchange"]
+__all__ = ["ROOT", "MPIEngine", "MPILink", "mpiexec_path", "mpiexec_command", "world", "mpi",
+           "install_abort_hook", "node_size"]
 
-ROOT = 0  # the host rank of the 'host' strategy
+ROOT = 0  # the host rank
 assert floatX == "float32"  # every buffer below travels as MPI.FLOAT
 _OK, _NON_FINITE, _FAILED = 0, 1, 2  # the host's verdict on an update, broadcast to all
 
@@ -125,57 +119,58 @@ def install_abort_hook(comm=None):
     sys.excepthook = hook
 
 
-# -- the two exchanges (shared by the engine and the benchmark) ----------------------
-def gather_rows(comm, flat, rows):
-    """Gatherv: rank i's ``flat`` (P,) lands in row i of the root's ``rows`` (N, P)."""
-    MPI, P = mpi(), flat.size
-    recv = None
-    if comm.rank == ROOT:
-        recv = [rows, [P] * comm.size, [i * P for i in range(comm.size)], MPI.FLOAT]
-    comm.Gatherv([flat, MPI.FLOAT], recv, root=ROOT)
+# -- the transport ------------------------------------------------------------------------
+class MPILink:
+    """One rank's end of the MPI transport, as strategies use it."""
+
+    def __init__(self, comm, n_params):
+        self.comm, self.rank, self.size = comm, comm.rank, comm.size
+        self.rows = np.empty((self.size, n_params), floatX) if self.rank == ROOT else None
+
+    def sendrecv(self, send, dest, recv, source):
+        F = mpi().FLOAT
+        if send is not None and recv is not None:  # both at once: no rank waits on a blocked send
+            self.comm.Sendrecv([send, F], dest=dest, sendtag=0, recvbuf=[recv, F], source=source,
+                               recvtag=0)
+        elif send is not None:
+            self.comm.Send([send, F], dest=dest, tag=0)
+        elif recv is not None:
+            self.comm.Recv([recv, F], source=source, tag=0)
+
+    def to_host(self, flat):
+        """Gatherv: rank i's ``flat`` (P,) lands in row i of rank 0's ``rows`` (N, P)."""
+        P, F = flat.size, mpi().FLOAT
+        recv = [self.rows, [P] * self.size, [i * P for i in range(self.size)], F] \
+            if self.rank == ROOT else None
+        self.comm.Gatherv([flat, F], recv, root=ROOT)
+        return self.rows
+
+    def gather_ranges(self, flat, ranges, out):
+        """Gatherv of each rank's ``flat[a:b]`` (its range in ``ranges``) into ``out`` on rank 0."""
+        a, b = ranges[self.rank]
+        recv = [out, [d - c for c, d in ranges], [c for c, _ in ranges], mpi().FLOAT] \
+            if self.rank == ROOT else None
+        self.comm.Gatherv([np.ascontiguousarray(flat[a:b]), mpi().FLOAT], recv, root=ROOT)
 
 
-def ring_allreduce(comm, buf, scratch=None):
-    """Sum ``buf`` (float32, flat) over the ranks, in place, by the ring: at each step of
-    :func:`~mgpu_lab.collectives.device_steps` one chunk goes to rank+1 while one comes
-    from rank-1 (``Sendrecv``: both at once, so no rank waits on a blocked send)."""
-    MPI, N, r = mpi(), comm.size, comm.rank
-    chunks = ring_chunks(buf.size, N)
-    scratch = np.empty(max(b - a for a, b in chunks), dtype=floatX) if scratch is None else scratch
-    right, left = (r + 1) % N, (r - 1) % N
-    for op, send, recv in device_steps(r, N):
-        (a, b), (c, d) = chunks[send], chunks[recv]
-        got = scratch[:d - c]
-        comm.Sendrecv([buf[a:b], MPI.FLOAT], dest=right, sendtag=0,
-                      recvbuf=[got, MPI.FLOAT], source=left, recvtag=0)
-        if op == "add":
-            buf[c:d] += got  # reduce-scatter: left's partial sum onto mine
-        else:
-            buf[c:d] = got  # all-gather: left's finished chunk
-    return buf
+_NODES = {}
 
 
-def allreduce_weighted(comm, flat, weight, out):
-    """``out`` = sum over ranks of ``weight_i * flat_i``, by :func:`ring_allreduce`."""
-    np.multiply(flat, np.dtype(floatX).type(weight), out=flat)  # (n_i / B) g_i, scaled before sending
-    out[:] = flat
-    ring_allreduce(comm, out)
-
-
-def host_exchange(comm, flat, rows, sizes, new_params):
-    """The chapter's exchange on a flat gradient: gather, stack on the root, broadcast.
-
-    Used by the benchmark (the engine does the same with an update in the middle).
-    Returns this rank's seconds in each phase: (gather, stack, broadcast).
-    """
-    t0 = time.perf_counter()
-    gather_rows(comm, flat, rows)
-    t1 = time.perf_counter()
-    if comm.rank == ROOT:
-        new_params[:] = stack_gradients([[r] for r in rows], sizes)[0]
-    t2 = time.perf_counter()
-    comm.Bcast([new_params, mpi().FLOAT], root=ROOT)
-    return t1 - t0, t2 - t1, time.perf_counter() - t2
+def node_size(comm):
+    """Ranks per machine (``COMM_TYPE_SHARED``): the nodes of a hierarchical all-reduce.
+    Refuses machines with different numbers of ranks, or ranks not grouped by machine."""
+    if id(comm) not in _NODES:
+        local = comm.Split_type(mpi().COMM_TYPE_SHARED)
+        G, first = local.size, local.bcast(comm.rank, root=0)  # the node's first world rank
+        local.Free()
+        ok = comm.allreduce(int(first == comm.rank - comm.rank % G and comm.size % G == 0),
+                            op=mpi().MIN)
+        sizes = comm.allgather(G)
+        if not ok or len(set(sizes)) > 1:
+            raise ValueError(f"the machines of this MPI job hold {sorted(set(sizes))} ranks each "
+                             f"(or not in rank order): give devices_per_node=G explicitly")
+        _NODES[id(comm)] = G
+    return _NODES[id(comm)]
 
 
 # -- the engine -------------------------------------------------------------------------
@@ -183,15 +178,15 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
     """N devices = the N ranks of ``comm`` (``MPI.COMM_WORLD`` by default).
 
     ``step`` runs on every rank with the same batch; each rank computes its own split.
-    'ring': every rank ends with the all-reduced gradient and applies the same update.
-    'host': rank 0 gathers, stacks, updates and broadcasts the parameters (or, with no
-    update, the stacked gradient); the optimizer state lives on rank 0 alone, as on the
-    chapter's host: save from rank 0.
+    With 'host' the optimizer state lives on rank 0 alone, as on the chapter's host; with
+    'sharded' each rank keeps its own shard current and rank 0 gathers all of them: save
+    from rank 0.
     """
 
-    strategies = ("host", "ring")
+    links = True
 
-    def __init__(self, model, n_devices, memory_bytes=None, strategy="host", comm=None):
+    def __init__(self, model, n_devices, memory_bytes=None, strategy="host",
+                 devices_per_node=None, comm=None):
         self.comm = comm or world()
         self.rank, self.size = self.comm.rank, self.comm.size
         if check_n_devices(n_devices) != self.size:
@@ -199,30 +194,113 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
                 f"MPIEngine: n_devices={n_devices}, but this MPI job has {self.size} "
                 f"rank(s); each rank is one device: pass n_devices={self.size}, or launch "
                 f"with mpiexec -n {n_devices}")
-        super().__init__(model, n_devices, memory_bytes, strategy)
+        super().__init__(model, n_devices, memory_bytes, strategy, devices_per_node)
         self._fn = self.model.loss_and_gradients_function()  # every rank compiles its own
         self.shapes, P = self.model.param_shapes, self.model.n_params
-        self._flat = np.empty(P, dtype=floatX)  # this rank's gradient, flat
-        self._out = np.empty(P, dtype=floatX)  # the reduced gradient / new parameters
-        self._rows = np.empty((self.size, P), floatX) if self.rank == ROOT else None
+        self.link = MPILink(self.comm, P)
+        self._grad = np.empty(P, dtype=floatX)  # this rank's gradient, then its work buffer
+        self._new = np.empty(P, dtype=floatX)  # its parameters after its update
+        self._out = np.empty(P, dtype=floatX)  # rank 0's outcome, broadcast (host gather)
         self._stats = np.empty((self.size, 2), dtype=np.float64)  # (loss, compute s) per rank
-        self._synced = False
+        self._state, self._synced, self._held = {}, False, None
         if self.size > 1:
             install_abort_hook(self.comm)
 
-    def _compute(self, values, x, y, bounds, update, t):
-        """This rank's split into ``_flat``; every rank learns every loss."""
+    @staticmethod
+    def default_devices_per_node():
+        return node_size(world())
+
+    def _run_devices(self, values, x, y, bounds, update, t):
         t0 = time.perf_counter()
-        self.model.set_values(self._sync(values))
+        values = self._sync(values)
+        self.model.set_values(values)
         a, b = bounds[self.rank]
         t1 = time.perf_counter()
         loss, *grads = self._fn(x[a:b], y[a:b])
         t2 = time.perf_counter()
-        flatten(grads, out=self._flat)
-        self.comm.Allgather(np.array([float(loss), t2 - t1]), self._stats)
-        t.set_params, t.compute = t1 - t0, t2 - t1
-        t.exchange += time.perf_counter() - t2
-        return list(self._stats[:, 0]), list(self._stats[:, 1]), self._flat
+        flatten(grads, out=self._grad)
+        self.comm.Allgather(np.array([float(loss), t2 - t1]), self._stats)  # every rank: all losses
+        t.set_params, t.compute, t.sync = t1 - t0, t2 - t1, time.perf_counter() - t2
+        dev = self._device(values, update, [d - c for c, d in bounds], float(loss))
+        t3 = time.perf_counter()
+        refused = None
+        try:
+            self.strategy.on_device(self.link, dev)
+        except NonFiniteGradient as e:
+            refused = e
+        spent = time.perf_counter() - t3
+        if self.strategy.updates_on_host:
+            t.fetch = spent  # the Gatherv: the gradients travel to the host
+        else:
+            t.exchange, t.update = spent - dev.seconds_update, dev.seconds_update
+        self._agree(refused)
+        self._held = dev.held(self.model.params)
+        return list(self._stats[:, 0]), list(self._stats[:, 1]), self._host_view(dev)
+
+    def _device(self, values, update, sizes, loss):
+        """This rank's :class:`DeviceStep`; the update and state only where devices update."""
+        P, rule, state = self.model.n_params, None, None
+        if update is not None and not self.strategy.updates_on_host:
+            S = update.optimizer.slots
+            if self._state.get("in", np.empty((0, P))).shape != (S, P):
+                self._state = {"in": np.empty((S, P), floatX), "out": np.empty((S, P), floatX)}
+            for k, slot in enumerate(update.state):
+                flatten(slot, out=self._state["in"][k])
+            rule, state = update, self._state
+        return DeviceStep(self._grad, flatten(values), rule,
+                          self.strategy.weights(sizes)[self.rank], loss,
+                          self.strategy.state_range(self.rank, self.size, P), new=self._new,
+                          state_in=state and state["in"], state_out=state and state["out"])
+
+    def _agree(self, refused):
+        """Every rank refuses the step if any did (or the ranks' parameters would part)."""
+        flag = self.comm.allreduce(int(refused is not None), op=mpi().MAX)
+        if flag:
+            raise refused or NonFiniteGradient("another rank refused this step: its gradient or "
+                                               "update was NaN or infinite; parameters left untouched")
+
+    def _host_view(self, dev):
+        """Rank 0 sees the gathered rows (host gather), or every rank's host range of the
+        gradient and state (gathered here); the other ranks see their own buffers."""
+        S = 0 if dev.update is None else dev.update.optimizer.slots
+        if self.strategy.updates_on_host:
+            rows = self.link.rows
+            return HostView(self.size, self.shapes, 0, grad=lambda r: rows[r])
+        grad, state = self._grad, self._state.get("out", np.empty((0, self._grad.size), floatX))
+        ranges = [self.strategy.host_range(r, self.size, self._grad.size) for r in range(self.size)]
+        if any(b > a for a, b in ranges[1:]):  # shards: rank 0 gathers the others' ranges
+            full_g = np.empty_like(self._grad) if self.rank == ROOT else None
+            full_s = np.empty((S, self._grad.size), floatX) if self.rank == ROOT else None
+            self.link.gather_ranges(self._grad, ranges, full_g)
+            for k in range(S):
+                self.link.gather_ranges(state[k], ranges, None if full_s is None else full_s[k])
+            if self.rank == ROOT:
+                grad, state = full_g, full_s
+        return HostView(self.size, self.shapes, S, grad=lambda r: grad, new=lambda r: self._new,
+                        state=lambda r: state)
+
+    def _run_host(self, view, sizes, values, update, loss, t):
+        if not self.strategy.updates_on_host:  # every rank reads its own view
+            grads, new, state = super()._run_host(view, sizes, values, update, loss, t)
+            return [g.copy() for g in grads], new and [v.copy() for v in new], \
+                state and [[a.copy() for a in slot] for slot in state]
+        verdict, error, grads, state = _OK, None, None, None
+        if self.rank == ROOT:
+            try:
+                grads, new, state = super()._run_host(view, sizes, values, update, loss, t)
+                flatten(grads if update is None else new, out=self._out)
+            except NonFiniteGradient as e:
+                verdict, error = _NON_FINITE, e
+            except Exception as e:  # noqa: BLE001 - passed on to every rank, then re-raised
+                verdict, error = _FAILED, e
+        t0 = time.perf_counter()
+        self._share_verdict(verdict, error)
+        self.comm.Bcast([self._out, mpi().FLOAT], root=ROOT)  # new parameters (or gradient)
+        received = [v.copy() for v in unflatten(self._out, self.shapes)]
+        t.scatter = time.perf_counter() - t0  # the parameters travel back to the devices
+        if update is None:
+            return received, None, None
+        return grads, received, state
 
     def _sync(self, values):
         """On first use, rank 0's parameters win: every rank starts from the same point."""
@@ -232,52 +310,6 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         self.comm.Bcast([flat, mpi().FLOAT], root=ROOT)
         self._synced = True
         return [v.copy() for v in unflatten(flat, self.shapes)]
-
-    def _exchange(self, values, flat, sizes, loss, update, t):
-        if self.strategy == "ring":
-            return self._ring(values, flat, sizes, loss, update, t)
-        return self._host(values, flat, sizes, loss, update, t)
-
-    def _ring(self, values, flat, sizes, loss, update, t):
-        """Ring all-reduce of (n_i / B) g_i: every rank holds the stacked gradient, updates."""
-        t0 = time.perf_counter()
-        weights = (np.asarray(sizes, dtype=np.float64) / sum(sizes)).astype(floatX)
-        allreduce_weighted(self.comm, flat, weights[self.rank], self._out)
-        grads = [g.copy() for g in unflatten(self._out, self.shapes)]
-        t.exchange += time.perf_counter() - t0
-        return grads, self._update(update, values, grads, loss, t)
-
-    def _host(self, values, flat, sizes, loss, update, t):
-        """Gatherv to rank 0, which stacks and updates; Bcast of the outcome to all."""
-        t0 = time.perf_counter()
-        gather_rows(self.comm, flat, self._rows)
-        t1 = time.perf_counter()
-        grads = None
-        if self.rank == ROOT:
-            grads = stack_gradients([unflatten(r, self.shapes) for r in self._rows], sizes)
-        t.stack = time.perf_counter() - t1
-        verdict, error = self._update_on_root(update, values, grads, loss, t)
-        t2 = time.perf_counter()
-        self._share_verdict(verdict, error)
-        self.comm.Bcast([self._out, mpi().FLOAT], root=ROOT)  # new parameters (or gradient)
-        received = [v.copy() for v in unflatten(self._out, self.shapes)]
-        t.exchange += (t1 - t0) + (time.perf_counter() - t2)
-        if update is None:
-            return received, None
-        return grads, received
-
-    def _update_on_root(self, update, values, grads, loss, t):
-        """(verdict, exception) of the update on rank 0; its outcome goes into ``_out``."""
-        if self.rank != ROOT:
-            return _OK, None
-        try:
-            flatten(grads if update is None else self._update(update, values, grads, loss, t),
-                    out=self._out)
-            return _OK, None
-        except NonFiniteGradient as e:
-            return _NON_FINITE, e
-        except Exception as e:  # noqa: BLE001 - passed on to every rank, then re-raised
-            return _FAILED, e
 
     def _share_verdict(self, verdict, error):
         """Broadcast rank 0's verdict; on failure every rank raises (rank 0 its own error)."""
@@ -294,6 +326,12 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
             raise error
         raise NonFiniteGradient(text) if flag[0] == _NON_FINITE else DeviceError(ROOT, text)
 
+    def device_memory(self):
+        """Every rank's bytes (parameters, gradients, optimizer state), on every rank."""
+        if self._held is None:
+            raise ValueError("no step has run yet: device_memory() counts what a step used")
+        return self.comm.allgather(self._held)
+
     def __repr__(self):
         return (f"<MPIEngine {self.model.spec.describe()} rank {self.rank} of {self.size}, "
-                f"strategy={self.strategy}>")
+                f"strategy={self.strategy!r}>")

@@ -164,8 +164,9 @@ _PRED_FIELDS = ("images_per_s", "speedup", "scaling_efficiency", "compute_s", "c
 
 def _gpu_costs(gpu):
     """What the cost model takes from the catalogue for ``gpu``, with its sources."""
-    efficiency, where = costmodel.efficiency_for(gpu)
-    return {"source": gpu.source, "efficiency": efficiency, "efficiency_source": where}
+    c = costmodel.calibration_for(gpu)  # as predict() uses it: calibrated, or labelled
+    return {"source": gpu.source, "efficiency": c["efficiency"], "efficiency_source": c["label"],
+            "calibrated": c["calibrated"]}
 
 
 def _global_batch(mode, value, n):

@@ -133,8 +133,9 @@ def predicted_speedup(predictions, title=None):
     for (gpu, strategy), ps in groups.items():
         ps = sorted(ps, key=lambda p: p.n_gpus)
         colour = colours.setdefault(gpu, f"C{len(colours)}")
+        mark = "" if ps[0].calibrated else " (uncalibrated)"
         ax.plot([p.n_gpus for p in ps], [p.speedup for p in ps], color=colour, marker="o", ms=3,
-                ls="-" if strategy == "host" else "--", label=f"{gpu}, {strategy}")
+                ls="-" if strategy == "host" else "--", label=f"{gpu}, {strategy}{mark}")
     ns = sorted({p.n_gpus for p in predictions})
     ax.plot(ns, ns, color="0.3", lw=1, ls=":", label="ideal (speed-up = N)")
     p0 = predictions[0]
@@ -148,8 +149,14 @@ def predicted_speedup(predictions, title=None):
 
 
 def _efficiency_text(predictions):
-    return "assumed " + " / ".join(f"{e:.0%}" for e in sorted({p.efficiency for p in predictions})) \
-        + " of peak"
+    """Each GPU's efficiency, said to be calibrated or uncalibrated (assumed): one entry per
+    GPU and precision, e.g. 'V100 37% calibrated, H100 50% uncalibrated (assumed)'."""
+    seen = {}
+    for p in predictions:
+        seen.setdefault((p.gpu, p.precision), p)
+    return ", ".join(f"{g} {p.efficiency:.0%} " + ("calibrated" if p.calibrated
+                                                   else "uncalibrated (assumed)")
+                     for (g, _), p in seen.items()) + " of peak"
 
 
 def step_breakdown(result, batch_size=None, title=None):
@@ -191,21 +198,23 @@ def _predicted_breakdown(predictions, title=None):
            xlabel="GPUs N and strategy", ylabel="time per step (ms)")
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(frameon=False, fontsize=8)
-    return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.costmodel (bars add up unless overlap=True)")
+    return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.costmodel (bars add up unless "
+                   f"overlap=True); compute efficiency {_efficiency_text(ps)}")
 
 
 # -- MPI ranks: host gather vs ring all-reduce (mgpu_lab.measure.mpi_bench.run) --------------------
 __all__ += ["mpi_comm"]
 
-_MPI_STYLE = {"host": ("C3", "o"), "ring": ("C0", "s")}
+_MPI_STYLE = {"host": ("C3", "o"), "ring": ("C0", "s"), "sharded": ("C2", "^"),
+              "hierarchical": ("C4", "D")}
 
 
 def _mpi_source(result):
     links = "; ".join(f"N={n}: {1e6 * v['latency_s']:.0f} us, {v['bandwidth_Bps'] / 1e9:.1f} GB/s"
                       for n, v in result["links"].items() if v)
-    return (f"{machine_label(result['machine'])}; mpiexec -n N, median of repeats (bars: min-max)\n"
-            f"predicted (dashed): mgpu_lab.predict.costmodel.comm_seconds with the link measured by "
-            f"ping-pong ({links})")
+    return (f"{machine_label(result['machine'])}; mpiexec -n N, MPIEngine steps, median of "
+            f"repeats (bars: min-max)\npredicted (dashed): mgpu_lab.predict.algorithms with the "
+            f"link measured by ping-pong ({links}) and the measured memory bandwidth")
 
 
 def _mpi_panel(ax_comm, ax_step, rows, strategy):
@@ -221,14 +230,14 @@ def _mpi_panel(ax_comm, ax_step, rows, strategy):
                      label=f"{strategy}: predicted")
     steps = [r for r in rows if "step_s" in r]
     if ax_step is not None and steps:
-        smb = [r["step_bytes"] / 1e6 for r in steps]
+        smb = [r["bytes"] / 1e6 for r in steps]
         ax_step.plot(smb, [1e3 * r["step_s"] for r in steps], color=color, marker=marker,
                      label=f"{strategy}: whole step")
-        ax_step.plot(smb, [1e3 * r["step_comm_s"] for r in steps], color=color, ls=":",
+        ax_step.plot(smb, [1e3 * r["comm_s"] for r in steps], color=color, ls=":",
                      marker=marker, mfc="none", label=f"{strategy}: its communication")
 
 
-def mpi_comm(result, title="MPI ranks: gather to the host vs ring all-reduce"):
+def mpi_comm(result, title="MPI ranks: the strategies' exchanges, measured in training steps"):
     """Communication time vs gradient size, one panel per N: measured (solid, bars min-max)
     beside the cost model's prediction (dashed). Below, when measured: time per training
     step and its communication part. ``result``: :func:`mgpu_lab.measure.mpi_bench.run`."""
@@ -320,3 +329,32 @@ def memory_breakdown(estimates, xlabel="per-device batch (samples)", capacity=No
     ax.legend(frameon=False, fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     return _with_provenance(fig, ax, source)
+
+
+# -- the communication-bound criterion (mgpu_lab.predict.critical) ----------------------------
+__all__ += ["critical_batch"]
+
+
+def critical_batch(rows, links=("host link", "NVLink / peer link", "network")):
+    """Bars: the critical batch per device b* for every GPU and link
+    (``mgpu_lab.predict.critical.critical_batch_table`` rows); an uncalibrated GPU's bars
+    are hatched and its name says so."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    width = 0.8 / len(links)
+    for j, link in enumerate(links):
+        for i, r in enumerate(rows):
+            ax.bar(i + (j - (len(links) - 1) / 2) * width, r[link], width, color=f"C{j}",
+                   hatch=None if r["label"].startswith("calibrated") else "//",
+                   label=link if i == 0 else None)
+    names = [r["gpu"] + ("" if r["label"].startswith("calibrated") else "\n(uncalibrated)")
+             for r in rows]
+    ax.set_xticks(range(len(rows)), names, fontsize=7)
+    ax.set(yscale="log", ylabel="critical batch per device b* (samples)",
+           title="Below b* a step communicates longer than it computes (predicted)")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    net = rows[0]["network_name"]
+    return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.critical, b* = (4/3) x "
+                   "sustained FLOP/s / link bytes/s (6P FLOPs per sample, 2 x 4P bytes per step); "
+                   "sustained FLOP/s = datasheet peak x efficiency (calibrated, or uncalibrated: "
+                   f"assumed 50 %, hatched); links from the datasheets; network: {net}")

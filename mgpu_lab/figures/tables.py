@@ -8,7 +8,9 @@ a terminal or in print.
 import html
 from dataclasses import dataclass
 
-from ..measure.bench import PHASES
+from ..engines.base import Timings
+
+PHASES = Timings.phases()  # the step's phases, as the engines time them
 from ..measure.machine import machine_label
 
 __all__ = ["Column", "Table", "html_table", "bench_table"]

@@ -70,13 +70,20 @@ def _timed_run(tr, xb, yb, steps, bar):
     return steps * len(xb) / (time.perf_counter() - t0), tr.history[first:]
 
 
-def _start_trainers(stack, spec, devices, bar):
-    """One trainer (and pool) per N, workers started: spawn and compile are never timed."""
+def _configurations(devices, strategies):
+    """(N, strategy) pairs: every strategy for N > 1; one device is N=1 of the first."""
+    return [(n, s) for n in devices for s in (strategies if n > 1 else strategies[:1])]
+
+
+def _start_trainers(stack, spec, configs, bar):
+    """One trainer (and pool) per (N, strategy), workers started: spawn and compile are
+    never timed."""
     trainers = {}
-    for n in devices:
-        bar.set_description(f"bench: starting {n} device(s)")
-        trainers[n] = stack.enter_context(DataParallelTrainer(spec, n, SGD(LEARNING_RATE)))
-        _ = trainers[n].engine
+    for n, s in configs:
+        bar.set_description(f"bench: starting {n} device(s), {s}")
+        trainers[n, s] = stack.enter_context(DataParallelTrainer(spec, n, SGD(LEARNING_RATE),
+                                                                 strategy=s))
+        _ = trainers[n, s].engine
     return trainers
 
 
@@ -87,7 +94,7 @@ def _quiet(runs, load=lambda r: r["foreign"]):
     return quiet if len(quiet) >= min(3, len(runs)) else runs
 
 
-def _row(n, b, runs, engine):
+def _row(n, strategy, b, runs, engine):
     """One measured configuration from its runs (dicts: rate, records, foreign load, and the
     bare call made just before it): median and spread of images/s, median of every phase
     over the timed steps, and (N=1) the overhead over the bare call of the same repeat."""
@@ -95,7 +102,7 @@ def _row(n, b, runs, engine):
     rates = [r["rate"] for r in kept]
     q25, med, q75 = np.percentile(rates, [25, 50, 75])
     phases = [_phases(rec) for r in kept for rec in r["records"]]
-    row = {"n_devices": n, "batch_size": b, "cores": len(engine.cores),
+    row = {"n_devices": n, "strategy": strategy, "batch_size": b, "cores": len(engine.cores),
            "oversubscribed": bool(engine.oversubscribed), "runs": len(runs), "runs_kept": len(kept),
            "foreign_load_cores": float(np.mean([r["foreign"] for r in kept])),
            "foreign_load_cores_all": float(np.mean([r["foreign"] for r in runs])),
@@ -125,8 +132,8 @@ def _warm_up(trainers, bare, batch_sizes, x, y, warmup, bar):
 
 
 def measure_devices(spec, devices, batch_sizes, x, y, warmup=2, repeats=5, steps=3, bar=None,
-                    baseline=True):
-    """Measured rows, one per (N, batch size), and the bare-call baseline (or None).
+                    baseline=True, strategies=("host",)):
+    """Measured rows, one per (N, strategy, batch size), and the bare-call baseline (or None).
 
     Everything starts first; after the warm-up each repeat goes round every batch size:
     the bare call and then every N, in reverse order every other repeat. So a burst of
@@ -136,14 +143,15 @@ def measure_devices(spec, devices, batch_sizes, x, y, warmup=2, repeats=5, steps
     bar = _progress(0, False) if bar is None else bar
     with contextlib.ExitStack() as stack:
         bare = stack.enter_context(BareCall(spec, max(batch_sizes))) if baseline else None
-        trainers = _start_trainers(stack, spec, devices, bar)
+        configs = _configurations(devices, strategies)
+        trainers = _start_trainers(stack, spec, configs, bar)
         _warm_up(trainers, bare, batch_sizes, x, y, warmup, bar)
-        runs = {(n, b): [] for n in devices for b in batch_sizes}
+        runs = {(c, b): [] for c in configs for b in batch_sizes}
         bare_runs = {b: [] for b in batch_sizes}
         for r in range(repeats):
             bar.set_description(f"bench: repeat {r + 1}/{repeats}")
             for b in batch_sizes:
-                order = ["bare"] * bool(bare) + list(devices)  # bare call next to N=1,
+                order = ["bare"] * bool(bare) + configs  # bare call next to N=1,
                 for what in order if r % 2 == 0 else order[::-1]:  # before it, then after it
                     if what == "bare":
                         bare_runs[b].append(_bare_run(bare, b, steps, bar))
@@ -153,16 +161,16 @@ def measure_devices(spec, devices, batch_sizes, x, y, warmup=2, repeats=5, steps
                     runs[what, b].append({"rate": rate, "records": records,
                                           "foreign": meter.foreign_cores})
                 if bare:  # pair each run with the bare call of the same repeat
-                    for n in devices:
-                        runs[n, b][-1].update(bare_runs[b][-1])
-        rows = [_row(n, b, runs[n, b], trainers[n].engine) for n, b in sorted(runs)]
+                    for c in configs:
+                        runs[c, b][-1].update(bare_runs[b][-1])
+        rows = [_row(*c, b, runs[c, b], trainers[c].engine) for c, b in sorted(runs)]
         if not bare:
             return rows, None
         return rows, _baseline_summary(bare, bare_runs, trainers[devices[0]].model)
 
 
 def _bare_run(bare, b, steps, bar):
-    with CpuMeter([bare.proc.pid]) as meter:
+    with CpuMeter(bare.pids()) as meter:
         seconds = bare.seconds(b, steps)
     bar.update(steps)
     return {"bare_s": float(np.median(seconds)), "bare_foreign": meter.foreign_cores}
@@ -208,7 +216,8 @@ def predict_local(model, rows, constants, n_cores, machine=None):
     device = local_device(constants["flops_per_s"], constants["copy_bw"], machine)
     one = {r["batch_size"]: r["images_per_s"] for r in rows if r["n_devices"] == 1}
     for r in rows:
-        p = predict(model, device, r["n_devices"], r["batch_size"], strategy="host",
+        p = predict(model, device, r["n_devices"], r["batch_size"],
+                    strategy="host" if r["strategy"] == "host" else "ring",
                     efficiency=1.0, latency=constants["latency_s"], cores=n_cores)
         r["predicted_images_per_s"], r["predicted_speedup"] = p.images_per_s, p.speedup
         if r["batch_size"] in one:
@@ -228,7 +237,9 @@ def _targets(rows, base):
     bare = {b["batch_size"]: b["bare_s"] for b in base["bare"]}
     return {
         "speedup_2": {r["batch_size"]: r["speedup"] for r in rows
-                      if r["n_devices"] == 2 and "speedup" in r},
+                      if r["n_devices"] == 2 and "speedup" in r and r["strategy"] == "host"},
+        "speedup_2_by_strategy": {f'{r["strategy"]}@{r["batch_size"]}': r["speedup"] for r in rows
+                                  if r["n_devices"] == 2 and "speedup" in r},
         "overhead_1": {r["batch_size"]: r["overhead"] for r in one},
         "step_overhead_1": {r["batch_size"]: r["step_overhead"] for r in one},
         "overhead_1_outside_compute": {r["batch_size"]: (r["t_engine"] - r["t_compute"])
@@ -246,18 +257,19 @@ def _progress(total, progress):
     return tqdm(total=total, disable=not progress, unit="step", desc="bench")
 
 
-def _describe(model, devices, batch_sizes, warmup, repeats, steps):
+def _describe(model, devices, batch_sizes, warmup, repeats, steps, strategies):
     return {"kind": "measured", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "machine": machine_info(), "load_average": {"before": os.getloadavg()},
             "model": {"spec": model.spec.describe(), "name": model.spec.name,
                       "n_params": model.n_params, "gradient_bytes": 4 * model.n_params},
             "settings": {"devices": devices, "batch_sizes": batch_sizes, "warmup": warmup,
+                         "strategies": list(strategies),
                          "repeats": repeats, "steps": steps, "optimizer": f"sgd(lr={LEARNING_RATE})",
                          "blas_threads_per_device": int(PIN_ENV["OPENBLAS_NUM_THREADS"])}}
 
 
 def run(model="cnn", devices=(1, 2, 3, 4), batch_sizes=(64, 128, 256),
-                  warmup=2, repeats=5, steps=3, progress=True, baseline=True):
+        warmup=2, repeats=5, steps=3, progress=True, baseline=True, strategies=("host",)):
     """Measure every (N, batch size) and the bare call, then add the local prediction.
 
     ``model``: a name in :data:`mgpu_lab.presets.BENCH_MODELS`, a Model or a ModelSpec.
@@ -269,12 +281,13 @@ def run(model="cnn", devices=(1, 2, 3, 4), batch_sizes=(64, 128, 256),
     check_n_devices(max(devices), min(batch_sizes))  # every split needs >= 1 sample
     if warmup < 0 or repeats < 1 or steps < 1:
         raise ValueError(f"need warmup >= 0, repeats >= 1, steps >= 1; got {warmup}, {repeats}, {steps}")
-    result = _describe(model, devices, batch_sizes, warmup, repeats, steps)
-    per_batch = (warmup + repeats * steps) * (len(devices) + bool(baseline))
+    strategies = list(dict.fromkeys(strategies))
+    result = _describe(model, devices, batch_sizes, warmup, repeats, steps, strategies)
+    per_batch = (warmup + repeats * steps) * (len(_configurations(devices, strategies)) + bool(baseline))
     x, y = random_batch(model, max(batch_sizes))
     with _progress(per_batch * len(batch_sizes), progress) as bar:
         rows, base = measure_devices(model.spec, devices, batch_sizes, x, y, warmup, repeats,
-                                     steps, bar, baseline)
+                                     steps, bar, baseline, strategies)
     result["rows"], result["load_average"]["after"] = rows, os.getloadavg()
     if base:
         result["baseline"], result["machine_constants"] = base, machine_constants(model, base)
@@ -299,19 +312,21 @@ def format_table(result):
     lines = [f"measured on {result['machine']['cpu']}, {result['machine']['cores']} cores; "
              f"model {result['model']['spec']} ({result['model']['n_params']:,} params); "
              f"1 BLAS thread per device",
-             f"{'N':>2} {'batch':>5} {'images/s':>9} {'[min-max]':>13} {'speedup':>7} "
-             f"{'pred.':>6} {'err':>6} | ms/step: {'compute':>7} {'bcast':>6} {'fetch':>5} "
-             f"{'sync':>5} {'stack':>5} {'update':>6} {'step':>7} | runs kept, other load"]
+             f"{'N':>2} {'strategy':>12} {'batch':>5} {'images/s':>9} {'[min-max]':>13} "
+             f"{'speedup':>7} {'pred.':>6} {'err':>6} | ms/step: {'compute':>7} {'bcast':>6} "
+             f"{'fetch':>5} {'sync':>5} {'exch':>5} {'stack':>5} {'update':>6} {'step':>7} "
+             f"| runs kept, other load"]
     for r in result["rows"]:
         ms = {k: 1e3 * r[f"t_{k}"] for k in PHASES + ("step",)}
         pred = (f"{r['predicted_speedup']:6.2f} {100 * r['speedup_error']:+5.1f}%"
                 if "speedup_error" in r else f"{'-':>6} {'-':>6}")
         lines.append(
-            f"{r['n_devices']:>2} {r['batch_size']:>5} {r['images_per_s']:9.1f} "
+            f"{r['n_devices']:>2} {r.get('strategy', 'host'):>12} {r['batch_size']:>5} "
+            f"{r['images_per_s']:9.1f} "
             f"[{r['images_per_s_min']:5.0f}-{r['images_per_s_max']:5.0f}] "
             f"{r.get('speedup', float('nan')):7.2f} {pred} | {'':9}{ms['compute']:7.2f} "
             f"{ms['scatter'] + ms['set_params']:6.2f} {ms['fetch']:5.2f} {ms['sync']:5.2f} "
-            f"{ms['stack']:5.2f} {ms['update']:6.2f} {ms['step']:7.2f} | "
+            f"{ms['exchange']:5.2f} {ms['stack']:5.2f} {ms['update']:6.2f} {ms['step']:7.2f} | "
             f"{r['runs_kept']}/{r['runs']}, {r['foreign_load_cores']:.2f} cores"
             + ("  (oversubscribed: more devices than cores)" if r["oversubscribed"] else ""))
     return "\n".join(lines)
@@ -329,6 +344,10 @@ def format_targets(result):
         s2 = ", ".join(f"{v:.3f}x at batch {b}" for b, v in t["speedup_2"].items())
         ok = "met" if min(t["speedup_2"].values()) >= 1.9 else "MISSED"
         lines.append(f"2 devices / 1 device, images/s: {s2} (target >= 1.9, limit 2.0: {ok})")
+    others = {k: v for k, v in t.get("speedup_2_by_strategy", {}).items() if not k.startswith("host@")}
+    if others:
+        lines.append("  other strategies, 2 devices / 1 device: " + ", ".join(
+            f"{k.replace('@', ' at batch ')} {v:.3f}x" for k, v in others.items()))
     if t["overhead_1"]:
         o1 = ", ".join(f"{pct(v)} at batch {b}" for b, v in t["overhead_1"].items())
         ok = "met" if max(t["overhead_1"].values()) <= 0.03 else "MISSED"

@@ -1,10 +1,10 @@
-"""Measured MPI communication: host gather against all-reduce on 2..N ranks.
+"""Measured MPI communication: the strategies' exchanges on 2..N ranks, in real steps.
 
-    bench_comm   the exchange alone, for gradients of 1 MB .. 100 MB   (under mpiexec)
-    bench_steps  whole training steps of MPIEngine                     (under mpiexec)
-    ping_pong    one link's latency and bandwidth, the cost model's inputs
-    run          launches ``mpiexec -n N`` for each N and adds the cost model's prediction
-    save, format_table   the result as JSON + CSV (+ PNG), and as a table
+    bench_engine  MPIEngine steps (what the trainer calls) of an MLP sized to each gradient
+                  size: the whole step and its communication phases   (under mpiexec)
+    ping_pong     one link's latency and bandwidth, the cost model's inputs
+    run           launches ``mpiexec -n N`` for each N and adds the cost model's prediction
+    save, format_table   the result as JSON + CSV, and as a table (figures.plots draws it)
 
 ``python -m mgpu_lab.measure.mpi_bench bench ...`` is the rank side that ``run`` launches.
 """
@@ -15,73 +15,66 @@ from pathlib import Path
 
 import numpy as np
 
-from .._theano import floatX
 from ..data import random_batch
-from ..engines.mpi import (ROOT, MPIEngine, allreduce_weighted, host_exchange, install_abort_hook,
-                           mpi, mpiexec_command, world)
-from ..gradients import STRATEGIES
+from ..engines.mpi import ROOT, MPIEngine, install_abort_hook, mpi, mpiexec_command, world
+from ..engines.update import Update
 from ..optim import SGD
-from ..predict.costmodel import comm_seconds
+from ..predict.algorithms import ALGORITHMS, comm_seconds, mpi_host_seconds
 from ..presets import sized_mlp
-from ..split import split_sizes
 from .machine import machine_info, save_result
 
-__all__ = ["bench_comm", "ping_pong", "bench_steps", "run", "save", "format_table"]
+__all__ = ["bench_engine", "ping_pong", "run", "save", "format_table", "STRATEGIES"]
+
+STRATEGIES = ("host", "ring", "sharded")  # what mpi-bench compares by default
 
 
 def _max_over_ranks(comm, seconds):
-    """A collective is done when its slowest rank is: the max of every rank's times."""
+    """A step is done when its slowest rank is: the max of every rank's times."""
     mine = np.ascontiguousarray(seconds, dtype=np.float64)
     out = np.empty_like(mine)
     comm.Allreduce(mine, out, op=mpi().MAX)
     return out
 
 
-def _summary(times):
-    return {"median_s": float(np.median(times)), "min_s": float(np.min(times)),
-            "max_s": float(np.max(times)), "repeats": len(times)}
+# phases of Timings that are communication (or the host's work on it), per step
+_COMM = ("fetch", "stack", "scatter", "exchange")
 
 
-def bench_comm(sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, repeats=7, warmup=2,
-               comm=None):
-    """Time the communication part of a step alone, for gradients of ``sizes_bytes``.
+def bench_engine(sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, repeats=5, warmup=2,
+                 batch_size=64, lr=1e-3, comm=None):
+    """Time :meth:`MPIEngine.step` (SGD) on an MLP whose gradient has each of ``sizes_bytes``.
 
-    host: Gatherv to rank 0 + weighted stack there + Bcast of P bytes back;
-    ring: scale by n_i / B, then the ring all-reduce (reduce-scatter + all-gather, one
-    Sendrecv per step). Every repeat starts after a barrier; its time is the slowest rank's. Run on every rank (``mpiexec -n N``); returns the same list of
-    rows on every rank: n_ranks, strategy, bytes, median_s, min_s, max_s, repeats, and
-    for host the median of each phase on rank 0 (gather_s, stack_s, broadcast_s).
+    Every step starts after a barrier; per step the slowest rank's times count. One row
+    per size and strategy: n_ranks, strategy, bytes, comm_s (median; min, max) = gather +
+    stack + broadcast (host) or the devices' exchange (the others), the host's phases
+    (gather_s, stack_s, broadcast_s), step_s, compute_s, update_s, repeats.
     """
     comm = comm or world()
-    n, rows = comm.size, []
-    sizes = split_sizes(64 * n - 1, n)  # uneven on purpose: the weights are not all equal
+    rows = []
     for nbytes in sizes_bytes:
-        P = max(1, int(nbytes) // 4)
-        grad = np.random.RandomState(comm.rank).standard_normal(P).astype(floatX)
-        flat, out = np.empty_like(grad), np.empty_like(grad)
-        gathered = np.empty((n, P), floatX) if comm.rank == ROOT else None
+        model = sized_mlp(nbytes)  # one graph for every size: compiled once, then cached
+        x, y = random_batch(model, batch_size, seed=0)
         for strategy in strategies:
-            times = []  # per repeat: total, then the host's phases (gather, stack, broadcast)
-            for _ in range(warmup + repeats):
-                flat[:] = grad  # the ring scales in place: start each repeat afresh
-                comm.Barrier()
-                t = time.perf_counter()
-                if strategy == "host":
-                    phases = host_exchange(comm, flat, gathered, sizes, out)
-                else:
-                    allreduce_weighted(comm, flat, sizes[comm.rank] / sum(sizes), out)
-                    phases = (np.nan,) * 3
-                times.append((time.perf_counter() - t, *phases))
-            times = np.array(times)[warmup:]
-            row = {"n_ranks": n, "strategy": strategy, "bytes": 4 * P,
-                   **_summary(_max_over_ranks(comm, times[:, 0]))}
-            if strategy == "host":  # the phases as the host (rank 0) saw them
-                phases = np.ascontiguousarray(times[:, 1:])
-                comm.Bcast(phases, root=ROOT)
-                row.update({f"{k}_s": float(np.median(phases[:, i]))
-                            for i, k in enumerate(("gather", "stack", "broadcast"))})
-            rows.append(row)
-        del grad, flat, out, gathered
+            opt, times = SGD(lr), []
+            with MPIEngine(model, comm.size, strategy=strategy, comm=comm) as engine:
+                values = model.get_values()
+                for i in range(warmup + repeats):
+                    comm.Barrier()
+                    t0 = time.perf_counter()
+                    tm = engine.step(values, x, y, Update(opt, [], i)).timings
+                    times.append([time.perf_counter() - t0, tm.compute, tm.update]
+                                 + [getattr(tm, k) for k in _COMM])
+            t = _max_over_ranks(comm, times)[warmup:]
+            comm_t = t[:, 3:].sum(axis=1)
+            rows.append({"n_ranks": comm.size, "strategy": strategy, "bytes": 4 * model.n_params,
+                         "batch_size": batch_size, "repeats": repeats,
+                         "comm_s": float(np.median(comm_t)), "comm_min_s": float(np.min(comm_t)),
+                         "comm_max_s": float(np.max(comm_t)),
+                         "step_s": float(np.median(t[:, 0])), "compute_s": float(np.median(t[:, 1])),
+                         "update_s": float(np.median(t[:, 2])),
+                         **({"gather_s": float(np.median(t[:, 3])), "stack_s": float(np.median(t[:, 4])),
+                             "broadcast_s": float(np.median(t[:, 5]))} if engine.strategy.updates_on_host
+                            else {})})
     return rows
 
 
@@ -118,7 +111,22 @@ def ping_pong(comm=None, small=8, large=1 << 24, repeats=20):
     comm.Bcast(result, root=0)
     latency = float(result[0])
     return {"latency_s": latency, "bandwidth_Bps": large / max(result[1] - latency, 1e-12),
-            "small_bytes": small, "large_bytes": large}
+            "small_bytes": small, "large_bytes": large, "memory_bw_Bps": _memory_bandwidth(comm)}
+
+
+def _memory_bandwidth(comm, n_bytes=1 << 26, repeats=5):
+    """Bytes/s of one large in-memory copy on rank 0 (read + write counted once, as the
+    stacking's model counts them), broadcast to every rank."""
+    bw = np.zeros(1)
+    if comm.rank == 0:
+        src, dst, times = np.ones(n_bytes // 4, np.float32), np.empty(n_bytes // 4, np.float32), []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            np.copyto(dst, src)
+            times.append(time.perf_counter() - t)
+        bw[0] = n_bytes / float(np.median(times))
+    comm.Bcast(bw, root=0)
+    return float(bw[0])
 
 
 def bench_steps(sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, steps=5, warmup=2,
@@ -163,38 +171,44 @@ def _rank_main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench")
     b.add_argument("--sizes", default="1e6,1e7,1e8", help="gradient sizes in bytes")
-    b.add_argument("--strategies", default="host,ring")
-    b.add_argument("--repeats", type=int, default=7)
-    b.add_argument("--steps", type=int, default=5, help="timed training steps (0: none)")
+    b.add_argument("--strategies", default=",".join(STRATEGIES))
+    b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--out", required=True, help="rank 0 writes the JSON here")
     args = p.parse_args(argv)
     comm = world()
     install_abort_hook(comm)
     sizes, strategies = [float(s) for s in args.sizes.split(",")], args.strategies.split(",")
     part = {"n_ranks": comm.size, "link": ping_pong(comm) if comm.size > 1 else None,
-            "comm": bench_comm(sizes, strategies, args.repeats, comm=comm),
-            "steps": bench_steps(sizes, strategies, args.steps, comm=comm) if args.steps else []}
+            "rows": bench_engine(sizes, strategies, args.repeats, comm=comm)}
     if comm.rank == ROOT:
         Path(args.out).write_text(json.dumps(part))
     return 0
 
 
 def _predict(row, link):
-    """The cost model's communication time for a measured row, from the measured link."""
+    """The cost model's communication time for a measured row, from the measured link and
+    memory bandwidth: the host gather as MPI runs it (rank 0 is a device: 2(N-1) transfers,
+    plus the stacking); the ring and the sharded optimizer (the ring's bytes) by their
+    formulas. None where the model has no formula for one machine (hierarchical)."""
     if link is None:
         return None
     bw, latency = link["bandwidth_Bps"], link["latency_s"]
+    if row["strategy"] == "host":
+        return mpi_host_seconds(row["bytes"], row["n_ranks"], bw, latency,
+                                link["memory_bw_Bps"])["total"]
+    if row["strategy"] not in ALGORITHMS:
+        return None
     return comm_seconds(row["strategy"], row["bytes"], row["n_ranks"], bw, bw, latency)
 
 
-def run(ranks=(2, 3, 4), sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES,
-              repeats=7, steps=5, timeout=900, progress=True):
-    """Run :func:`bench_comm` and :func:`bench_steps` under ``mpiexec -n N`` for each N.
+def run(ranks=(2, 3, 4), sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, repeats=5,
+        timeout=900, progress=True):
+    """Run :func:`bench_engine` under ``mpiexec -n N`` for each N.
 
     Call it from a normal process (not under mpiexec). Returns a JSON-able dict: the
     machine, each N's measured link (ping-pong), and one row per N x strategy x size with
-    the measured communication time (``comm_*``), the measured training step
-    (``step_*``) and the cost model's prediction (``predicted_comm_s``).
+    the measured communication (``comm_*``), the measured step (``step_*``) and the cost
+    model's prediction (``predicted_comm_s``).
     """
     import datetime
     import json
@@ -204,7 +218,7 @@ def run(ranks=(2, 3, 4), sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES,
     from tqdm.auto import tqdm
     rows, links, load = [], {}, os.getloadavg()  # other work on the machine skews timings
     args = ["--sizes", ",".join(f"{float(s):g}" for s in sizes_bytes),
-            "--strategies", ",".join(strategies), "--repeats", str(repeats), "--steps", str(steps)]
+            "--strategies", ",".join(strategies), "--repeats", str(repeats)]
     for n in tqdm(list(ranks), desc="mpiexec -n N", unit="N", disable=not progress):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "bench.json"
@@ -215,54 +229,47 @@ def run(ranks=(2, 3, 4), sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES,
                                    f"{proc.stderr[-4000:]}")
             part = json.loads(out.read_text())
         links[n] = part["link"]
-        for i, r in enumerate(part["comm"]):
-            s = part["steps"][i] if part["steps"] else {}  # same order: size, then strategy
+        for r in part["rows"]:
             row = {"n_ranks": n, "strategy": r["strategy"], "bytes": r["bytes"],
-                   "comm_s": r["median_s"], "comm_min_s": r["min_s"], "comm_max_s": r["max_s"],
-                   "comm_repeats": r["repeats"],
+                   "comm_s": r["comm_s"], "comm_min_s": r["comm_min_s"],
+                   "comm_max_s": r["comm_max_s"], "comm_repeats": r["repeats"],
                    **{f"comm_{k}": r[k] for k in ("gather_s", "stack_s", "broadcast_s") if k in r},
-                   **{k if k.startswith("step_") else f"step_{k}": v for k, v in s.items()
-                      if k not in ("n_ranks", "strategy")}}
+                   "step_s": r["step_s"], "step_compute_s": r["compute_s"],
+                   "step_update_s": r["update_s"], "step_batch_size": r["batch_size"]}
             row["predicted_comm_s"] = _predict(row, part["link"])
             rows.append(row)
     return {"created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "kind": "measured (predicted_comm_s: costmodel.comm_seconds with the measured link)",
+            "kind": "measured: MPIEngine steps (predicted_comm_s: predict.algorithms with the "
+                    "measured link and memory bandwidth)",
             "machine": machine_info(), "ranks": list(ranks),
             "load_average_1min": {"before": load[0], "after": os.getloadavg()[0]},
             "links": {str(k): v for k, v in links.items()}, "rows": rows}
 
 
-def save(result, out_dir="results", figure=True):
-    """Write ``mpi-bench-<timestamp>.json``, ``.csv`` (one row per N x strategy x size, the
-    machine on every row) and, with ``figure``, the ``.png`` of :func:`plots.mpi_comm`."""
+def save(result, out_dir="results"):
+    """Write ``mpi-bench-<timestamp>.json`` and ``.csv`` (one row per N x strategy x size,
+    the machine on every row). Returns the paths and the base path (for a figure)."""
     m = result["machine"]
     extra = {"created": result["created"], "cpu": m["cpu"], "machine_cores": m["cores"],
              "python": m["python"], "numpy": m["numpy"], "kind": result["kind"]}
     json_path, csv_path, base = save_result(result, out_dir, "mpi-bench", extra)
-    paths = [json_path, csv_path]
-    if figure:
-        from ..figures.plots import mpi_comm  # figures sit above measure: only when asked
-        fig = mpi_comm(result)
-        paths.append(base.with_suffix(".png"))
-        fig.savefig(paths[2], dpi=120, bbox_inches="tight")
-    return paths
+    return [json_path, csv_path], base
 
 
 def format_table(result):
-    """The measured table, host beside ring, with the prediction (milliseconds)."""
+    """The measured table, one line per N, size and strategy, with the prediction (ms)."""
     ms = lambda r, k: 1e3 * r[k] if r.get(k) is not None else np.nan  # noqa: E731
     lines = [f"measured on {result['machine']['cpu']}, {result['machine']['cores']} cores "
-             f"(ranks > cores are oversubscribed); ms, medians; pred = cost model",
-             f"{'N':>2} {'MB':>6} | {'host':>8} {'pred':>7} {'gather':>7} {'stack':>7} "
-             f"{'bcast':>7} | {'ring':>8} {'pred':>7} | {'step host':>9} {'step ring':>9}"]
-    by = {(r["n_ranks"], r["bytes"], r["strategy"]): r for r in result["rows"]}
-    for n, nbytes in dict.fromkeys((r["n_ranks"], r["bytes"]) for r in result["rows"]):
-        h, g = by.get((n, nbytes, "host"), {}), by.get((n, nbytes, "ring"), {})
+             f"(ranks > cores are oversubscribed): MPIEngine steps, ms, medians; "
+             f"pred = cost model",
+             f"{'N':>2} {'MB':>6} {'strategy':>12} | {'comm':>8} {'pred':>7} {'gather':>7} "
+             f"{'stack':>7} {'bcast':>7} | {'update':>7} {'step':>8}"]
+    for r in result["rows"]:
         lines.append(
-            f"{n:>2} {nbytes / 1e6:6.1f} | {ms(h, 'comm_s'):8.2f} {ms(h, 'predicted_comm_s'):7.2f} "
-            f"{ms(h, 'comm_gather_s'):7.2f} {ms(h, 'comm_stack_s'):7.2f} "
-            f"{ms(h, 'comm_broadcast_s'):7.2f} | {ms(g, 'comm_s'):8.2f} "
-            f"{ms(g, 'predicted_comm_s'):7.2f} | {ms(h, 'step_s'):9.1f} {ms(g, 'step_s'):9.1f}")
+            f"{r['n_ranks']:>2} {r['bytes'] / 1e6:6.1f} {r['strategy']:>12} | "
+            f"{ms(r, 'comm_s'):8.2f} {ms(r, 'predicted_comm_s'):7.2f} "
+            f"{ms(r, 'comm_gather_s'):7.2f} {ms(r, 'comm_stack_s'):7.2f} "
+            f"{ms(r, 'comm_broadcast_s'):7.2f} | {ms(r, 'step_update_s'):7.2f} {ms(r, 'step_s'):8.1f}")
     for n, link in result["links"].items():
         if link:
             lines.append(f"link (ping-pong, N={n}): latency {1e6 * link['latency_s']:.1f} us, "

@@ -1,5 +1,9 @@
 """Layer 2: predictions from a model's graph, never measurements: ``graph`` (shapes and
-FLOPs), ``memory`` (bytes per device), ``gpus`` (the catalogue, with sources and one
-calibration each), ``costmodel`` (step time on N GPUs: host gather, ring or tree,
-overlap and buckets), ``published`` (published throughputs to hold the model against).
-Imports layer 1 only."""
+FLOPs), ``memory`` (bytes per device), ``gpus`` (the catalogue, with sources and a
+calibration per GPU and precision, or none, said so), ``algorithms`` (one exchange of the
+gradient: host gather, ring, sharded, halving-doubling, recursive doubling, double tree),
+``costmodel`` (step time on N GPUs of one node, overlap and buckets), ``network`` (nodes
+joined by a network; the published multi-node figures), ``critical`` (the critical batch
+per device below which a step is communication-bound), ``published`` (published
+throughputs to hold the model against) and ``validation`` (its errors, per source, held
+out). Imports layer 1 only."""

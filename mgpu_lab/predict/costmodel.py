@@ -1,29 +1,34 @@
 """Predicted step time and throughput of data-parallel training on N GPUs of one kind.
 
-A step is computed, not simulated (P: bytes of gradients; alpha: latency per transfer):
+A step is computed, not simulated (P parameters, so 4P bytes of float32 gradient; alpha:
+latency per transfer or collective step; F and B the forward and backward compute):
 
     compute  = FLOPs of the largest split / (peak FLOP/s * efficiency)     (per device)
-    comm     = host gather:  2 N P / host_bw + 2 N alpha      (every device sends P bytes of
-                             gradients to the host and gets P bytes of parameters back; the
-                             links meet at the host, so the 2N transfers queue there)
-                             + (N + 4 + 2 s) P / host_memory_bw   (the host reads N gradients
-                             to stack them, then updates: s optimizer slots per weight)
-             | ring:         2 (N - 1) / N * P / peer_bw + 2 (N - 1) alpha   (2(N-1) steps)
-             | tree:         ceil(log2 N) * (P / peer_bw + alpha)  (recursive doubling: every
-                             step exchanges the whole gradient with one partner)
-    step     = compute + comm; with ``overlap`` and k ``buckets``: the gradient leaves in k
-               pieces while the backward pass makes them, and the step is
-               forward + max(backward / k + comm, backward + comm / k)
-               (only the last bucket's communication is exposed, unless the link is slower
-               than the backward pass); ``overlap`` without buckets: max(compute, comm)
-    images/s = batch / step;  speed-up = images/s(N) / images/s(1);  efficiency = speed-up / N
+    comm     = one exchange of the 4P-byte gradient (mgpu_lab.predict.algorithms):
+               host gather 2 N (4P / host_bw + alpha) + the host's stacking and update
+               (N + 4 + 2 s) 4P / host_memory_bw (s optimizer slots); ring and sharded
+               2 (N - 1) / N * 4P / peer_bw + 2 (N - 1) alpha; halving-doubling, recursive
+               doubling, NCCL's double binary tree: see that module
+    step     = compute + comm without overlap. With ``overlap`` the gradient leaves while
+               the backward pass makes it: in k ``buckets``,
+               F + max(B / k + k t, B + t) (t: one bucket's exchange), and with no buckets
+               given, the ideal F + max(B, comm). The host gather's update needs every
+               gradient first, so its return trip (N transfers of 4P) can overlap at most
+               the *next* forward pass: it adds max(0, return - F), and the update adds all
+               of its time.
+    images/s = batch / step;  speed-up = images/s(N) / images/s(1) (strong scaling: the
+               same global batch; weak scaling, ``batch_per_gpu=b``: 1 GPU with b)
 
 FLOPs come from the model's own gradient graph (:func:`mgpu_lab.predict.graph.count_flops`),
 optionally with 3x3 stride-1 convolutions divided by a ``winograd`` factor (fast convolution
-algorithms do fewer multiplications than the direct count). Peak FLOP/s (float32 or Tensor
-Core ``precision``), link bandwidths and the sustained efficiency come from the GPU catalogue
-(:mod:`mgpu_lab.predict.gpus`, each with its source; the efficiency is calibrated on one
-published single-GPU throughput). Everything this module returns is a *prediction*.
+algorithms do fewer multiplications than the direct count). Peak FLOP/s, link bandwidths
+and the efficiency come from the GPU catalogue (:mod:`mgpu_lab.predict.gpus`). The
+efficiency is *calibrated* (on one cited, published single-GPU throughput of that GPU at
+that precision) or *uncalibrated* (:data:`DEFAULT_EFFICIENCY`, assumed); every
+:class:`Prediction` says which in ``calibrated`` and ``efficiency_source``, and
+``Prediction.label`` says it in words. "fp32" on Ampere and later is charged at the TF32
+peak, as frameworks run it (:meth:`mgpu_lab.predict.gpus.GPU.framework_precision`).
+Everything this module returns is a *prediction*.
 
 The same formulas predict this machine's local devices (CPU processes) when given the
 measured FLOP/s of one core and the measured shared-memory copy bandwidth; there the
@@ -35,40 +40,43 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .._theano import floatX
-from ..gradients import STRATEGIES
 from ..models import build
 from . import graph
+from .algorithms import (ALGORITHMS as _ALGORITHMS, ALIASES, DEFAULT_HOST_MEMORY_BW,
+                         DEFAULT_LATENCY, comm_seconds, double_tree_seconds,
+                         halving_doubling_seconds, host_gather_seconds, host_update_seconds,
+                         latency_steps, mpi_host_seconds, recursive_doubling_seconds,
+                         ring_allreduce_seconds, sharded_seconds, tree_allreduce_seconds)
 from .gpus import get_gpu
 from .memory import OPTIMIZER_SLOTS
 
 __all__ = ["Prediction", "ALGORITHMS", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
-           "DEFAULT_HOST_MEMORY_BW", "WINOGRAD_F2", "WINOGRAD_F4",
+           "DEFAULT_HOST_MEMORY_BW", "WINOGRAD_F2", "WINOGRAD_F4", "DEFAULT_WINOGRAD",
            "gradient_bytes", "largest_split", "winograd_flops", "effective_flops",
-           "efficiency_for", "compute_seconds", "host_gather_seconds", "host_update_seconds",
-           "ring_allreduce_seconds", "tree_allreduce_seconds", "latency_steps", "comm_seconds",
-           "step_seconds", "bucketed_step_seconds", "predict", "scaling"]
+           "efficiency_for", "calibration_for", "uncalibrated_label", "compute_seconds",
+           "host_gather_seconds", "host_update_seconds", "mpi_host_seconds",
+           "ring_allreduce_seconds", "halving_doubling_seconds", "recursive_doubling_seconds",
+           "tree_allreduce_seconds", "double_tree_seconds", "sharded_seconds",
+           "latency_steps", "comm_seconds", "step_seconds", "bucketed_step_seconds",
+           "predict", "scaling"]
 
-# The engines' two strategies plus the tree all-reduce, which only the model knows.
-ALGORITHMS = tuple(STRATEGIES) + ("tree",)
+# Every algorithm the model knows, and 'tree', the old name of recursive doubling.
+ALGORITHMS = _ALGORITHMS + tuple(ALIASES)
 
 # Assumption, not a measurement: the fraction of peak FLOP/s a CNN's training step sustains
-# on a GPU the catalogue has no calibration for (catalogue GPUs with a published single-GPU
-# throughput use their own: see gpus.Calibration). Pass ``efficiency=`` to explore.
+# on a GPU and precision the catalogue has no calibration for. Every prediction that uses it
+# is labelled "uncalibrated (assumed efficiency 50%)". Pass ``efficiency=`` to explore.
 DEFAULT_EFFICIENCY = 0.5
-
-# Assumption, not a measurement: the fixed cost of one transfer or one step of a collective
-# (starting a copy, synchronising), in seconds.
-DEFAULT_LATENCY = 10e-6
-
-# Assumption: the host's memory bandwidth for stacking and updating, bytes/s: one socket's
-# four DDR4-2400 channels (4 x 2400e6 x 8 B = 76.8 GB/s, the peak Intel lists for the
-# Xeon E5-2698 v4 of a DGX-1). Sustained bandwidth is lower, so this term is optimistic.
-DEFAULT_HOST_MEMORY_BW = 76.8e9
 
 # Winograd's minimal filtering (Lavin & Gray 2016): F(m x m, 3 x 3) computes an m x m tile
 # of outputs with (m + 2)^2 multiplications instead of 9 m^2.
 WINOGRAD_F2 = 9 * 2 ** 2 / (2 + 2) ** 2  # F(2x2, 3x3): 36 / 16 = 2.25
 WINOGRAD_F4 = 9 * 4 ** 2 / (4 + 2) ** 2  # F(4x4, 3x3): 144 / 36 = 4.0
+
+# The FLOP count predictions use unless told otherwise: chosen out of sample, by
+# mgpu_lab.predict.validation.winograd_held_out (chapter 11 shows the table; a test
+# checks that this is still the choice with the smaller held-out error).
+DEFAULT_WINOGRAD = WINOGRAD_F4
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ class Prediction:
 
     gpu: str
     n_gpus: int
-    batch_size: int
+    batch_size: int  # global batch
     strategy: str
     overlap: bool
     efficiency: float  # fraction of the peak FLOP/s reached (calibrated or assumed)
@@ -88,20 +96,36 @@ class Prediction:
     comm_s: float  # all communication (and, for 'host', the host's stacking and update)
     step_s: float
     images_per_s: float
-    speedup: float  # images/s over the same prediction on 1 GPU
+    speedup: float  # images/s over the same prediction on 1 GPU (see ``scaling``)
     scaling_efficiency: float  # speedup / n_gpus
-    precision: str = "fp32"
+    precision: str = "fp32"  # as asked for
     winograd: float = 1.0
     buckets: int | None = None
     host_s: float = 0.0  # the host's stacking and update (part of comm_s)
+    calibrated: bool = False  # efficiency from a published single-GPU figure?
+    efficiency_source: str = ""  # that figure's source, or why it is assumed
+    peak_precision: str = "fp32"  # the peak charged (fp32 on Ampere+ runs as tf32)
+    scaling: str = "strong"  # 'strong': 1 GPU with the same batch; 'weak': with batch_per_gpu
+    batch_per_gpu: int | None = None
+
+    @property
+    def label(self):
+        """'calibrated (source)' or 'uncalibrated (assumed efficiency 50%)'."""
+        if self.calibrated:
+            return f"calibrated ({self.efficiency_source})"
+        return uncalibrated_label(self.efficiency)
 
     def as_dict(self):
-        return asdict(self)
+        return {**asdict(self), "label": self.label}
+
+
+def uncalibrated_label(efficiency):
+    return f"uncalibrated (assumed efficiency {efficiency:.0%})"
 
 
 # -- the FLOP count --------------------------------------------------------------------
 def gradient_bytes(model):
-    """P: bytes of all gradients (= of all parameters) in floatX."""
+    """4P: bytes of all gradients (= of all parameters) in floatX."""
     return int(model.n_params) * np.dtype(floatX).itemsize
 
 
@@ -140,13 +164,35 @@ def effective_flops(model, batch_size, winograd=1.0):
     return total - winograd_flops(model, batch_size) * (1 - 1 / winograd)
 
 
-def efficiency_for(gpu, precision="fp32", winograd=1.0):
-    """(efficiency, where it comes from): the catalogue's calibration of ``gpu`` at
-    ``precision`` (for the same FLOP count), or :data:`DEFAULT_EFFICIENCY`."""
-    cal = getattr(gpu, "calibration", {}).get(precision)
+def calibration_for(gpu, precision="fp32", winograd=None):
+    """How ``gpu`` at ``precision`` is predicted: a dict with ``efficiency``,
+    ``calibrated`` (bool), ``source`` (the published figure, or why it is assumed),
+    ``peak_precision`` (the peak charged: "fp32" on Ampere and later runs as "tf32") and
+    ``label`` ('calibrated (...)' or 'uncalibrated (assumed efficiency 50%)')."""
+    gpu = _gpu(gpu)
+    winograd = DEFAULT_WINOGRAD if winograd is None else winograd
+    run, why = (gpu.framework_precision(precision) if hasattr(gpu, "framework_precision")
+                else (precision, "as requested"))
+    cal = getattr(gpu, "calibration", {}).get(run)
     if cal is None:
-        return DEFAULT_EFFICIENCY, "assumed (no calibration for this GPU and precision)"
-    return cal.efficiency(_peak(gpu, precision), winograd), cal.source
+        eff = DEFAULT_EFFICIENCY
+        source = f"no published single-GPU figure for {gpu.name} at {run}; assumed"
+        label = uncalibrated_label(eff)
+    else:
+        eff, source = cal.efficiency(_peak(gpu, run), winograd), cal.source
+        label = f"calibrated ({source})"
+    if run != precision:
+        source, label = f"{source}; {why}", f"{label}; {why}"
+    return {"efficiency": eff, "calibrated": cal is not None, "source": source,
+            "peak_precision": run, "label": label}
+
+
+def efficiency_for(gpu, precision="fp32", winograd=1.0):
+    """(efficiency, label): :func:`calibration_for`'s two main fields, for the direct FLOP
+    count unless ``winograd`` says otherwise (None: :data:`DEFAULT_WINOGRAD`, as
+    :func:`predict` uses)."""
+    c = calibration_for(gpu, precision, winograd)
+    return c["efficiency"], c["label"]
 
 
 def _peak(gpu, precision):
@@ -157,7 +203,7 @@ def _peak(gpu, precision):
     return gpu.fp32_flops
 
 
-# -- the formulas (plain numbers in, seconds out) ---------------------------------------
+# -- the formulas (plain numbers in, seconds out; the exchanges: predict/algorithms.py) --
 def compute_seconds(flops, peak_flops, efficiency=DEFAULT_EFFICIENCY, waves=1):
     """``flops`` at ``efficiency * peak_flops``, ``waves`` times over (devices sharing a core)."""
     if peak_flops <= 0 or not 0 < efficiency <= 1:
@@ -166,50 +212,12 @@ def compute_seconds(flops, peak_flops, efficiency=DEFAULT_EFFICIENCY, waves=1):
     return waves * flops / (peak_flops * efficiency)
 
 
-def host_gather_seconds(n_bytes, n_gpus, host_bw, latency=DEFAULT_LATENCY):
-    """Every GPU sends ``n_bytes`` to the host and receives ``n_bytes``: 2N transfers,
-    one after another, each paying ``latency``."""
-    return 2 * n_gpus * (n_bytes / host_bw + latency)
-
-
-def host_update_seconds(n_bytes, n_gpus, host_memory_bw=DEFAULT_HOST_MEMORY_BW, slots=1):
-    """The host's own work, bound by its memory: stacking reads N gradients and writes one
-    (N + 1); the update reads weights, gradient and ``slots`` optimizer arrays and writes
-    weights and slots (3 + 2 slots): (N + 4 + 2 slots) * ``n_bytes`` / ``host_memory_bw``."""
-    return (n_gpus + 4 + 2 * slots) * n_bytes / host_memory_bw
-
-
-def ring_allreduce_seconds(n_bytes, n_gpus, peer_bw, latency=DEFAULT_LATENCY):
-    """Ring all-reduce: 2 (N - 1) steps, each moving ``n_bytes / N`` over every peer link."""
-    return 2 * (n_gpus - 1) / n_gpus * n_bytes / peer_bw + 2 * (n_gpus - 1) * latency
-
-
-def tree_allreduce_seconds(n_bytes, n_gpus, peer_bw, latency=DEFAULT_LATENCY):
-    """Recursive doubling: ceil(log2 N) steps; in each, every GPU swaps its whole partial
-    sum with one partner (N not a power of two: an approximation)."""
-    return latency_steps("tree", n_gpus) * (n_bytes / peer_bw + latency)
-
-
-def latency_steps(strategy, n_gpus):
-    """How many latencies one exchange pays: host 2N, ring 2(N - 1), tree ceil(log2 N)."""
-    n = int(n_gpus)
-    return {"host": 2 * n, "ring": 2 * (n - 1), "tree": math.ceil(math.log2(n))}[strategy]
-
-
-def comm_seconds(strategy, n_bytes, n_gpus, host_bw, peer_bw, latency=DEFAULT_LATENCY):
-    """Link time of one exchange for ``strategy`` ('host', 'ring' or 'tree')."""
-    if strategy == "host":
-        return host_gather_seconds(n_bytes, n_gpus, host_bw, latency)
-    if strategy == "ring":
-        return ring_allreduce_seconds(n_bytes, n_gpus, peer_bw, latency)
-    if strategy == "tree":
-        return tree_allreduce_seconds(n_bytes, n_gpus, peer_bw, latency)
-    raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(ALGORITHMS)}")
-
-
-def step_seconds(compute_s, comm_s, overlap=False):
-    """Compute then communicate, or both at once (the slower one sets the pace)."""
-    return max(compute_s, comm_s) if overlap else compute_s + comm_s
+def step_seconds(compute_s, comm_s, overlap=False, forward_s=0.0):
+    """Compute then communicate; with ``overlap`` the exchange runs under the backward
+    pass (compute - ``forward_s``): forward + max(backward, comm)."""
+    if not overlap:
+        return compute_s + comm_s
+    return forward_s + max(compute_s - forward_s, comm_s)
 
 
 def bucketed_step_seconds(forward_s, backward_s, bucket_comm_s, buckets, overlap=True):
@@ -244,14 +252,30 @@ def _check(n_gpus, batch_size, strategy, cores, buckets):
         raise ValueError(f"buckets must be None or an integer >= 1, got {buckets!r}")
 
 
+def _batches(n_gpus, batch_size, batch_per_gpu):
+    """(global batch, 1-GPU baseline batch, 'strong' | 'weak'): exactly one of the two."""
+    if (batch_size is None) == (batch_per_gpu is None):
+        raise ValueError("give exactly one of batch_size (the global batch: strong scaling) "
+                         f"and batch_per_gpu (weak scaling); got {batch_size!r} and "
+                         f"{batch_per_gpu!r}")
+    if batch_per_gpu is None:
+        return batch_size, batch_size, "strong"
+    if isinstance(batch_per_gpu, bool) or not isinstance(batch_per_gpu, (int, np.integer)) \
+            or batch_per_gpu < 1:
+        raise ValueError(f"batch_per_gpu must be an integer >= 1, got {batch_per_gpu!r}")
+    return int(n_gpus) * int(batch_per_gpu), int(batch_per_gpu), "weak"
+
+
 def _gpu(gpu):
     return get_gpu(gpu) if isinstance(gpu, str) else gpu
 
 
 def _host_side_bw(gpu):
-    """The host gather's bandwidth: its transfers queue, so one at a time uses a whole
-    host link (for a K80, the board's link, twice a busy GPU's share)."""
-    return gpu.host_bw * getattr(gpu, "gpus_per_board", 1)
+    """The host gather's bandwidth per transfer. Its transfers queue at the host, one at a
+    time, so each has a GPU's whole host link, as the datasheet gives it per GPU; for a
+    K80 that is half the board's x16 link (``host_bw``), the same convention chapter 10's
+    figure and table use (one convention everywhere: issue 18, A5)."""
+    return gpu.host_bw
 
 
 def _peer_bw(gpu):
@@ -261,60 +285,74 @@ def _peer_bw(gpu):
 
 def _one(model, gpu, n, batch, strategy, overlap, efficiency, latency, cores, o):
     """(split, flops, compute_s, comm_s, host_s, step_s) of one configuration; ``o``: the
-    keyword options (precision, winograd, buckets, host_memory_bw, optimizer)."""
+    keyword options (peak_precision, winograd, buckets, host_memory_bw, optimizer)."""
     split = largest_split(batch, n)
     counts = graph.count_flops(model, split)
     flops = effective_flops(model, split, o["winograd"])
     waves = 1 if cores is None else math.ceil(n / cores)  # devices pinned round-robin
-    compute = compute_seconds(flops, _peak(gpu, o["precision"]), efficiency, waves)
-    k = o["buckets"] or 1
-    P = gradient_bytes(model)
-    bucket = comm_seconds(strategy, P / k, n, _host_side_bw(gpu), _peer_bw(gpu), latency)
-    host = host_update_seconds(P, n, o["host_memory_bw"], OPTIMIZER_SLOTS[o["optimizer"]]) \
-        if strategy == "host" else 0.0
-    if not overlap or o["buckets"] is None:  # one after the other, or the ideal overlap
-        step = step_seconds(compute, k * bucket, overlap) + host
-    else:  # buckets leave during the backward pass
-        fwd = compute * counts["forward"] / counts["total"]
-        step = bucketed_step_seconds(fwd, compute - fwd, bucket, k, overlap) + host
-    return split, counts["total"], compute, k * bucket + host, host, step
+    compute = compute_seconds(flops, _peak(gpu, o["peak_precision"]), efficiency, waves)
+    fwd = compute * counts["forward"] / counts["total"]
+    k, P4 = o["buckets"] or 1, gradient_bytes(model)
+    if strategy == "host":  # k buckets up, the update, the parameters back in one piece
+        bucket = host_gather_seconds(P4 / k, n, _host_side_bw(gpu), latency) / 2
+        back = host_gather_seconds(P4, n, _host_side_bw(gpu), latency) / 2
+        host = host_update_seconds(P4, n, o["host_memory_bw"], OPTIMIZER_SLOTS[o["optimizer"]])
+    else:
+        bucket = comm_seconds(strategy, P4 / k, n, _host_side_bw(gpu), _peer_bw(gpu), latency)
+        back = host = 0.0
+    if not overlap:
+        step = compute + k * bucket + host + back
+    else:  # the return trip can hide under the next forward pass, no more
+        up = step_seconds(compute, k * bucket, True, fwd) if o["buckets"] is None else \
+            bucketed_step_seconds(fwd, compute - fwd, bucket, k, True)
+        step = up + host + max(0.0, back - fwd)
+    return split, counts["total"], compute, k * bucket + back + host, host, step
 
 
-def predict(model, gpu, n_gpus, batch_size, strategy="host", overlap=False, efficiency=None,
-            latency=DEFAULT_LATENCY, cores=None, *, precision="fp32", winograd=1.0,
-            buckets=None, host_memory_bw=DEFAULT_HOST_MEMORY_BW, optimizer="momentum"):
+def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
+            efficiency=None, latency=DEFAULT_LATENCY, cores=None, *, batch_per_gpu=None,
+            precision="fp32", winograd=None, buckets=None,
+            host_memory_bw=DEFAULT_HOST_MEMORY_BW, optimizer="momentum"):
     """Predicted step of ``model`` on ``n_gpus`` GPUs of kind ``gpu`` (a catalogue name or
     an object with ``name``, ``fp32_flops``, ``host_bw``, ``peer_bw``).
 
-    ``batch_size`` is the global batch; each GPU gets ``batch_size / n_gpus`` of it.
-    ``strategy``: 'host', 'ring' or 'tree'. ``efficiency``: None takes the catalogue's
-    calibration for ``gpu`` and ``precision`` ('fp32', or a Tensor Core 'tf32', 'bf16',
-    'fp16'), else :data:`DEFAULT_EFFICIENCY`. ``winograd``: divide 3x3 stride-1 conv FLOPs
-    by it (1: the direct count). ``buckets``: send the gradient in that many pieces
-    (None: one; with ``overlap`` and None, the ideal max(compute, comm)). ``optimizer``:
-    the host's update ('host' strategy). ``cores``: how many devices can compute at the
-    same time (None: every GPU is its own chip; local CPU devices: the core count).
-    Returns a :class:`Prediction`.
+    The batch: ``batch_size`` (global, cut into N splits; speed-up against 1 GPU with the
+    same batch: strong scaling) or ``batch_per_gpu=b`` (global N b; speed-up against 1
+    GPU with b: weak scaling, as every published source runs). ``strategy``: one of
+    :data:`ALGORITHMS`. ``efficiency``: None takes :func:`calibration_for` (calibrated, or
+    :data:`DEFAULT_EFFICIENCY`, labelled uncalibrated). ``precision``: 'fp32' (as the
+    framework runs it: TF32 on Ampere and later), 'tf32', 'bf16', 'fp16'. ``winograd``:
+    divide 3x3 stride-1 conv FLOPs by it (None: :data:`DEFAULT_WINOGRAD`; 1: the direct
+    count). ``buckets``: send the gradient in that many pieces. ``optimizer``: the host's
+    update ('host' strategy). ``cores``: how many devices compute at once (None: every
+    GPU its own chip; local CPU devices: the core count). Returns a :class:`Prediction`.
     """
+    batch_size, batch_1, mode = _batches(n_gpus, batch_size, batch_per_gpu)
     _check(n_gpus, batch_size, strategy, cores, buckets)
     if optimizer not in OPTIMIZER_SLOTS:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_SLOTS)}")
     model, gpu = build(model), _gpu(gpu)
-    if efficiency is None:
-        efficiency = efficiency_for(gpu, precision, winograd)[0]
-    opts = dict(precision=precision, winograd=float(winograd), buckets=buckets,
+    winograd = float(DEFAULT_WINOGRAD if winograd is None else winograd)
+    cal = calibration_for(gpu, precision, winograd)
+    calibrated = cal["calibrated"] and efficiency is None
+    source = cal["source"] if efficiency is None else "given by the caller (assumed)"
+    efficiency = cal["efficiency"] if efficiency is None else efficiency
+    strategy = ALIASES.get(strategy, strategy)
+    opts = dict(peak_precision=cal["peak_precision"], winograd=winograd, buckets=buckets,
                 host_memory_bw=host_memory_bw, optimizer=optimizer)
     args = (strategy, overlap, efficiency, latency, cores, opts)
     split, flops, compute, comm, host, step = _one(model, gpu, n_gpus, batch_size, *args)
-    step_1 = step if n_gpus == 1 else _one(model, gpu, 1, batch_size, *args)[5]
-    speedup = step_1 / step  # same batch: images/s ratio = inverse step-time ratio
+    step_1 = step if n_gpus == 1 else _one(model, gpu, 1, batch_1, *args)[5]
+    speedup = (batch_size / step) / (batch_1 / step_1)
     return Prediction(gpu.name, int(n_gpus), int(batch_size), strategy, bool(overlap),
                       float(efficiency), float(latency), split, int(flops), compute, comm, step,
-                      batch_size / step, speedup, speedup / n_gpus, precision, float(winograd),
-                      None if buckets is None else int(buckets), host)
+                      batch_size / step, speedup, speedup / n_gpus, precision, winograd,
+                      None if buckets is None else int(buckets), host, calibrated, source,
+                      cal["peak_precision"], mode,
+                      None if batch_per_gpu is None else int(batch_per_gpu))
 
 
-def scaling(model, gpus, n_range, batch_size, strategies=STRATEGIES, **kwargs):
+def scaling(model, gpus, n_range, batch_size=None, strategies=("host", "ring"), **kwargs):
     """Predictions for every GPU kind x strategy x N: a list of :class:`Prediction`."""
     return [predict(model, g, n, batch_size, strategy=s, **kwargs)
             for g in gpus for s in strategies for n in n_range]

@@ -21,12 +21,25 @@ are the datasheet's, not measurements of ours). Conventions, so the numbers can 
   throughput of ResNet-50 that fixes the GPU's sustained efficiency (the fraction of
   :meth:`GPU.peak` a training step reaches). Only single-GPU figures are used: the
   multi-GPU figures of the same sources stay unseen, to test the model
-  (``data/published_throughput.csv``, chapter 11 of the book).
+  (``data/published_throughput.csv``, chapter 11 of the book). A calibration is per GPU
+  *and* precision. The A100 40GB carries the A100 80GB's over: both are the same GA100
+  chip with the same clocks and peaks in NVIDIA's A100 datasheet (only memory size and
+  bandwidth differ, 1,555 against 2,039 GB/s, which the carried figure does not see).
+  A GPU and precision without a calibration is *uncalibrated*: predictions for it use an
+  assumed efficiency and say so (:func:`mgpu_lab.predict.costmodel.calibration_for`).
+* Precision as frameworks run it (:meth:`GPU.framework_precision`): on Ampere and later,
+  "fp32" convolutions run on TF32 Tensor Cores by default (PyTorch's CUDA semantics notes,
+  "TensorFloat-32 (TF32) on Ampere devices": ``torch.backends.cudnn.allow_tf32`` defaults
+  to True; TensorFlow's ``tf.config.experimental.enable_tensor_float_32_execution``:
+  "TensorFloat-32 is enabled by default"), so a
+  float32 training step there is charged at the TF32 peak and calibration. Convolutions
+  are > 99 % of a ResNet's FLOPs, so the dense layers (float32 in PyTorch >= 1.12) are
+  not split out.
 """
 from dataclasses import dataclass, field
 
 __all__ = ["GPU", "Calibration", "CATALOGUE", "BOOK_GPUS", "PRECISIONS", "DEFAULT_RESERVED",
-           "get_gpu", "gpu_names", "usable_bytes"]
+           "get_gpu", "gpu_names", "usable_bytes", "offered_precisions"]
 
 GiB = 2 ** 30
 GB = 10 ** 9
@@ -57,6 +70,7 @@ class Calibration:
     flops: int  # one training step at ``batch``, counted on our graph
     winograd_flops: int  # of which in 3x3 stride-1 convolutions
     source: str
+    carried_from: str | None = None  # another GPU of the same chip whose figure this is
 
     def efficiency(self, peak_flops, winograd=1.0):
         """The fraction of ``peak_flops`` the published step sustains: FLOPs per second
@@ -101,16 +115,30 @@ class GPU:
             raise ValueError(f"{self.name} has no {precision!r} peak in the catalogue; it has: {have}")
         return self.tensor_flops[precision]
 
+    def framework_precision(self, precision="fp32"):
+        """(the precision a framework really runs, why): "fp32" on a GPU with TF32 Tensor
+        Cores runs its convolutions as TF32 by default; every other choice is itself."""
+        if precision == "fp32" and "tf32" in self.tensor_flops:
+            return "tf32", ("fp32 convolutions run as TF32 on Tensor Cores by default "
+                            "(PyTorch cudnn.allow_tf32, TensorFlow >= 2.4)")
+        return precision, "as requested"
+
 
 _PCIE3 = ("PCIe 3.0 x16", 32 * GB / 2)  # datasheets: "32 GB/s" both directions together
 _PCIE4 = ("PCIe 4.0 x16", 64 * GB / 2)
 _PCIE5 = ("PCIe 5.0 x16", 128 * GB / 2)
 _PCIE3_PEER = ("PCIe 3.0 x16 peer-to-peer (no NVLink)", 32 * GB / 2)
 # K80: the board's two GPUs sit behind an on-board PCIe switch and share its one x16 link
-# to the host. With both GPUs sending, each gets half of it; rings that cross boards share
-# the same link, so their peer bandwidth is halved too.
+# to the host. With both GPUs sending to the host, each gets half of it (host_bw; the host
+# gather uses this figure everywhere, in chapter 10's figure and in predict()). The ring is
+# modelled ordered board by board, as NCCL orders rings by topology: the step inside a board
+# stays on the board's switch, and each board's x16 link carries one ring flow per
+# direction (in from the previous board, out to the next), so a ring step runs at the
+# link's full 16 GB/s per direction. (Ordered at random, two flows could share a board's
+# link, and half of it would be the figure.)
 _K80_LINK = ("PCIe 3.0 x16, shared by the board's 2 GPUs", 32 * GB / 2 / 2)
-_K80_PEER = ("PCIe 3.0 via the board's switch / the host (no NVLink)", 32 * GB / 2 / 2)
+_K80_PEER = ("PCIe 3.0 ring ordered board by board: on-board switch, then one flow per "
+             "direction on each board's x16 link (no NVLink)", 32 * GB / 2)
 
 _TF = "TensorFlow benchmarks (tensorflow.org/performance/benchmarks, tested May 2017)"
 _DLE = ("NVIDIA DeepLearningExamples, PyTorch ResNet50 v1.5 README, 'Training performance' "
@@ -128,6 +156,18 @@ def _rn50(images_per_s, batch, source):
     """A ResNet-50 calibration at ``batch`` images per GPU."""
     return Calibration(images_per_s, batch, RN50_STEP_FLOPS[batch], RN50_WINOGRAD_FLOPS * batch,
                        source)
+
+
+def _carried(calibrations, from_gpu):
+    """The same published figures for another GPU of the same chip and peaks."""
+    return {p: Calibration(c.images_per_s, c.batch, c.flops, c.winograd_flops,
+                           f"carried over from {from_gpu} (same GA100 chip and peaks): "
+                           f"{c.source}", carried_from=from_gpu)
+            for p, c in calibrations.items()}
+
+
+_A100_80_CAL = {"tf32": _rn50(938, 256, _DLE + ", DGX A100 80GB, TF32, 1 GPU"),
+                "fp16": _rn50(2470, 256, _DLE + ", DGX A100 80GB, mixed precision, 1 GPU")}
 
 CATALOGUE = {g.name: g for g in [
     # K80: a board with two GK210 GPUs; the datasheet gives the board's totals
@@ -159,14 +199,12 @@ CATALOGUE = {g.name: g for g in [
                                    _DLE + ", DGX-1 32GB, mixed precision, 1 GPU")}),
     GPU("A100", 40 * GiB, 19.5 * TFLOPS, *_PCIE4, "NVLink 3.0 (12 links)", 600 * GB / 2,
         "NVIDIA A100 Tensor Core GPU datasheet, 2020 (A100 40GB SXM)",
-        tensor_flops={"tf32": 156 * TFLOPS, "bf16": 312 * TFLOPS, "fp16": 312 * TFLOPS}),
+        tensor_flops={"tf32": 156 * TFLOPS, "bf16": 312 * TFLOPS, "fp16": 312 * TFLOPS},
+        calibration=_carried(_A100_80_CAL, "A100-80GB")),
     GPU("A100-80GB", 80 * GiB, 19.5 * TFLOPS, *_PCIE4, "NVLink 3.0 (12 links)", 600 * GB / 2,
         "NVIDIA A100 Tensor Core GPU datasheet, 2021 (A100 80GB SXM)",
         tensor_flops={"tf32": 156 * TFLOPS, "bf16": 312 * TFLOPS, "fp16": 312 * TFLOPS},
-        calibration={"tf32": _rn50(938, 256,
-                                   _DLE + ", DGX A100 80GB, TF32, 1 GPU"),
-                     "fp16": _rn50(2470, 256,
-                                   _DLE + ", DGX A100 80GB, mixed precision, 1 GPU")}),
+        calibration=_A100_80_CAL),
     # H100 SXM5: the datasheet prints Tensor Core peaks with sparsity (989 TF32, 1,979
     # BF16/FP16 TFLOPS); the dense peaks used here are half of them.
     GPU("H100", 80 * GiB, 67 * TFLOPS, *_PCIE5, "NVLink 4.0 (18 links)", 900 * GB / 2,
@@ -193,6 +231,11 @@ def get_gpu(name):
     if key not in by_lower:
         raise ValueError(f"unknown GPU {name!r}; known GPUs: {', '.join(CATALOGUE)}")
     return by_lower[key]
+
+
+def offered_precisions(gpu):
+    """The precisions the book offers for ``gpu``: "fp32" and its Tensor Core ones."""
+    return ("fp32", *get_gpu(gpu).tensor_flops)
 
 
 def usable_bytes(gpu, reserved=DEFAULT_RESERVED):

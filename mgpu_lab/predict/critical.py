@@ -1,0 +1,73 @@
+"""When is data parallelism communication-bound? The critical batch per device.
+
+With P parameters, one device's step on b samples costs about 6 P b FLOPs (2 P for the
+forward pass, 4 P for the two gradients of the backward pass, per sample: every weight is
+used once per sample, as in dense layers). It then exchanges about 2 * 4P bytes (a ring's
+2 (N - 1) / N * 4P, for large N). At a sustained ``rate`` FLOP/s and a link of ``bw``
+bytes/s per direction, compute equals communication when
+
+    6 P b / rate = 8 P / bw    =>    b* = 8 rate / (6 bw) = (4 / 3) rate / bw,
+
+independent of P. Below b* samples per device a step spends more time communicating than
+computing (without overlap: communication is more than half of the step). A network
+whose layers reuse their weights many times per sample (a CNN's convolutions) does more
+FLOPs per sample than 6P, so its own b* is smaller; pass ``flops_per_sample`` and P for it.
+"""
+from .algorithms import ring_allreduce_seconds
+from .costmodel import calibration_for
+from .gpus import CATALOGUE, get_gpu
+from .network import get_network
+
+__all__ = ["critical_batch", "critical_batch_table", "LINKS"]
+
+LINKS = ("host link", "NVLink / peer link", "network")
+
+
+def critical_batch(rate, bw, flops_per_sample=None, n_params=None, n_gpus=None):
+    """The per-device batch b* at which compute (``flops_per_sample`` * b / ``rate``)
+    equals a ring all-reduce of 4P bytes over ``bw``. Defaults: 6P FLOPs per sample and
+    the large-N ring's 2 * 4P bytes, which gives (4/3) rate / bw; with ``n_gpus`` the
+    exact 2 (N - 1) / N * 4P."""
+    if rate <= 0 or bw <= 0:
+        raise ValueError(f"rate and bw must be positive, got {rate} and {bw}")
+    if (flops_per_sample is None) != (n_params is None):
+        raise ValueError("give flops_per_sample and n_params together (or neither: 6P "
+                         "FLOPs per sample)")
+    ratio = 6.0 if flops_per_sample is None else flops_per_sample / n_params  # FLOPs / P
+    share = 1.0 if n_gpus is None else (n_gpus - 1) / n_gpus
+    return 2 * share * 4 * rate / (ratio * bw)
+
+
+def _rate(gpu, precision):
+    c = calibration_for(gpu, precision)
+    return gpu.peak(c["peak_precision"]) * c["efficiency"], c["label"]
+
+
+def critical_batch_table(network="IB-EDR", precision="fp32", gpus=None):
+    """One row per catalogue GPU: its sustained FLOP/s at ``precision`` (calibrated or
+    labelled uncalibrated), and b* for its host link, its peer link (NVLink, or PCIe where
+    it has none) and ``network`` (one port per node, shared by nothing else)."""
+    net = get_network(network)
+    out = []
+    for name in gpus or CATALOGUE:
+        g = get_gpu(name)
+        rate, label = _rate(g, precision)
+        bws = {"host link": g.host_bw, "NVLink / peer link": g.peer_or_host_bw(),
+               "network": net.bw}
+        out.append({"gpu": g.name, "precision": precision, "rate": rate, "label": label,
+                    "peer_link": g.peer_link, "network_name": net.name,
+                    **{link: critical_batch(rate, bw) for link, bw in bws.items()},
+                    **{f"bw[{link}]": bw for link, bw in bws.items()}})
+    return out
+
+
+def comm_share(rate, bw, batch, n_gpus, n_params, flops_per_sample=None):
+    """Communication's share of a step without overlap, as the cost model's own ring
+    formula gives it (no latency): checks b* (share 1/2 there)."""
+    f = 6 * n_params if flops_per_sample is None else flops_per_sample
+    compute = f * batch / rate
+    comm = ring_allreduce_seconds(4 * n_params, n_gpus, bw, latency=0)
+    return comm / (compute + comm)
+
+
+__all__ += ["comm_share"]

@@ -1,0 +1,64 @@
+"""The network tier and the published multi-node figures (predict/network.py)."""
+import pytest
+
+from mgpu_lab import models
+from mgpu_lab.predict import algorithms, network
+from mgpu_lab.predict.gpus import get_gpu
+
+S = 100e6  # bytes
+
+
+def test_networks_are_cited():
+    assert network.NETWORKS["IB-EDR"].bw == 100e9 / 8
+    assert network.NETWORKS["25GbE-RoCE"].bw == 25e9 / 8
+    for n in network.NETWORKS.values():
+        assert "IEEE" in n.source or "InfiniBand" in n.source
+        assert "latency assumed" in n.source
+
+
+def test_hierarchical_by_hand():
+    v100, net = get_gpu("V100"), network.NETWORKS["IB-EDR"]
+    t = network.cluster_comm_seconds("hierarchical", S, 32, 8, "V100", "IB-EDR", latency=0)
+    inside = 2 * 7 / 8 * S / v100.peer_bw
+    across = 2 * 3 / 4 * S / net.bw + 2 * 3 * net.latency
+    assert t == pytest.approx(2 * inside + across)
+
+
+def test_flat_ring_is_bound_by_the_network_and_pays_its_latency():
+    net = network.NETWORKS["25GbE-RoCE"]
+    t = network.cluster_comm_seconds("ring", S, 64, 4, "P100", net)
+    assert t == pytest.approx(2 * 63 / 64 * S / net.bw + 2 * 63 * net.latency)
+    # inside one node it is the single-node ring on NVLink
+    assert network.cluster_comm_seconds("ring", S, 4, 4, "P100", net) == pytest.approx(
+        algorithms.ring_allreduce_seconds(S, 4, get_gpu("P100").peer_bw))
+
+
+def test_host_gather_across_nodes_queues_every_remote_gpu_on_one_port():
+    net = network.NETWORKS["IB-EDR"]
+    t = network.cluster_comm_seconds("host", S, 16, 8, "V100", net, latency=0)
+    assert t == pytest.approx(2 * 8 * S / get_gpu("V100").host_bw
+                              + 2 * 8 * (S / net.bw + net.latency))
+
+
+def test_bad_clusters_are_refused():
+    with pytest.raises(ValueError, match="multiple of gpus_per_node"):
+        network.cluster_comm_seconds("ring", S, 12, 8, "V100", "IB-EDR")
+    with pytest.raises(ValueError, match="unknown network"):
+        network.cluster_comm_seconds("ring", S, 16, 8, "V100", "carrier pigeon")
+    with pytest.raises(ValueError, match="unknown strategy"):
+        network.cluster_comm_seconds("tree", S, 16, 8, "V100", "IB-EDR")
+
+
+def test_multinode_rows_are_sourced_and_predicted():
+    rows = network.load_multinode()
+    assert {r["source_id"] for r in rows} == {"goyal2017", "horovod-docs"}
+    for r in rows:
+        assert r["url"].startswith("https://") and r["table"] and r["interconnect"]
+        assert r["node_network"] in network.NETWORKS and 0 < r["scaling_efficiency"] <= 1
+    mlp = models.mlp(n_in=64, hidden=(64,), seed=0)  # stands in for the big nets
+    out = network.compare_multinode({r["network"]: mlp for r in rows})
+    for r in out:
+        assert r["error"] == pytest.approx(r["predicted"] / r["scaling_efficiency"] - 1)
+        assert r["predicted"] == r[f"predicted_{r['strategy']}"]
+        assert all(0 < r[f"predicted_{s}"] <= 1.0001 for s in network.CLUSTER_STRATEGIES)
+    assert "uncalibrated" in next(r for r in out if r["gpu"] == "P100-PCIe")["label"]
