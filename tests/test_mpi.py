@@ -69,7 +69,8 @@ def serial_runs(tmp_path_factory):
 
 @pytest.mark.timeout(2 * JOB_TIMEOUT)
 @pytest.mark.parametrize("n", [pytest.param(2, marks=pytest.mark.slow), 3])  # 3: make test
-@pytest.mark.parametrize("strategy", ["host", "ring", "sharded"])
+@pytest.mark.parametrize("strategy", ["host", "ring",
+                                      pytest.param("sharded", marks=pytest.mark.slow)])
 def test_mpi_training_ends_at_the_serial_parameters(n, strategy, serial_runs, tmp_path):
     # 'sharded': each rank updates its shard with its shard of the momentum; rank 0
     # gathers every shard of the state, so its checkpoint holds all of it.

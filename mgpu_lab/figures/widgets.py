@@ -6,10 +6,12 @@ on every change, so they need a running kernel. The web book shows
                             optimizer, sharding (ZeRO stage)
     throughput_widget()     chapter 6: measure the benchmark on 1..N local devices
 """
+import contextlib
 import functools
 import io
 
 import ipywidgets as widgets
+import matplotlib
 import matplotlib.pyplot as plt
 from IPython.display import Image, display
 
@@ -18,9 +20,8 @@ from ..measure import bench
 from ..predict import gpus, memory
 from . import plots
 
-__all__ = ["SHARDING_CHOICES", "network", "limits_figure", "show_figure", "limits_view",
-           "batch_limits_widget",
-           "measure_view", "throughput_widget"]
+__all__ = ["SHARDING_CHOICES", "network", "limits_figure", "untracked", "show_figure",
+           "limits_view", "batch_limits_widget", "measure_view", "throughput_widget"]
 
 # The widget's sharding menu: (label, ZeRO stage).
 SHARDING_CHOICES = (("none", 0), ("1: optimizer state", 1), ("2: + gradients", 2),
@@ -58,6 +59,18 @@ def limits_figure(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="mom
     return summary, fig
 
 
+@contextlib.contextmanager
+def untracked():
+    """Figures made inside are not tracked by the inline backend (pyplot's interactive
+    mode off; not ``plt.ioff()``, whose display-hook code needs an older IPython)."""
+    was = matplotlib.is_interactive()
+    matplotlib.interactive(False)
+    try:
+        yield
+    finally:
+        matplotlib.interactive(was)
+
+
 def show_figure(fig):
     """Show ``fig`` as a PNG drawn here, then close it.
 
@@ -74,7 +87,8 @@ def show_figure(fig):
 def limits_view(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
                 sharding=0):
     """Print the summary and show the figure (what the widget redraws on each change)."""
-    summary, fig = limits_figure(gpu, image_size, depth, n_gpus, optimizer, sharding)
+    with untracked():  # the inline backend neither tracks nor shows it: show_figure does
+        summary, fig = limits_figure(gpu, image_size, depth, n_gpus, optimizer, sharding)
     print(summary)
     show_figure(fig)
 
@@ -101,8 +115,10 @@ def measure_view(model="cnn", batch_size=128, max_devices=2):
     res = bench.run(model, devices=tuple(range(1, max_devices + 1)),
                     batch_sizes=(batch_size,), warmup=1, repeats=3, steps=2)
     print(bench.format_table(res))
-    show_figure(plots.speedup(res))
-    show_figure(plots.step_breakdown(res, batch_size=batch_size))
+    with untracked():
+        figs = [plots.speedup(res), plots.step_breakdown(res, batch_size=batch_size)]
+    for fig in figs:
+        show_figure(fig)
 
 
 def throughput_widget():
