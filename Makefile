@@ -1,4 +1,6 @@
-# The README's three commands: `make book`, `make test` and `make lab`. All set up .venv first.
+# The README's commands: `make book`, `make lab`, `make test` (the unit tier and the quick
+# integration tests, a few minutes) and `make test-all` (everything: the book, the student
+# edition, Chromium, JupyterLab, wheels; what .ci/run runs). All set up .venv first.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +12,7 @@ LAB_ARGS ?=
 # After `make wheels`, setup installs from wheels/ only, without the network.
 PIP_FROM := $(if $(wildcard wheels/*.whl),--no-index --find-links wheels,)
 
-.PHONY: setup book test student timings lab wheels clean
+.PHONY: setup book test test-all student timings lab wheels clean hub students assignments
 
 setup: $(STAMP)
 
@@ -29,19 +31,26 @@ book: setup
 	$(VENV)/bin/jupyter-book build . $(BOOK_FLAGS)
 	@echo "The book is built. Open: file://$(CURDIR)/_build/html/index.html"
 
+# Tiers (pyproject.toml's markers, tests/README.md): unmarked = unit; integration (pools,
+# MPI; the long ones also slow); book; browser; install.
+TEST_QUICK := -m "not (slow or book or browser or install or hub)"
 test: setup
+	$(PY) -m pytest $(TEST_QUICK)
+
+test-all: setup
 	$(PY) -m pytest
 
-# The student edition: the web book and one notebook per chapter, without any solution.
-student: setup
-	$(PY) book/_ext/student_edition.py _build/student
+# The student edition: the web book and one notebook per chapter, without any solution,
+# derived from the book's executed chapters in _build (nothing is executed again).
+student: book
+	$(PY) book/_ext/student_edition.py _build/student _build
 	@echo "Student edition: file://$(CURDIR)/_build/student/html/index.html and _build/student/notebooks/"
 
 # Seconds each chapter takes as a notebook, cold and warm Theano cache (teacher's guide).
 timings: setup
 	$(PY) book/_ext/lab_timings.py data/lab_timings.json
 
-# JupyterLab at the repository root: chapters open as notebooks (jupyter/start-lab.sh).
+# JupyterLab opened at the chapters (book/): they open as notebooks (jupyter/start-lab.sh).
 lab: setup
 	jupyter/start-lab.sh $(LAB_ARGS)
 
@@ -53,6 +62,29 @@ wheels: setup
 	$(PY) -m pip download --quiet --no-deps -d wheels.tmp pip "setuptools>=61"
 	rm -rf wheels && mv wheels.tmp wheels
 	@du -sh wheels
+
+# A class server (run as root): JupyterHub with one system account and one JupyterLab per
+# student (jupyter/hub_config.py). make hub HUB_ARGS="--ip 0.0.0.0 --ssl-cert C --ssl-key K"
+# (jupyter/hub_start.py --help lists the options); make students CLASS=class.txt first.
+HUB_ARGS ?=
+CHP_VERSION := 5.3.0
+CHP := $(VENV)/hub-proxy/node_modules/.bin/configurable-http-proxy
+
+$(CHP):
+	@command -v npm >/dev/null 2>&1 || { echo "make hub needs npm for configurable-http-proxy: sudo apt-get install npm (Debian/Ubuntu)" >&2; exit 1; }
+	npm install --silent --no-fund --no-audit --prefix $(VENV)/hub-proxy configurable-http-proxy@$(CHP_VERSION)
+
+hub: setup $(CHP)
+	$(PY) jupyter/hub_start.py $(HUB_ARGS)
+
+# The class's accounts from a class list, one user name per line (jupyter/hub_students.py).
+students: setup
+	@test -n "$(CLASS)" || { echo "make students CLASS=class.txt: a file with one user name per line" >&2; exit 1; }
+	$(PY) jupyter/hub_students.py add $(CLASS)
+
+# An nbgrader course from the book's exercises, one assignment per chapter (_build/course).
+assignments: setup
+	$(PY) book/_ext/assignments.py _build/course
 
 clean:
 	rm -rf _build results .pytest_cache .hypothesis

@@ -15,7 +15,8 @@ One step, and the module of each move (N devices; one device is N=1 of the same 
 The layers, each importing only from the layers below it (tests/test_layers.py checks it):
 
     1  foundations   _theano, errors, validate, split, gradients, collectives, optim,
-                     models, presets, data, checkpoint
+                     models, presets, data, checkpoint, sources (one hash of the
+                     library for every cache)
     2  predict/      what a graph costs: graph, memory, gpus, costmodel
     3  engines/, trainer   the data-parallel step: base (the protocol), update, strategies,
                      serial, local (DevicePool) + worker, mpi, pinning; trainer on top

@@ -9,7 +9,7 @@ from .figures import plots
 from .measure import bench, mpi_bench
 from .optim import make_optimizer
 from .predict.gpus import CATALOGUE, DEFAULT_RESERVED, get_gpu
-from .predict.memory import predicted_limits
+from .predict.memory import SHARDING_STAGES, check_sharding, predicted_limits
 from .presets import BENCH_MODELS, DIGITS_MODELS, IMAGENET_MODELS, digits_model, imagenet_model
 from .trainer import ENGINES, DataParallelTrainer
 
@@ -143,8 +143,23 @@ def _add_limits(sub):
                    default=DEFAULT_RESERVED / 2 ** 20,
                    help="MiB per GPU not available to the step (CUDA context, framework; "
                    f"default {DEFAULT_RESERVED // 2 ** 20}, an assumption)")
+    p.add_argument("--sharding", type=_sharding, default=0,
+                   help="ZeRO stage: 0 none (default), 1 optimizer state, 2 + gradients, "
+                   "3 + parameters, each sharded over the GPUs (2 and 3 are predicted only)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_limits)
+
+
+def _sharding(text):
+    """An argparse type: a ZeRO stage 0..3 (memory.check_sharding's message otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = text  # not a number: check_sharding says what is allowed
+    try:
+        return check_sharding(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _run_limits(args):
@@ -155,8 +170,11 @@ def _run_limits(args):
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = predicted_limits({args.model: model}, gpus, args.gpus, args.optimizer,
-                            int(args.reserved_mib * 2 ** 20), progress=not args.no_progress)
-    print(f"{model!r}; optimizer {args.optimizer} (its state on every GPU); "
+                            int(args.reserved_mib * 2 ** 20), progress=not args.no_progress,
+                            sharding=args.sharding)
+    where = ("its state on every GPU" if not args.sharding else
+             f"sharding {args.sharding}: {SHARDING_STAGES[args.sharding]}")
+    print(f"{model!r}; optimizer {args.optimizer} ({where}); "
           f"{args.reserved_mib:g} MiB reserved per GPU (CUDA context, framework: an assumption); "
           "bytes per GPU at its largest batch (GiB)")
     gib = lambda v: f"{v / 2 ** 30:.2f}"  # noqa: E731

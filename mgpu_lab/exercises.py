@@ -19,8 +19,9 @@ from .collectives import ring_bytes_per_device
 from .engines.pinning import cores
 from .predict import costmodel
 from .models import resnet_like
+from .predict.critical import critical_batch_table
 from .predict.gpus import get_gpu, usable_bytes
-from .predict.memory import estimate, max_batch_size
+from .predict.memory import estimate, max_batch_size, shard_sizes, state_bytes_per_parameter
 from .presets import digits_model
 from .split import split_sizes
 
@@ -64,6 +65,13 @@ def _tree_beats_ring_below(n=8, bw=25e9, latency=10e-6):
     return (tree(0) - ring(0)) / ((ring(1e9) - ring(0)) - (tree(1e9) - tree(0))) * 1e9
 
 
+def _gpus_for_adam_state(n_params, stage):
+    """Exercise 9.3: the fewest V100s whose usable memory holds ``n_params`` parameters'
+    Adam model state at ZeRO ``stage`` (activations and the gathered layer left out)."""
+    return next(n for n in range(1, 100_000) if n_params * state_bytes_per_parameter(
+        "adam", stage, n) <= usable_bytes("V100"))
+
+
 ANSWERS = {
     "1.1": Answer(lambda: len(cores()), 0, "an integer",
                   "one device per core: how many cores may this notebook's process use?"),
@@ -91,11 +99,28 @@ ANSWERS = {
                   "2(N - 1) steps, each sending one chunk of P/N numbers, 4 bytes each."),
     "8.3": Answer(_tree_beats_ring_below, 0.02, "a number: the gradient size in bytes",
                   "ring: 2(N-1)/N S/b + 2(N-1) a; tree: log2(N) (S/b + a); set them equal."),
+    "9.1": Answer(lambda: [8 * 138_357_544, 8 * max(shard_sizes(138_357_544, 8))], 0,
+                  "a list of 2 byte counts: stage 0, stage 1",
+                  "Adam keeps 2 float32 numbers per parameter; at stage 1 a GPU keeps them for "
+                  "its shard only, memory.shard_sizes(P, 8)."),
+    "9.2": Answer(lambda: [ring_bytes_per_device(resnet_like(50).n_params, 4),
+                           1.5 * ring_bytes_per_device(resnet_like(50).n_params, 4)], 0.001,
+                  "a list of 2 byte counts: stage 1, stage 3",
+                  "stage 1: a reduce-scatter and an all-gather, (N-1)/N 4P bytes each; stage 3 "
+                  "gathers the parameters once more for the backward pass."),
+    "9.3": Answer(lambda: [_gpus_for_adam_state(2e9, 1), _gpus_for_adam_state(2e9, 3)], 0,
+                  "a list of 2 integers: GPUs with stage 1, with stage 3",
+                  "bytes per parameter on a GPU: 4 + 4 + 8/N at stage 1, 16/N at stage 3; "
+                  "compare 2e9 times that with gpus.usable_bytes('V100')."),
     "10.1": Answer(lambda: [costmodel.host_gather_seconds(100e6, 4, 16e9, latency=0),
                            costmodel.ring_allreduce_seconds(100e6, 4, 150e9, latency=0)], 0.01,
                   "a list of 2 times in seconds: host gather over PCIe, ring over NVLink",
-                  "host: 2N transfers of P bytes queue on the host's link; ring: 2(N-1)/N P "
-                  "bytes over each NVLink."),
+                  "with S = 4P bytes of gradient (P parameters): host: 2N transfers of S "
+                  "bytes queue on the host's link; ring: 2(N-1)/N S bytes over each NVLink."),
+    "10.4": Answer(lambda: critical_batch_table(gpus=["V100"])[0]["NVLink / peer link"], 0.02,
+                   "a number: samples per GPU",
+                   "6 P b / R = 2 x 4P / bw: solve for b (P cancels); R = the charged peak x "
+                   "the efficiency."),
     "11.1": Answer(lambda: costmodel.efficiency_for(get_gpu("P100"))[0], 0.02,
                    "a number: the P100's sustained fraction of its fp32 peak (e.g. 0.3)",
                    "efficiency = images/s x FLOPs per image / peak FLOP/s."),
@@ -140,13 +165,16 @@ def is_right(exercise, answer):
     return _close(answer, a.expected(), a.rel_tol)
 
 
-def check(exercise, answer):
+def check(exercise, answer, grading=False):
     """Print whether ``answer`` is right for ``exercise`` and, if not, a hint; returns the
-    verdict. Never prints the expected answer."""
+    verdict. Never prints the expected answer. ``grading=True`` (nbgrader's test cells,
+    book/_ext/assignments.py): a wrong or missing answer raises AssertionError, no hint."""
     a = ANSWERS.get(exercise)
     if a is None:
         is_right(exercise, answer)  # raises the clear error
     tol = "exactly" if a.rel_tol == 0 else f"to within {a.rel_tol:.1%}"
+    if grading and (answer is None or not is_right(exercise, answer)):
+        raise AssertionError(f"Exercise {exercise}: not right ({a.shape}, checked {tol})")
     if answer is None:
         print(f"Exercise {exercise}: write your answer ({a.shape}) in `answer`, then run "
               f"this cell again.")

@@ -2,10 +2,11 @@
 up-to-date successful build already exists.
 
 "Up to date" is decided by content, not by file times: a successful build writes a stamp
-(``_build/.book-build-ok``) holding a SHA-256 over everything the book is made from (the
-chapters and their assets in ``book/``, ``_config.yml``, ``_toc.yml`` and the library's
-source). A failed build writes no stamp, so the next session builds again and reports the
-failure again. The build log goes to ``_build/book-build.log``.
+(``_build/.book-build-ok``) holding a SHA-256 over everything the book is made from: the
+chapters and their assets in ``book/``, ``_config.yml``, ``_toc.yml``, and the library as
+:func:`mgpu_lab.sources.library_hash` sees it (the one library hash every cache uses).
+A failed build writes no stamp, so the next session builds again and reports the failure
+again. The build log goes to ``_build/book-build.log``.
 
 ``MGPU_BOOK_BUILD=/path/to/_build`` makes the tests use that finished build as it is (its
 ``html/`` folder), without building: for a build made elsewhere, e.g. with
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from mgpu_lab.sources import library_hash
 
 __all__ = ["ROOT", "BUILD", "HTML", "LOG", "EXISTING_BUILD", "BookBuild", "chapters",
            "book_flags", "sources_digest",
@@ -67,16 +70,16 @@ def book_flags():
     return DEFAULT_FLAGS.split()
 
 
-def _source_files():
+def _book_files():
     book = [p for p in (ROOT / "book").rglob("*") if p.is_file()
             and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts]
-    return sorted(book + [ROOT / "_config.yml", ROOT / "_toc.yml"]
-                  + list((ROOT / "mgpu_lab").rglob("*.py")))
+    return sorted(book + [ROOT / "_config.yml", ROOT / "_toc.yml"])
 
 
 def sources_digest():
-    h = hashlib.sha256()
-    for path in _source_files():
+    """The book's own files, and the library through its one hash."""
+    h = hashlib.sha256(library_hash().encode() + b"\0")
+    for path in _book_files():
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 

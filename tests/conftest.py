@@ -1,4 +1,7 @@
-"""Shared fixtures. Few distinct Theano graphs: every test reuses these small models."""
+"""Shared fixtures (few distinct Theano graphs: every test reuses these small models), and
+the tiers: a test marked ``slow`` or ``mpi`` and no other tier is ``integration`` too (it
+starts processes), so ``-m integration`` selects every process test; a test that uses a
+fixture in ``_SLOW_FIXTURES`` is ``slow`` (tests/README.md)."""
 import numpy as np
 import pytest
 
@@ -9,6 +12,21 @@ from mgpu_lab.data import load_digits
 # re-ordered sum of the same float32 terms, so it matches the one-device gradient to
 # a few units in the last place of the largest terms.
 GRAD_ATOL, GRAD_RTOL = 2e-6, 1e-4
+
+
+_TIERS = ("integration", "book", "browser", "install")
+# Fixtures that run a whole benchmark on pools (minutes on 2 busy cores): every test that
+# uses one is slow, so make test leaves them to make test-all.
+_SLOW_FIXTURES = {"short_run"}  # tests/test_bench.py
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        marks = {m.name for m in item.iter_markers()}
+        if marks & {"slow", "mpi"} and not marks & set(_TIERS):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from mgpu_lab.cli import main
 from mgpu_lab.engines.pinning import cores
 from mgpu_lab.predict.graph import count_flops
 
+pytestmark = pytest.mark.integration  # worker processes (tests/README.md: tiers)
+
 
 @pytest.fixture(scope="module")
 def short_run(cnn, tmp_path_factory):

@@ -14,7 +14,7 @@ import pytest
 
 from bookbuild import HTML, ROOT, built_book, chapters  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.timeout(1800)  # the session's first test waits for the build
+pytestmark = [pytest.mark.book, pytest.mark.timeout(1800)]  # the session's first test waits for the build
 
 BOOK = ROOT / "book"
 NUMBERED = [c for c in chapters() if re.match(r"book/\d\d_", c)]  # chapters 1..9

@@ -16,7 +16,7 @@ import pytest
 from bookbuild import HTML, built_book, chapters  # noqa: F401  (fixture)
 from browserkit import browser, issues, open_page, page, screenshot  # noqa: F401  (fixtures)
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.browser, pytest.mark.book, pytest.mark.timeout(1800)]
 
 PAGES = chapters()
 

@@ -20,7 +20,7 @@ import pytest
 from bookbuild import ROOT, built_book  # noqa: F401  (fixture)
 from browserkit import browser, issues, open_page, page, screenshot  # noqa: F401  (fixtures)
 from mgpu_lab import models, presets
-from mgpu_lab.figures import explorers
+from mgpu_lab.figures import explorers, labcharts
 from mgpu_lab.predict import costmodel, gpus, memory
 
 REDRAW_LIMIT_S = 1.0  # the goal is 0.1 s; a redraw over 1 s fails
@@ -57,9 +57,12 @@ def test_the_explorer_html_holds_every_setting_and_its_controls():
                                        cache=False)
     html = explorers.batch_limits(gpu="V100", image_size=32, depth=26, data=data).data
     assert 'class="mgpu-explorer"' in html and 'name="gpu"' in html and 'name="n_gpus"' in html
+    assert 'name="sharding"' in html and ">3: + parameters</option>" in html
     back = _data(html)
     assert back["per_gpu"] == data["per_gpu"]
-    assert len(back["per_gpu"]) == 2 * 1 * 1 * len(memory.OPTIMIZER_SLOTS)
+    assert len(back["per_gpu"]) == (2 * 1 * 1 * len(memory.OPTIMIZER_SLOTS)
+                                    * len(explorers.SHARDING) * len(explorers.LIMIT_GPUS))
+    assert len(html) < 60_000  # the grid is factored: per-GPU limits, state, step parts
     assert "predicted by mgpu_lab.predict.memory" in html and "datasheet" in html
 
 
@@ -76,7 +79,7 @@ def test_the_extension_loads_vega_only_on_explorer_pages_and_each_script_once():
     assert added == []
     mgpu_book._explorer_scripts(App(), "p", "page.html",
                                 {"body": '<div class="mgpu-explorer">'}, None)
-    assert added == list(mgpu_book.VENDOR_JS)
+    assert added == list(mgpu_book.VENDOR_JS + mgpu_book.EXPLORER_JS)
     body = 'const THEBE_JS_URL = "x"'
     scripts = [_JavaScript(None, body=body), _JavaScript("a.js"), _JavaScript("", body=body),
                _JavaScript(None, type=mgpu_book.WIDGET_STATE, body="{}")]
@@ -85,6 +88,40 @@ def test_the_extension_loads_vega_only_on_explorer_pages_and_each_script_once():
     assert ctx["script_files"] == scripts[:2]
     for path in mgpu_book.VENDOR_JS:
         assert (ROOT / "book" / "_static" / path).stat().st_size > 100_000
+    for path in mgpu_book.EXPLORER_JS:  # the explorers' own scripts, as real files
+        text = (ROOT / "book" / "_static" / path).read_text()
+        assert "mgpuExplorers" in text
+    assert "querySelector" not in (ROOT / "mgpu_lab" / "figures" / "explorers.py").read_text()
+    assert mgpu_book.WEB_BOOK_ENV == labcharts.WEB_BOOK_ENV
+
+
+def test_an_explorer_is_html_in_the_web_book_and_vega_lite_in_a_kernel(monkeypatch):
+    data = explorers.batch_limits_data(sizes=(32,), depths=(26,), kinds=["V100", "K80"],
+                                       cache=False)
+    e = explorers.batch_limits(gpu="K80", image_size=32, depth=26, n_gpus=3, data=data)
+    monkeypatch.setenv(labcharts.WEB_BOOK_ENV, "1")
+    bundle = e._repr_mimebundle_()
+    assert set(bundle) == {"text/html", "text/plain"} and bundle["text/html"] == e.html
+    assert "<script>" not in e.html  # the page's scripts are files in book/_static
+    monkeypatch.delenv(labcharts.WEB_BOOK_ENV)
+    bundle, meta = e._repr_mimebundle_()
+    assert set(bundle) == {labcharts.VEGALITE_MIME, "text/plain"}  # JupyterLab's renderer
+    assert meta[labcharts.VEGALITE_MIME]["embed_options"]["actions"] is False
+    spec = bundle[labcharts.VEGALITE_MIME]
+    assert {p["name"]: p["value"] for p in spec["params"]} == dict(
+        gpu="K80", image_size=32, depth=26, n_gpus=3, optimizer="momentum")
+    rows = spec["data"]["values"]  # the same grid as the web book's, row by row (sharding 0)
+    keys = ("gpu", "image_size", "depth", "optimizer", "n_gpus")
+    assert len(rows) == 2 * 1 * 1 * len(memory.OPTIMIZER_SLOTS) * len(explorers.LIMIT_GPUS)
+    for r in rows:
+        at = dict(sharding=0, **{k: r[k] for k in keys})
+        assert r["per_gpu"] == data["per_gpu"][explorers._flat_index(data["axes"], **at)]
+        assert [round(r[f"p_{p}"] * 2 ** 30) for p in data["parts"]] == \
+            explorers.limits_parts(data, **at)
+    model = models.resnet_like(26, image_size=32)
+    per = memory.max_batch_size(model, gpus.usable_bytes("K80"), optimizer="momentum")
+    assert f"at most {per:,} images per GPU, a global batch of {3 * per:,}" in bundle["text/plain"]
+    assert "http" not in json.dumps(spec)  # nothing for vega-embed to fetch
 
 
 # -- in the built book -------------------------------------------------------------------
@@ -156,14 +193,19 @@ def _ms_places(seconds):
 
 
 LIMIT_SETTINGS = [
-    dict(gpu="A100", image_size=128, depth=101, n_gpus=8, optimizer="adam"),
-    dict(gpu="K80", image_size=32, depth=152, n_gpus=1, optimizer="momentum"),
-    dict(gpu="H100", image_size=64, depth=26, n_gpus=3, optimizer="adam"),
-    dict(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="sgd"),
+    dict(gpu="A100", image_size=128, depth=101, n_gpus=8, optimizer="adam", sharding="none"),
+    dict(gpu="K80", image_size=32, depth=152, n_gpus=1, optimizer="momentum",
+         sharding="1: optimizer state"),
+    dict(gpu="H100", image_size=64, depth=26, n_gpus=3, optimizer="adam",
+         sharding="3: + parameters"),
+    dict(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="sgd",
+         sharding="2: + gradients"),
 ]
+STAGE = {label: stage for stage, label in explorers.SHARDING_LABELS.items()}
 
 
 @pytest.mark.browser
+@pytest.mark.book
 @pytest.mark.timeout(900)
 def test_the_batch_limits_explorer_shows_what_the_memory_model_computes(page, issues):
     root = _explorer(page, "book/07_batch_limits", "batch-limits")
@@ -171,12 +213,14 @@ def test_the_batch_limits_explorer_shows_what_the_memory_model_computes(page, is
         shown = _set(root, "batch-limits", s)
         model = models.resnet_like(s["depth"], image_size=s["image_size"])
         mem = gpus.usable_bytes(s["gpu"])  # less the reserve, as the explorer says
-        per = memory.max_batch_size(model, mem, optimizer=s["optimizer"])
+        n, o, stage = s["n_gpus"], s["optimizer"], STAGE[s["sharding"]]
+        total = memory.max_batch_size(model, mem, n, o, stage)
+        per = total // n
         assert int(shown["per_gpu"]["value"]) == per, s
         assert shown["per_gpu"]["text"] == f"{per:,}"
-        total = memory.max_batch_size(model, mem, n_devices=s["n_gpus"], optimizer=s["optimizer"])
         assert int(shown["global_batch"]["value"]) == total, s
-        est = memory.estimate(model, max(per, 1), s["optimizer"])
+        assert shown["sharding"]["text"] == s["sharding"]
+        est = memory.estimate(model, max(per, 1), o, stage, n)
         parts = dict(zip(explorers.MEMORY_PARTS, explorers.memory_parts(est)))
         for name, nbytes in parts.items():
             assert int(shown[f"bytes_{name}"]["value"]) == nbytes, (s, name)
@@ -184,7 +228,7 @@ def test_the_batch_limits_explorer_shows_what_the_memory_model_computes(page, is
         assert shown["source"]["text"] == gpus.get_gpu(s["gpu"]).source
     _time_single_changes(root, "batch-limits", [("gpu", g) for g in ("K80", "A100", "H100", "V100")]
                          + [("n_gpus", 7), ("depth", 152), ("optimizer", "adam"),
-                            ("image_size", 64)])
+                            ("image_size", 64), ("sharding", "3: + parameters")])
     screenshot(root, "explorer-07")
     issues.assert_none("book/07_batch_limits")
 
@@ -210,6 +254,7 @@ def _predict(s):
 
 
 @pytest.mark.browser
+@pytest.mark.book
 @pytest.mark.timeout(900)
 def test_the_throughput_explorer_shows_what_the_cost_model_computes(page, issues):
     root = _explorer(page, "book/06_throughput", "throughput")

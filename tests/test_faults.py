@@ -22,6 +22,8 @@ from mgpu_lab.errors import DeviceError, EngineClosed, WorkerDied
 from mgpu_lab.optim import Momentum
 from mgpu_lab.trainer import DataParallelTrainer
 
+pytestmark = pytest.mark.integration  # worker processes (tests/README.md: tiers)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A 2-device CNN step on 40,000 8x8 images computes for ~0.5-1 s on one core: long enough
 # to kill a worker in the middle of it, short enough to keep the test quick.

@@ -1,15 +1,19 @@
 """`make lab` in a real browser: JupyterLab opens the chapters as notebooks and runs them.
 
 The test starts the server with the command `make lab` runs (``jupyter/start-lab.sh``)
-and checks that it listens on 127.0.0.1 only. It opens chapter 7 by double-clicking it in
-the file browser (a notebook, MyST rendered), runs every cell on the .venv's kernel, checks
-that no cell fails, and changes the widget's GPU: the per-GPU batch it prints must be what
-``mgpu_lab.predict.memory.max_batch_size`` computes here. Chapter 6's widget only measures,
+and checks that it listens on 127.0.0.1 only and opens at the chapters (the file browser
+lists them, and not the build's ``_ext/``, ``_static/`` or ``.bib`` files). It opens chapter
+7 by double-clicking it in the file browser (a notebook, MyST rendered), runs every cell on
+the .venv's kernel and checks that no cell fails. The explorer is a chart JupyterLab draws
+itself (Vega-Lite): its numbers, before and after changing its GPU control, must be what
+``mgpu_lab.predict.memory.max_batch_size`` computes here. Then it changes the kernel
+widget's GPU: the per-GPU batch it prints must be the same, and its figure must be drawn
+(a blank, all-white image fails). Chapter 6's widget only measures,
 so the test runs its imports and its widget and checks the controls. The browser may not
 reach anything but the server (any other request is blocked and fails the test), write no
 file, nor log a JavaScript error. At the end the server shuts its kernels down and no
-process it started may be left. Screenshots: ``_build/screenshots/lab-07.png`` and
-``lab-06.png``; the server's start-up time (seconds to its first HTTP answer) is printed.
+process it started may be left. Screenshots: ``_build/screenshots/lab-07.png``,
+``lab-07-explorer.png`` and ``lab-06.png``; the server's start-up time (seconds to its first HTTP answer) is printed.
 
 Chromium as in ``browserkit``: without it the test skips, except on CI (``CI`` set). The
 first run compiles chapter 7's Theano graphs (minutes); later runs reuse ``~/.theano``.
@@ -25,7 +29,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -43,6 +46,10 @@ RUN_TIMEOUT_S = 900  # chapter 7 on a cold ~/.theano compiles its graphs first
 WIDGET_CALL = re.compile(r"widget\w*\(|interact")
 SUMMARY = re.compile(r"ResNet-(\d+)-like at (\d+) px on (\d+) x (\S+) .*?"
                      r"at most (\d+) images per GPU")
+EXPLORER = re.compile(r"ResNet-(\d+)-like at (\d+) px on (\d+) x (\S+), (\w+)"
+                      r"(?:, sharding .*?)?:\s*"
+                      r"at most ([\d,]+) images per GPU, a global batch of ([\d,]+)")
+HIDDEN = ("_ext", "_static", "images", "references.bib")  # not listed by the lab
 
 
 def _free_port():
@@ -181,10 +188,12 @@ def _open_chapter(page, lab, chapter):
     # a workspace of its own, reset: no document from an earlier test is reopened
     page.goto(f"{lab.url}/lab/workspaces/{Path(chapter).stem}?reset&token={lab.token}")
     listing = page.locator(".jp-DirListing-content")
-    for name in ("book", chapter):
-        item = listing.locator(".jp-DirListing-item").filter(
-            has=page.locator(".jp-DirListing-itemText", has_text=re.compile(f"^{re.escape(name)}$")))
-        item.dblclick(timeout=60_000)
+    item = listing.locator(".jp-DirListing-item").filter(
+        has=page.locator(".jp-DirListing-itemText", has_text=re.compile(f"^{re.escape(chapter)}$")))
+    item.wait_for(timeout=60_000)  # the lab opens at the chapters: no folder to enter
+    names = listing.locator(".jp-DirListing-itemText").all_text_contents()
+    assert "01_how_to_use.md" in names and not set(HIDDEN) & set(names), names
+    item.dblclick(timeout=60_000)
     panel = page.locator(".jp-NotebookPanel:visible")
     panel.wait_for(timeout=60_000)  # a text editor would be a .jp-FileEditor instead
     tab = page.locator("#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current .lm-TabBar-tabLabel")
@@ -256,25 +265,31 @@ def _summary(cell, gpu, timeout=180):
     pytest.fail(f"no summary for {gpu} in the widget's output:\n{cell.text_content()[-2000:]}")
 
 
-def _predicted_per_gpu(depth, image_size, gpu):
+def _predicted_per_gpu(depth, image_size, gpu, optimizer="momentum"):
     from mgpu_lab import models
     from mgpu_lab.predict import gpus, memory
     net = models.resnet_like(depth, image_size=image_size)  # the chapter's network
     # the chapter's convention: momentum, each GPU's memory less the stated reserve
-    return memory.max_batch_size(net, gpus.usable_bytes(gpu), optimizer="momentum")
+    return memory.max_batch_size(net, gpus.usable_bytes(gpu), optimizer=optimizer)
 
 
-def _warn_if_blank(img, what, timeout=60_000):
-    """Wait for the widget's figure; warn if it came out as a blank (all-white) image.
+def _assert_drawn(img, what, timeout=60_000):
+    """Wait for the widget's figure; fail if it is a blank (all-white) image.
 
-    Seen in JupyterLab now and then, on the first change of a widget only (the kernel
-    sent an all-white PNG of the right size): reported, not yet a failure."""
+    The widget shows a PNG it draws itself (``widgets.show_figure``): through
+    ``plt.show()`` and the inline backend, a first figure could come out as text or blank."""
     img.last.wait_for(state="attached", timeout=timeout)
     img.last.evaluate("i => i.decode()")  # decoded, so that the screenshot shows it whole
     from PIL import Image  # matplotlib's dependency
     data = base64.b64decode(img.last.get_attribute("src").split(",", 1)[1])
-    if Image.open(io.BytesIO(data)).convert("L").getextrema()[0] == 255:
-        warnings.warn(f"{what} is a blank image", stacklevel=2)
+    image = Image.open(io.BytesIO(data))
+    darkest, _ = image.convert("L").getextrema()
+    if darkest >= 128:  # kept for a look: what the kernel sent
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS / "blank-figure.png").write_bytes(data)
+    n = img.count()
+    assert darkest < 128, (f"{what} is a blank image (darkest pixel {darkest}, {image.size} "
+                           f"px, {n} image(s) in the output; saved to blank-figure.png)")
 
 
 def _screenshot(page, name, element, block="start"):
@@ -283,6 +298,57 @@ def _screenshot(page, name, element, block="start"):
     page.wait_for_timeout(1500)  # let the notebook paint what scrolled into view
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def _explorer_numbers(chart):
+    """(depth, px, GPUs, GPU, optimizer, per GPU, global batch) from the lab's chart."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        m = EXPLORER.search(" ".join(chart.locator("svg text").all_text_contents()))
+        if m:
+            d, px, n, gpu, opt, per, total = m.groups()
+            return int(d), int(px), int(n), gpu, opt, int(per.replace(",", "")), \
+                int(total.replace(",", ""))
+        time.sleep(0.5)
+    pytest.fail(f"no summary in the explorer's chart: {chart.inner_text()[:1000]}")
+
+
+def _check_explorer(page, panel):
+    """Chapter 7's explorer, drawn by JupyterLab (Vega-Lite), shows the memory model's
+    numbers, before and after a change of its GPU control."""
+    assert "Vega was not loaded" not in panel.inner_text()
+    chart = panel.locator(".jp-RenderedVegaLite")
+    assert chart.count() == 1, "chapter 7's explorer is not a Vega-Lite chart in the lab"
+    chart.locator("svg").first.wait_for(timeout=60_000)
+    assert chart.locator("svg rect, svg path").count() > 5, "the explorer's chart is empty"
+    for target in (None, "A100-80GB"):
+        if target:
+            select = chart.locator(".vega-bind").filter(
+                has=page.locator(".vega-bind-name", has_text=re.compile("^GPU"))).locator("select")
+            select.select_option(target)
+        depth, px, n, gpu, opt, per, total = _explorer_numbers(chart)
+        assert target in (None, gpu)
+        expected = _predicted_per_gpu(depth, px, gpu, opt)
+        print(f"\nchapter 7 explorer in the lab: ResNet-{depth}-like, {px} px, {n} x {gpu}, "
+              f"{opt}: {per} per GPU shown, {expected} predicted here")
+        assert (per, total) == (expected, n * expected)
+    _scroll_to(page, panel, chart)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "lab-07-explorer.png"))
+
+
+def _scroll_to(page, panel, element, top=160):
+    """Scroll the notebook with the mouse wheel until ``element`` starts ``top`` px down
+    (JupyterLab lays long notebooks out lazily, so scrollIntoView may stop short)."""
+    box = panel.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(20):
+        at = element.bounding_box()
+        if at and abs(at["y"] - top) < 40:
+            break
+        page.mouse.wheel(0, (at["y"] - top) if at else 400)
+        page.wait_for_timeout(400)
+    page.wait_for_timeout(1000)  # let the notebook paint what scrolled into view
 
 
 def test_chapter_7_runs_in_lab_and_its_widget_predicts_the_memory_model(page, lab):
@@ -294,6 +360,7 @@ def test_chapter_7_runs_in_lab_and_its_widget_predicts_the_memory_model(page, la
     assert not any(":::{admonition}" in t for t in
                    panel.locator(".jp-MarkdownCell .jp-RenderedMarkdown").all_text_contents())
     _run(page, panel, lab, "07_batch_limits.md")
+    _check_explorer(page, panel)
 
     gpu = _control(page, "dropdown", "GPU")
     assert gpu.count() == 1, "chapter 7 shows no dropdown labelled GPU"
@@ -308,7 +375,7 @@ def test_chapter_7_runs_in_lab_and_its_widget_predicts_the_memory_model(page, la
     print(f"\nchapter 7 widget: ResNet-{depth}-like, {size} px, {n} x {target}: "
           f"{per} images per GPU shown, {expected} predicted here")
     assert per == expected
-    _warn_if_blank(cell.locator(".widget-output img"), f"chapter 7's figure for {target}")
+    _assert_drawn(cell.locator(".widget-output img"), f"chapter 7's figure for {target}")
     _screenshot(page, "lab-07", cell.locator(".jp-Cell-outputArea"))
 
 

@@ -17,6 +17,8 @@ from mgpu_lab.errors import NonFiniteGradient, WorkerDied
 from mgpu_lab.optim import SGD, Adam, Momentum
 from mgpu_lab.trainer import DataParallelTrainer
 
+pytestmark = pytest.mark.integration  # worker processes (tests/README.md: tiers)
+
 
 def gone(pid):
     try:
@@ -25,8 +27,9 @@ def gone(pid):
         return True
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [pytest.param(1, marks=pytest.mark.slow), 2,  # 2: in make test
+                               pytest.param(3, marks=pytest.mark.slow),
+                               pytest.param(4, marks=pytest.mark.slow)])
 def test_pool_matches_serial_engine(cnn, digits, n):
     x, y = digits[0][:53], digits[1][:53]  # 53 splits unevenly for n = 2, 3, 4
     values = cnn.get_values()
@@ -76,9 +79,9 @@ def train(spec, n, optimizer, strategy, x, y, steps=20):
         return tr, copies
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("n,optimizer", [(2, lambda: Momentum(0.05)), (3, lambda: Adam(0.01)),
-                                         (4, lambda: SGD(0.1))])
+@pytest.mark.parametrize("n,optimizer", [(2, lambda: Momentum(0.05)),  # in make test
+                                         pytest.param(3, lambda: Adam(0.01), marks=pytest.mark.slow),
+                                         pytest.param(4, lambda: SGD(0.1), marks=pytest.mark.slow)])
 def test_ring_ends_at_the_host_parameters(cnn, digits, n, optimizer):
     host, _ = train(cnn.spec, n, optimizer(), "host", *digits)
     ring, copies = train(cnn.spec, n, optimizer(), "ring", *digits)

@@ -112,6 +112,7 @@ def test_bad_device_count(mlp):
 
 
 # -- simulated device memory in DevicePool ---------------------------------------------------
+@pytest.mark.integration  # starts worker processes
 def test_pool_refuses_a_split_that_does_not_fit_before_any_work(cnn, digits):
     x, y = digits
     capacity = memory.estimate(cnn, 10)["total"]  # room for a split of 10 samples
@@ -134,6 +135,7 @@ def test_pool_refuses_a_split_that_does_not_fit_before_any_work(cnn, digits):
         assert ok.split_sizes == [10, 10] and grads_buffer.any()
 
 
+@pytest.mark.integration  # starts worker processes
 def test_measured_limits_on_two_devices(cnn):
     capacity = memory.estimate(cnn, 12)["total"]
     (row,) = memory_check.measured_limits(cnn.spec, capacity, (2,), progress=False)
@@ -196,3 +198,184 @@ def test_figures(mlp):
     assert "MiB" in ax2.get_ylabel() and ax2.get_title()
     assert any("predicted" in t.get_text() for t in ax2.texts)
 
+
+
+# -- sharding (ZeRO stages 0-3) ---------------------------------------------------------------
+def test_shards_are_the_ring_chunks():
+    """Device i owns the chunk the ring's reduce-scatter completes on it: (i + 1) mod N."""
+    from mgpu_lab.collectives import ring_chunks, simulate_ring_allreduce
+    assert [b - a for a, b in ring_chunks(4810, 3)] == [1603, 1603, 1604]
+    assert memory.shard_sizes(4810, 3) == [1603, 1604, 1603]
+    assert [b - a for a, b in ring_chunks(10, 4)] == [2, 3, 2, 3]
+    assert memory.shard_sizes(10, 4) == [3, 2, 3, 2]
+    assert memory.shard_sizes(2, 3) == [1, 1, 0]  # fewer numbers than devices: empty shards
+    # after the reduce-scatter half of the ring (N - 1 steps), device i's complete chunk
+    table = simulate_ring_allreduce([np.zeros(10)] * 4).tables[3]
+    done = [[c for c, who in enumerate(row) if len(who) == 4] for row in table]
+    assert done == [[1], [2], [3], [0]]
+
+
+def test_model_state_by_hand_for_uneven_shards(mlp):
+    """The digits MLP: P = 64*64 + 64 + 64*10 + 10 = 4,810 over N = 3 devices: chunks of
+    1,603, 1,603 and 1,604, device i owning chunk (i + 1) mod 3; its largest layer, fc1,
+    holds L = 4,160. Adam: 2 state arrays."""
+    assert mlp.n_params == 4810
+    assert memory.layer_sizes(mlp) == {"fc1": 4160, "out": 650}
+    full, L = 4 * 4810, 4160
+    want = {  # stage -> per device (parameters, gradients, optimizer), bytes, by hand
+        0: [(full, full, 2 * full)] * 3,
+        1: [(full, full, 8 * 1603), (full, full, 8 * 1604), (full, full, 8 * 1603)],
+        2: [(full, 4 * (1603 + L), 8 * 1603), (full, 4 * (1604 + L), 8 * 1604),
+            (full, 4 * (1603 + L), 8 * 1603)],
+        3: [(4 * (1603 + L), 4 * (1603 + L), 8 * 1603), (4 * (1604 + L), 4 * (1604 + L), 8 * 1604),
+            (4 * (1603 + L), 4 * (1603 + L), 8 * 1603)]}
+    for stage, rows in want.items():
+        got = memory.predicted_device_memory(mlp, 3, "adam", stage)
+        assert [(d["parameters"], d["gradients"], d["optimizer"]) for d in got] == rows, stage
+    # momentum: one array; SGD: none, sharded or not
+    assert [d["optimizer"] for d in memory.model_state(mlp, "momentum", 1, 3)] == [4 * 1603, 4 * 1604, 4 * 1603]
+    assert {d["optimizer"] for s in range(4) for d in memory.model_state(mlp, "sgd", s, 3)} == {0}
+    # an optimizer object is read by its name
+    from mgpu_lab.optim import Adam
+    assert memory.predicted_device_memory(mlp, 3, Adam(0.01), 1) == memory.model_state(mlp, "adam", 1, 3)
+
+
+def test_one_device_is_never_sharded(mlp):
+    for stage in range(4):
+        assert memory.model_state(mlp, "adam", stage, 1) == [
+            {"parameters": 4 * 4810, "gradients": 4 * 4810, "optimizer": 8 * 4810}]
+
+
+def test_estimate_with_sharding_is_the_busiest_device(mlp):
+    plain = memory.estimate(mlp, 32, "adam")
+    e = memory.estimate(mlp, 32, "adam", sharding=1, n_devices=3)
+    assert e["optimizer"] == 8 * 1604  # device 1 holds the largest shard (chunk 2)
+    for term in ("parameters", "gradients", "inputs", "activations", "transient", "workspace"):
+        assert e[term] == plain[term]  # sharding 1 changes the optimizer state only
+    assert e["total"] == plain["total"] - 8 * 4810 + 8 * 1604
+    assert memory.estimate(mlp, 32, "adam", 0, 3) == plain  # no sharding: N does not matter
+    assert memory.estimate(mlp, 32) == memory.estimate(mlp, 32, "sgd", 0, 1)  # defaults unchanged
+
+
+def test_split_limits_equal_the_search(cnn):
+    budgets = [10_000, 50_000, 300_000, 2_000_000]
+    total = lambda n: sum(memory._step_terms(cnn, n).values())  # noqa: E731
+    assert memory.split_limits(cnn, budgets) == [memory._largest_fitting(total, b) for b in budgets]
+    assert memory.split_limits(cnn, [0])[0] == 0
+
+
+def test_max_batch_size_with_sharding(mlp):
+    cap = 200_000
+    for stage in range(4):
+        for n in (1, 2, 3, 5):
+            g = memory.max_batch_size(mlp, cap, n, "adam", stage)
+            m = g // n
+            assert g == n * m
+            assert memory.estimate(mlp, m, "adam", stage, n)["total"] <= cap
+            assert memory.estimate(mlp, m + 1, "adam", stage, n)["total"] > cap
+    # stage 1 frees 8 (P - P/N) bytes of Adam state: more samples fit on each device
+    assert memory.max_batch_size(mlp, cap, 3, "adam", 1) > memory.max_batch_size(mlp, cap, 3, "adam", 0)
+
+
+def test_limits_monotone_in_n_with_sharding(mlp):
+    for stage in range(4):
+        rows = memory.predicted_limits({"mlp": mlp}, ["K80"], range(1, 9), "adam",
+                                       reserved_bytes=12 * 2 ** 30 - 400_000, progress=False,
+                                       sharding=stage)
+        assert [r["n_gpus"] for r in rows] == list(range(1, 9))
+        assert all(r["sharding"] == stage for r in rows)
+        per = [r["per_gpu_batch"] for r in rows]
+        glob = [r["global_batch"] for r in rows]
+        assert all(a <= b for a, b in zip(per, per[1:])), (stage, per)
+        assert all(a < b for a, b in zip(glob, glob[1:])), (stage, glob)
+        if stage == 0:
+            assert len(set(per)) == 1  # without sharding the split's limit ignores N
+        else:
+            assert per[-1] > per[0]  # with it, each GPU keeps less state as N grows
+        for r in rows:
+            assert r["total"] <= 400_000 < memory.estimate(mlp, r["per_gpu_batch"] + 1, "adam",
+                                                          stage, r["n_gpus"])["total"]
+
+
+@pytest.mark.parametrize("bad", [4, -1, "x", 1.5, True, None])
+def test_bad_sharding(mlp, bad):
+    msg = r"sharding must be a ZeRO stage 0, 1, 2 or 3 \(0 = none"
+    with pytest.raises(ValueError, match=msg):
+        memory.check_sharding(bad)
+    with pytest.raises(ValueError, match=msg):
+        memory.estimate(mlp, 4, sharding=bad, n_devices=2)
+    with pytest.raises(ValueError, match=msg):
+        memory.predicted_limits({"mlp": mlp}, ["K80"], (1,), progress=False, sharding=bad)
+    with pytest.raises(ValueError, match=msg):
+        memory.predicted_device_memory(mlp, 2, "adam", bad)
+
+
+def test_bad_devices_and_optimizer_for_device_memory(mlp):
+    with pytest.raises(ValueError, match="n_devices must be >= 1, got 0"):
+        memory.predicted_device_memory(mlp, 0, "adam", 1)
+    with pytest.raises(ValueError, match="n_devices must be an integer >= 1, got 'two'"):
+        memory.predicted_device_memory(mlp, "two", "adam", 1)
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        memory.predicted_device_memory(mlp, 2, "lamb", 1)
+
+
+def test_limits_cli_sharding(capsys):
+    args = ["limits", "--model", "mlp", "--image-size", "8", "--depth", "1", "--width", "16",
+            "--gpu", "k80", "--gpus", "1-3", "--optimizer", "adam", "--no-progress"]
+    big = models.mlp(n_in=192, hidden=(16,), n_classes=1000)
+    usable = 12 * 2 ** 30 - 512 * 2 ** 20
+    assert main(args + ["--sharding", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "sharding 1: optimizer state sharded (ZeRO-1)" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("K80")]
+    want = [memory.max_batch_size(big, usable, n, "adam", 1) for n in (1, 2, 3)]
+    assert [int(r[5]) for r in rows] == want
+    for bad in ("4", "-1", "x"):
+        with pytest.raises(SystemExit) as e:
+            main(args + ["--sharding", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "--sharding" in err and "sharding must be a ZeRO stage 0, 1, 2 or 3" in err
+
+
+def test_widget_figure_with_sharding():
+    from mgpu_lab.figures import widgets
+    summary, fig = widgets.limits_figure("V100", 32, 26, 4, "adam", sharding=3)
+    model = widgets.network(26, 32)
+    per = memory.max_batch_size(model, 16 * 2 ** 30 - 512 * 2 ** 20, 4, "adam", 3) // 4
+    assert f"at most {per} images per GPU, a global batch of {4 * per} (predicted)" in summary
+    assert "sharding 3 (optimizer state, gradients and parameters sharded" in summary
+    assert "sharding 3" in fig.axes[0].get_title() and "predicted" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="sharding must be a ZeRO stage"):
+        widgets.limits_figure("V100", 32, 26, 4, "adam", sharding=5)
+
+
+def test_state_bytes_per_parameter():
+    assert [memory.state_bytes_per_parameter("adam", s, 8) for s in range(4)] == [16, 9, 5.5, 2]
+    assert [memory.state_bytes_per_parameter("momentum", s, 4) for s in range(4)] == [12, 9, 6, 3]
+    assert memory.state_bytes_per_parameter() == 8  # SGD, no sharding: parameters + gradients
+    assert {memory.state_bytes_per_parameter("adam", s, 1) for s in range(4)} == {16}
+
+
+# -- prediction against what the devices hold (the lead's engine.device_memory) ---------------
+@pytest.mark.integration  # starts worker processes
+@pytest.mark.parametrize("name", ["cnn", pytest.param("mlp", marks=pytest.mark.slow),
+                                  pytest.param("logistic", marks=pytest.mark.slow)])
+def test_predicted_device_memory_equals_what_the_devices_hold(name, digits):
+    """Adam on 3 devices (P never a multiple of 3 here: uneven shards), one step each of
+    ring (stage 0: every device updates all) and sharded (ZeRO-1)."""
+    from mgpu_lab.optim import Adam
+    from mgpu_lab.presets import digits_model
+    from mgpu_lab.trainer import DataParallelTrainer
+    model = digits_model(name)
+    assert model.n_params % 3 != 0
+    x, y = digits
+    x = x.reshape((len(x),) + model.input_shape)  # the MLPs take flat images
+    for strategy, stage in (("ring", 0), ("sharded", 1)):
+        with DataParallelTrainer(model.spec, 3, Adam(1e-3), strategy=strategy) as tr:
+            tr.step(x[:31], y[:31])  # splits of 11, 10, 10
+            held = tr.engine.device_memory()
+        predicted = memory.predicted_device_memory(model, 3, "adam", stage)
+        assert [{k: d[k] for k in memory.MODEL_STATE} for d in held] == predicted, strategy
+    # sharded: Adam's state on each device is its shard's, about 1/N of the ring's
+    assert sum(d["optimizer"] for d in predicted) == 8 * model.n_params

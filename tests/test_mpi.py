@@ -15,7 +15,7 @@ from mgpu_lab import cli
 from mgpu_lab.engines import mpi
 from mgpu_lab.measure import mpi_bench
 
-pytestmark = pytest.mark.mpi
+pytestmark = [pytest.mark.integration, pytest.mark.mpi]
 
 JOB_TIMEOUT = 120  # seconds for one mpiexec job (warm Theano cache: 5-10 s)
 # float32 tolerance on the parameters after STEPS momentum steps. 'host' stacks exactly
@@ -68,8 +68,9 @@ def serial_runs(tmp_path_factory):
 
 
 @pytest.mark.timeout(2 * JOB_TIMEOUT)
-@pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("strategy", ["host", "ring", "sharded"])
+@pytest.mark.parametrize("n", [pytest.param(2, marks=pytest.mark.slow), 3])  # 3: make test
+@pytest.mark.parametrize("strategy", ["host", "ring",
+                                      pytest.param("sharded", marks=pytest.mark.slow)])
 def test_mpi_training_ends_at_the_serial_parameters(n, strategy, serial_runs, tmp_path):
     # 'sharded': each rank updates its shard with its shard of the momentum; rank 0
     # gathers every shard of the state, so its checkpoint holds all of it.
@@ -90,6 +91,7 @@ def test_mpi_training_ends_at_the_serial_parameters(n, strategy, serial_runs, tm
     assert worst <= PARAM_ATOL, f"largest difference to the serial engine: {worst:.3g}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3 * JOB_TIMEOUT)
 @pytest.mark.parametrize("n, nodes", [(4, ["--devices-per-node", "2"]), (6, ["--devices-per-node", "2"]),
                                       (4, [])])
@@ -106,6 +108,7 @@ def test_mpi_hierarchical_ends_at_the_host_parameters(n, nodes, tmp_path):
     assert worst <= PARAM_ATOL, f"largest difference to the host gather: {worst:.3g}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_mpi_hierarchical_refuses_nodes_that_do_not_divide_the_ranks():
     job = run_job(3, ["-m", "mgpu_lab", *TRAIN, "--engine", "mpi", "--strategy", "hierarchical",
@@ -114,6 +117,7 @@ def test_mpi_hierarchical_refuses_nodes_that_do_not_divide_the_ranks():
     assert "3 devices do not make whole nodes of devices_per_node=2" in job.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_devices_must_match_the_rank_count():
     job = run_job(2, ["-m", "mgpu_lab", *TRAIN, "--engine", "mpi", "--devices", "3"])
@@ -154,6 +158,7 @@ FAILING_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_a_failing_rank_aborts_the_job_with_its_message(tmp_path):
     script = tmp_path / "failing.py"
@@ -195,6 +200,7 @@ RING_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_mpi_ring_is_the_simulated_ring(tmp_path):
     script = tmp_path / "ring.py"
@@ -206,6 +212,7 @@ def test_mpi_ring_is_the_simulated_ring(tmp_path):
         assert m and m.group(1) == m.group(2), job.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 def test_comm_benchmark_saves_measurements_and_prediction(tmp_path):
     # Real MPIEngine steps of small MLPs (their graph compiles once); tiny sizes and repeats.

@@ -76,3 +76,13 @@ def test_chapter_1_set_up_and_exercise_1_2_run_unpinned(no_pinning, capsys):
     out = capsys.readouterr().out
     assert "cannot pin a process to a core" in out
     assert "cores None" in out  # affinity() says it cannot tell, instead of failing
+
+
+def test_shared_cores_are_said_next_to_every_measurement(monkeypatch):
+    """On a class server whose students share core sets, every measured label says so."""
+    from mgpu_lab.measure.machine import machine_info, machine_label
+    monkeypatch.delenv("MGPU_CORES_SHARED", raising=False)
+    assert "shared" not in machine_label(machine_info())
+    monkeypatch.setenv("MGPU_CORES_SHARED", "1")
+    info = machine_info()
+    assert info["cores_shared"] and ", shared with other students (" in machine_label(info)

@@ -10,6 +10,8 @@ import pytest
 
 from mgpu_lab.measure import soak
 
+pytestmark = pytest.mark.integration  # worker processes (tests/README.md: tiers)
+
 WARMUP, STEPS = 50, 300
 MAX_RSS_GROWTH = 512 * 2**10
 

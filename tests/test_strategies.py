@@ -168,9 +168,16 @@ def serial(small, flat_digits):
             for k, make in OPTIMIZERS.items()}
 
 
+def _quick_or_slow(*quick):
+    """Parameters: the ``quick`` ones run in make test, the others only in make test-all."""
+    return lambda *p: pytest.param(*p, marks=() if p in quick else pytest.mark.slow)
+
+
+_sharded = _quick_or_slow((3, "adam"))
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("opt", list(OPTIMIZERS))
-@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("n, opt", [_sharded(n, o) for n in (2, 3, 4) for o in OPTIMIZERS])
 def test_sharded_ends_at_the_serial_parameters(small, flat_digits, serial, n, opt):
     tr, memory = train(small.spec, n, OPTIMIZERS[opt](), flat_digits, "sharded")
     ref = serial[opt]
@@ -183,13 +190,14 @@ def test_sharded_ends_at_the_serial_parameters(small, flat_digits, serial, n, op
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("n, G", [(4, 2), (6, 2)])
+@pytest.mark.parametrize("n, G", [(4, 2), pytest.param(6, 2, marks=pytest.mark.slow)])
 def test_hierarchical_ends_at_the_host_parameters(small, flat_digits, serial, n, G):
     tr, _ = train(small.spec, n, Adam(0.01), flat_digits, "hierarchical", devices_per_node=G)
     assert max_abs_diff(tr.model.get_values(), serial["adam"].model.get_values()) <= 1e-6
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_device_memory_adam_host_ring_sharded(small, flat_digits):
     """What each device holds, counted from its arrays: under 'sharded' the optimizer's
     state is 1/N of the ring's (within one shard's rounding); the host gather keeps it on
@@ -207,6 +215,7 @@ def test_device_memory_adam_host_ring_sharded(small, flat_digits):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("first, then", [("sharded", "host"), ("host", "sharded"),
                                          ("ring", "hierarchical")])
 def test_checkpoints_resume_under_any_strategy(small, flat_digits, serial, first, then, tmp_path):
@@ -222,6 +231,7 @@ def test_checkpoints_resume_under_any_strategy(small, flat_digits, serial, first
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("strategy, kw", [("sharded", {}), ("hierarchical", {"devices_per_node": 2})])
 def test_a_worker_killed_mid_step_stops_the_step_and_the_next_one_starts_afresh(cnn, strategy, kw):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.install, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = ("tqdm", "pyparsing", "hypothesis")  # pure python; hypothesis brings 2 more wheels

@@ -7,13 +7,18 @@ outputs of the old code. This extension
 * makes every page depend on the library's source files (Sphinx re-reads a page when one
   of them is newer than the last build), and
 * empties the execution cache when the library's content changed since the last build
-  (a SHA-256 over ``mgpu_lab/**/*.py`` kept beside the cache), so re-read pages execute again.
+  (:func:`mgpu_lab.sources.library_hash`, the one hash every cache of the project uses,
+  kept beside the cache), so re-read pages execute again.
 
 It also keeps every page free of network loads and script errors:
 
 * a page that holds a web explorer (``mgpu_lab.figures.explorers``: an element of class
-  ``mgpu-explorer``) gets the vendored Vega and Vega-Lite scripts from ``_static/vendor``;
-  other pages do not load them;
+  ``mgpu-explorer``) gets the vendored Vega and Vega-Lite scripts from ``_static/vendor``
+  and the explorers' own scripts (``_static/mgpu-explorer.js``, ``explorer-*.js``); other
+  pages load none of them;
+* the kernels that execute the chapters see ``MGPU_WEB_BOOK=1``, so an explorer's output
+  is its HTML for the web book (in JupyterLab it is a Vega-Lite chart the lab draws:
+  ``mgpu_lab.figures.labcharts``);
 * each inline script appears once. Sphinx 7.4 adds the assets that extensions register
   after the builder started (sphinx-thebe's ``const THEBE_JS_URL = ...``, registered in
   ``env-before-read-docs``; sphinx-togglebutton's selector) a second time when it prepares
@@ -23,22 +28,15 @@ It also keeps every page free of network loads and script errors:
   ``nb_ipywidgets_js: {}`` (myst-nb's default would load require.js and the widget manager
   from CDNs), so nothing on the page could read it, and the widgets need a kernel anyway.
 """
-import hashlib
+import os
 import shutil
 from pathlib import Path
 
-__all__ = ["setup", "library_digest", "LIBRARY_DIR", "VENDOR_JS"]
+from mgpu_lab.sources import library_files, library_hash
 
-LIBRARY_DIR = Path(__file__).resolve().parents[2] / "mgpu_lab"
+__all__ = ["setup", "VENDOR_JS", "EXPLORER_JS"]
+
 _STAMP = "mgpu_lab.sha256"
-
-
-def library_digest(library_dir=LIBRARY_DIR):
-    """SHA-256 over the names and contents of the library's Python files."""
-    h = hashlib.sha256()
-    for path in sorted(Path(library_dir).rglob("*.py")):  # subpackages too
-        h.update(str(path.relative_to(library_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 def _cache_dir(app):
@@ -48,7 +46,7 @@ def _cache_dir(app):
 
 def _clear_stale_cache(app, config):
     """Empty the execution cache if it was filled by a different library."""
-    cache, digest = _cache_dir(app), library_digest()
+    cache, digest = _cache_dir(app), library_hash()
     stamp = cache.parent / _STAMP  # beside the cache, so clearing the cache keeps the rule
     if stamp.exists() and stamp.read_text().strip() == digest:
         return
@@ -60,20 +58,23 @@ def _clear_stale_cache(app, config):
 
 
 def _depend_on_library(app, docname, source):
-    for path in sorted(LIBRARY_DIR.rglob("*.py")):
+    for path in library_files():
         app.env.note_dependency(str(path))
 
 
 VENDOR_JS = ("vendor/vega.min.js", "vendor/vega-lite.min.js")  # in book/_static
+EXPLORER_JS = ("mgpu-explorer.js", "explorer-batch-limits.js", "explorer-throughput.js")
+WEB_BOOK_ENV = "MGPU_WEB_BOOK"  # as mgpu_lab.figures.labcharts.WEB_BOOK_ENV
 EXPLORER_MARK = 'class="mgpu-explorer"'
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
 def _explorer_scripts(app, pagename, templatename, context, doctree):
-    """Vega and Vega-Lite, for this page only, if it holds an explorer."""
+    """Vega, Vega-Lite and the explorers' scripts, for this page only, if it holds an
+    explorer (plain <script> tags in the head: loaded before the page's body is parsed)."""
     if EXPLORER_MARK in context.get("body", ""):
-        for path in VENDOR_JS:
-            app.add_js_file(path, priority=450)  # before the page's own scripts run
+        for path in VENDOR_JS + EXPLORER_JS:
+            app.add_js_file(path, priority=450)
 
 
 def _script_key(js):
@@ -97,6 +98,7 @@ def _clean_scripts(app, pagename, templatename, context, doctree):
 
 
 def setup(app):
+    os.environ[WEB_BOOK_ENV] = "1"  # inherited by the kernels that execute the chapters
     app.connect("config-inited", _clear_stale_cache)
     app.connect("source-read", _depend_on_library)
     app.connect("html-page-context", _explorer_scripts)

@@ -1,12 +1,20 @@
 """The student edition: the book without its solutions, as a web book and as notebooks.
 
-    python book/_ext/student_edition.py [OUT]        (``make student``; OUT: _build/student)
+    python book/_ext/student_edition.py [OUT [BUILD]]  (``make student``; OUT: _build/student,
+                                                       BUILD: the teacher's _build)
 
-writes
+derives it from the teacher's build (``make book``), without executing anything again:
 
-    OUT/src/            the book's sources with every solution removed (a build tree)
-    OUT/html/           the web book built from them (executed, like ``make book``)
-    OUT/notebooks/      one .ipynb per chapter: exercises kept, solutions gone
+    OUT/src/            a build tree: each chapter is the teacher build's *executed*
+                        notebook (BUILD/jupyter_execute/book/*.ipynb, outputs and glued
+                        numbers included) with every solution removed; pages without
+                        code are their MyST source, stripped the same way
+    OUT/html/           the web book built from it, with execution off
+    OUT/notebooks/      one .ipynb per chapter for students to run: exercises kept,
+                        solutions gone, no outputs
+
+The book is executed once per library change (the teacher's build, cached by
+``mgpu_lab.sources.library_hash``); this edition only filters and renders what it produced.
 
 A solution is, in a chapter's MyST source, a ``::::{dropdown} Solution X.Y`` block (its
 words) and every code cell tagged ``solution`` (its code). Both are removed; exercises
@@ -19,6 +27,7 @@ HTML, but a solution's code lives in notebook cells beside it (MyST cannot nest 
 cell inside a directive), which would still run and show, and the notebooks need the same
 filter anyway. One filter on the sources serves the web book and the notebooks alike.
 """
+import json
 import os
 import re
 import shutil
@@ -27,11 +36,14 @@ import sys
 from pathlib import Path
 
 import jupytext
+import nbformat
 import yaml
 
-__all__ = ["strip_solutions", "unlink_teacher_pages", "write_sources", "build", "TEACHER_ONLY"]
+__all__ = ["strip_solutions", "unlink_teacher_pages", "strip_notebook", "write_sources",
+           "build", "TEACHER_ONLY"]
 
 ROOT = Path(__file__).resolve().parents[2]
+TEACHER_BUILD = ROOT / "_build"
 TEACHER_ONLY = ("book/teachers_guide",)  # pages students do not get
 _DROPDOWN = re.compile(r"^(:{4,})\{dropdown\} Solution\b.*?^\1[ \t]*\n", re.S | re.M)
 _TEACHER = re.compile(r"<!-- teacher -->.*?<!-- /teacher -->[ \t]*\n?", re.S)
@@ -56,6 +68,38 @@ def unlink_teacher_pages(text):
     return re.sub(rf"\[([^\]]+)\]\((?:{names})(?:\.md)?(?:#[^)]*)?\)", r"\1", text)
 
 
+def _student_text(text):
+    return unlink_teacher_pages(strip_solutions(text))
+
+
+def strip_notebook(nb):
+    """An executed notebook without solution code cells, and its markdown cells without
+    solution dropdowns and teacher-only text (a dropdown never spans cells: MyST cannot
+    hold a code cell inside a directive)."""
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "solution" in cell.metadata.get("tags", []):
+            continue
+        if cell.cell_type == "markdown":
+            cell.source = _student_text(cell.source + "\n").rstrip("\n")
+        cells.append(cell)
+    nb.cells = cells
+    return nb
+
+
+def _restore_glue(nb, glue_json):
+    """Put back the values the chapter glued (``myst_nb.glue``). myst-nb takes them out of
+    the executed notebook into ``<chapter>.glue.json``; the student build, which executes
+    nothing, reads them from the notebook's outputs: one removed cell at the end holds
+    them (removed from the page; a value glued by a solution is shown by nothing)."""
+    if not glue_json.exists():
+        return
+    outputs = [nbformat.from_dict(o) for o in json.loads(glue_json.read_text()).values()]
+    cell = nbformat.v4.new_code_cell("# the values this chapter glued (myst_nb.glue)",
+                                     metadata={"tags": ["remove-cell"]}, outputs=outputs)
+    nb.cells.append(cell)
+
+
 def _student_toc(toc):
     """The table of contents without the teacher-only pages (and empty parts)."""
     parts = []
@@ -66,42 +110,62 @@ def _student_toc(toc):
     return {**toc, "parts": parts}
 
 
-def write_sources(out):
-    """``out/src``: a copy of the book's build tree with the solutions stripped."""
-    src = Path(out) / "src"
+def _is_chapter(page):
+    return "kernelspec:" in page.read_text()
+
+
+def write_sources(out, teacher_build=TEACHER_BUILD):
+    """``out/src``: the book's build tree with the solutions stripped; each chapter is the
+    teacher build's executed notebook. Returns (src, {chapter: its stripped MyST text})."""
+    src, executed = Path(out) / "src", Path(teacher_build) / "jupyter_execute" / "book"
     if src.exists():
         shutil.rmtree(src)
-    shutil.copytree(ROOT / "book", src / "book",
-                    ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
-    for page in (src / "book").glob("*.md"):
-        page.write_text(unlink_teacher_pages(strip_solutions(page.read_text())))
-    for page in TEACHER_ONLY:
-        (src / f"{page}.md").unlink(missing_ok=True)
+    shutil.copytree(ROOT / "book", src / "book", ignore=shutil.ignore_patterns(
+        "*.ipynb", ".ipynb_checkpoints", *[Path(p).name + ".md" for p in TEACHER_ONLY]))
+    texts = {}
+    for page in sorted((src / "book").glob("*.md")):
+        texts[page.stem] = _student_text(page.read_text())
+        if not _is_chapter(page):
+            page.write_text(texts.pop(page.stem))
+            continue
+        done = executed / f"{page.stem}.ipynb"
+        if not done.exists():
+            raise FileNotFoundError(
+                f"the teacher's build has no executed notebook {done}: the student edition is "
+                "derived from it; build the book first (make book)")
+        nb = strip_notebook(nbformat.read(done, as_version=4))
+        _restore_glue(nb, done.with_name(f"{page.stem}.glue.json"))
+        nbformat.write(nb, page.with_suffix(".ipynb"))
+        page.unlink()  # the chapter is now its executed notebook
     for name in ("mgpu_lab", "data"):  # literalinclude and data paths point here
         os.symlink(ROOT / name, src / name)
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     (src / "_toc.yml").write_text(yaml.safe_dump(_student_toc(toc), sort_keys=False))
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config["title"] = f"{config.get('title', '')} (student edition)"
+    config.setdefault("execute", {})["execute_notebooks"] = "off"  # outputs are the teacher's
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return src
+    return src, texts
 
 
-def _notebooks(src, out):
-    """One unexecuted .ipynb per chapter of the student sources (jupytext)."""
+def _notebooks(texts, out):
+    """One unexecuted .ipynb per chapter, from its stripped MyST text (jupytext)."""
     target = Path(out) / "notebooks"
-    target.mkdir(parents=True, exist_ok=True)
-    pages = sorted(p for p in (src / "book").glob("*.md") if "kernelspec:" in p.read_text())
-    for page in pages:
-        jupytext.write(jupytext.read(page), target / f"{page.stem}.ipynb")
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for stem, text in texts.items():
+        jupytext.write(jupytext.reads(text, fmt="md:myst"), target / f"{stem}.ipynb")
     return sorted(target.glob("*.ipynb"))
 
 
-def build(out=ROOT / "_build" / "student", flags=("-W", "-n", "--keep-going")):
-    """Sources, notebooks and the executed web book of the student edition."""
+def build(out=ROOT / "_build" / "student", teacher_build=TEACHER_BUILD,
+          flags=("-W", "-n", "--keep-going")):
+    """Sources, notebooks and the web book of the student edition, from the teacher's
+    executed build (nothing is executed)."""
     out = Path(out)
-    src = write_sources(out)
-    notebooks = _notebooks(src, out)
+    src, texts = write_sources(out, teacher_build)
+    notebooks = _notebooks(texts, out)
     jb = Path(sys.executable).with_name("jupyter-book")
     subprocess.run([str(jb), "build", str(src), "--path-output", str(out / "work"), *flags],
                    check=True)
@@ -112,5 +176,6 @@ def build(out=ROOT / "_build" / "student", flags=("-W", "-n", "--keep-going")):
 
 
 if __name__ == "__main__":
-    html, nbs = build(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "_build" / "student")
+    args = [Path(a) for a in sys.argv[1:3]]
+    html, nbs = build(*args)
     print(f"student edition: {html / 'index.html'} and {len(nbs)} notebooks in {nbs[0].parent}")

@@ -8,7 +8,7 @@ is how the tests check that path.
 """
 import os
 
-__all__ = ["PIN_ENV", "cores", "can_pin", "pin", "pinning", "affinity"]
+__all__ = ["PIN_ENV", "cores", "can_pin", "pin", "pinning", "affinity", "cores_shared"]
 
 # One BLAS thread per device, or N devices on N cores fight over 2N threads. The MALLOC_
 # pair keeps freed memory inside the process: by default glibc gives each step's large
@@ -52,3 +52,9 @@ def affinity(pid=None):
     if not can_pin():
         return None
     return sorted(os.sched_getaffinity(pid or 0))
+
+
+def cores_shared():
+    """True when the class server (jupyter/hub_spawner.py) gave this student's server a
+    core set other students share too: timings measured here are then *shared*."""
+    return os.environ.get("MGPU_CORES_SHARED") == "1"

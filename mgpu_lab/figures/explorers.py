@@ -2,15 +2,17 @@
 
 When the book is built, each explorer asks the library for *every* setting its controls
 can take (the memory model for chapter 7, the cost model for chapter 6) and returns one
-HTML snippet: the controls, a ``<script type="application/json">`` holding all the
-computed numbers, and a short script that looks the chosen setting up and redraws the
-numbers and a Vega-Lite chart. Nothing is computed in the browser but look-ups (and the
-global batch N x per-GPU limit, which is how :func:`~mgpu_lab.predict.memory.max_batch_size`
-defines it). The charting JavaScript (Vega, Vega-Lite) is vendored in
-``book/_static/vendor``; the book's Sphinx extension adds it to the pages that hold an
-explorer (it finds them by the ``mgpu-explorer`` class).
+HTML snippet: the controls and a ``<script type="application/json">`` holding all the
+computed numbers. The book's scripts (``book/_static/mgpu-explorer.js`` and
+``explorer-<kind>.js``) look the chosen setting up and redraw the numbers and a Vega-Lite
+chart. Nothing is computed in the browser but look-ups (and the global batch N x per-GPU
+limit, which is how :func:`~mgpu_lab.predict.memory.max_batch_size` defines it). Vega and
+Vega-Lite are vendored in ``book/_static/vendor``; the book's Sphinx extension adds them
+and the explorer scripts to the pages that hold an explorer (found by the
+``mgpu-explorer`` class). In JupyterLab, which runs none of those scripts, an explorer is a
+Vega-Lite chart of the same numbers that the lab draws itself (:mod:`.labcharts`).
 
-    batch_limits()            chapter 7: GPU x image size x depth x optimizer (x N GPUs)
+    batch_limits()            chapter 7: GPU x image size x depth x optimizer x sharding x N GPUs
     throughput(measured=...)  chapter 6: network x GPU x N x strategy x overlap x batch
 """
 import hashlib
@@ -20,15 +22,15 @@ import os
 import time
 from pathlib import Path
 
-from IPython.display import HTML
-
 from .. import models, presets
 from ..measure.machine import machine_label
 from ..predict import costmodel, gpus, memory
-from . import tables
+from ..sources import library_hash
+from . import labcharts, tables
 
-__all__ = ["OPTIMIZERS", "LIMIT_SIZES", "LIMIT_DEPTHS", "MEMORY_PARTS", "THROUGHPUT_NETS",
-           "THROUGHPUT_BATCHES", "limits_grid", "memory_parts", "batch_limits_data",
+__all__ = ["OPTIMIZERS", "LIMIT_SIZES", "LIMIT_DEPTHS", "SHARDING", "SHARDING_LABELS",
+           "LIMIT_GPUS", "MEMORY_PARTS", "THROUGHPUT_NETS",
+           "THROUGHPUT_BATCHES", "limits_grid", "memory_parts", "batch_limits_data", "limits_parts",
            "batch_limits", "throughput_data", "throughput"]
 
 OPTIMIZERS = tuple(memory.OPTIMIZER_SLOTS)
@@ -37,6 +39,12 @@ OPTIMIZERS = tuple(memory.OPTIMIZER_SLOTS)
 # sizes 96 and 160 would more than double it; the kernel widget still offers them).
 LIMIT_SIZES = (32, 64, 128, 224)
 LIMIT_DEPTHS = (26, 50, 101, 152)
+# ZeRO stages (memory.SHARDING_STAGES) and GPU counts: with sharding the per-GPU limit
+# depends on N, so the grid holds every N of the slider.
+SHARDING = tuple(memory.SHARDING_STAGES)
+SHARDING_LABELS = {0: "none", 1: "1: optimizer state", 2: "2: + gradients",
+                   3: "3: + parameters"}
+LIMIT_GPUS = tuple(range(1, 9))
 MEMORY_PARTS = ("parameters", "gradients", "optimizer", "activations", "other")
 # chapter 6: the book's ImageNet nets (presets.imagenet_model names) and batch choices
 THROUGHPUT_NETS = {"ResNet-50-like": "resnet", "VGG-16-like": "vgg16"}
@@ -45,15 +53,11 @@ THROUGHPUT_BATCHES = (("per_gpu", 32), ("per_gpu", 64), ("per_gpu", 128),
 
 
 # -- a cache on disk: the same library and grid give the same numbers ---------------------
-_LIBRARY = Path(__file__).resolve().parents[1]
-
-
 def _cache_path(kind, params):
     """``$MGPU_CACHE_DIR`` (default ``~/.cache/mgpu_lab``)/``<kind>-<sha256>.json``, the
-    hash taken over the grid's parameters and every source file of the library."""
+    hash taken over the grid's parameters and :func:`~mgpu_lab.sources.library_hash`."""
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    for path in sorted(_LIBRARY.rglob("*.py")):
-        h.update(str(path.relative_to(_LIBRARY)).encode() + b"\0" + path.read_bytes())
+    h.update(library_hash().encode())
     root = Path(os.environ.get("MGPU_CACHE_DIR") or Path.home() / ".cache" / "mgpu_lab")
     return root / f"explorer-{kind}-{h.hexdigest()[:24]}.json"
 
@@ -78,45 +82,25 @@ def _cached(kind, params, compute):
 
 
 # -- chapter 7: the memory model over the grid ------------------------------------------
-def _line(e1, e2, n):
-    """Every term on the straight line through the estimates at 1 and 2 samples."""
-    return {k: e1[k] + (n - 1) * (e2[k] - e1[k]) for k in e1}
-
-
-def _with_optimizer(terms, optimizer):
-    """``terms`` of an SGD estimate plus the optimizer state (the only term that differs)."""
-    extra = memory.OPTIMIZER_SLOTS[optimizer] * terms["parameters"]
-    return {**terms, "optimizer": extra, "total": terms["total"] + extra}
-
-
-def limits_grid(model, kinds, optimizers=OPTIMIZERS, reserved=gpus.DEFAULT_RESERVED):
+def limits_grid(model, kinds, optimizers=OPTIMIZERS, reserved=gpus.DEFAULT_RESERVED,
+                stages=(0,), counts=(1,)):
     """{(gpu name, optimizer): (largest split, estimate at it)} for one network, on each
-    GPU's memory less ``reserved`` bytes (:func:`mgpu_lab.predict.gpus.usable_bytes`).
+    GPU's memory less ``reserved`` bytes (:func:`mgpu_lab.predict.gpus.usable_bytes`);
+    with ``stages`` (ZeRO sharding) or ``counts`` (GPUs) other than the default, keyed
+    ``(gpu name, optimizer, stage, N)``.
 
-    Equal to :func:`memory.max_batch_size` and :func:`memory.estimate`, found with three
-    graph walks instead of dozens: an estimate is the sum of buffer sizes that grow
-    linearly with the split, or the largest such sum, so it is convex in n; if the
-    estimate at ``top`` (past every answer) lies on the line through n = 1 and 2, it lies
-    on that line for every n in between, and each answer is read off the line. If it does
-    not, every answer is asked of ``max_batch_size`` itself.
+    Equal to :func:`memory.max_batch_size` (per GPU) and :func:`memory.estimate`, found
+    by :func:`memory.split_limits` with three graph walks instead of dozens.
     """
-    e1, e2 = memory.estimate(model, 1), memory.estimate(model, 2)
-    per_sample = e2["total"] - e1["total"]
-    usable = {g.name: gpus.usable_bytes(g, reserved) for g in kinds}
-    budget = {(g.name, o): usable[g.name] - memory.OPTIMIZER_SLOTS[o] * e1["parameters"]
-              for g in kinds for o in optimizers}  # bytes left for an SGD step
-    fit = {k: 0 if b < e1["total"] else 1 + (b - e1["total"]) // per_sample
-           for k, b in budget.items()}
-    top = max(fit.values()) + 1
-    if _line(e1, e2, top) == memory.estimate(model, top):
-        return {(g, o): (n, _with_optimizer(_line(e1, e2, max(n, 1)), o))
-                for (g, o), n in fit.items()}
-    out = {}
-    for g in kinds:
-        for o in optimizers:
-            n = memory.max_batch_size(model, usable[g.name], optimizer=o)
-            out[g.name, o] = (n, memory.estimate(model, max(n, 1), o))
-    return out
+    cases = [(g, o, s, n) for g in kinds for o in optimizers for s in stages for n in counts]
+    state = {(o, s, n): max(sum(d.values()) for d in memory.model_state(model, o, s, n))
+             for o in optimizers for s in stages for n in counts}
+    budgets = [gpus.usable_bytes(g, reserved) - state[o, s, n] for g, o, s, n in cases]
+    grid = {(g.name, o, s, n): (per, memory.estimate(model, max(per, 1), o, s, n))
+            for (g, o, s, n), per in zip(cases, memory.split_limits(model, budgets))}
+    if tuple(stages) == (0,) and tuple(counts) == (1,):
+        return {(g, o): v for (g, o, _, _), v in grid.items()}
+    return grid
 
 
 def memory_parts(est):
@@ -127,8 +111,8 @@ def memory_parts(est):
 
 def batch_limits_data(sizes=LIMIT_SIZES, depths=LIMIT_DEPTHS, kinds=None, cache=True):
     """Everything chapter 7's explorer shows: per-GPU limit and memory parts (bytes) for
-    every GPU kind x image size x depth x optimizer, flattened in that order (kept on disk
-    with ``cache``: see :func:`_cached`)."""
+    every GPU kind x image size x depth x optimizer x sharding (ZeRO stage) x number of
+    GPUs, flattened in that order (kept on disk with ``cache``: see :func:`_cached`)."""
     kinds = list(kinds or gpus.gpu_names())
     args = (list(sizes), list(depths), kinds)
     if cache:
@@ -137,27 +121,49 @@ def batch_limits_data(sizes=LIMIT_SIZES, depths=LIMIT_DEPTHS, kinds=None, cache=
 
 
 def _limits_data(sizes, depths, kinds):
+    """The grid, factored so that the page stays small: ``per_gpu`` for every setting
+    (flat, in axis order); ``state[size x depth][optimizer][stage][N - 1]``: parameters,
+    gradients, optimizer bytes; ``step[size x depth][split]``: activations and other bytes
+    at each split that occurs. :func:`limits_parts` puts a setting's five parts together."""
     t0 = time.perf_counter()
     kinds = [gpus.get_gpu(g) for g in kinds]
-    per_gpu, parts = [], []
-    grids = {}
+    per_gpu, state, step, grids = [], {}, {}, {}
     for size in sizes:
         for depth in depths:
-            grids[size, depth] = limits_grid(models.resnet_like(depth, image_size=size), kinds)
+            key = f"{size}x{depth}"
+            grids[key] = limits_grid(models.resnet_like(depth, image_size=size), kinds,
+                                     stages=SHARDING, counts=LIMIT_GPUS)
+            state[key] = {o: [[None] * len(LIMIT_GPUS) for _ in SHARDING] for o in OPTIMIZERS}
+            step[key] = {}
+            for (_, o, stage, n), (per, est) in grids[key].items():
+                parts = [int(v) for v in memory_parts(est)]
+                state[key][o][stage][n - 1] = parts[:3]
+                step[key][str(max(per, 1))] = parts[3:]
     for g in kinds:
         for size in sizes:
             for depth in depths:
                 for o in OPTIMIZERS:
-                    n, est = grids[size, depth][g.name, o]
-                    per_gpu.append(int(n))
-                    parts.append([int(v) for v in memory_parts(est)])
+                    for stage in SHARDING:
+                        for n in LIMIT_GPUS:
+                            per_gpu.append(int(grids[f"{size}x{depth}"][g.name, o, stage, n][0]))
     return {"axes": {"gpu": [g.name for g in kinds], "image_size": list(sizes),
-                     "depth": list(depths), "optimizer": list(OPTIMIZERS)},
+                     "depth": list(depths), "optimizer": list(OPTIMIZERS),
+                     "sharding": list(SHARDING), "n_gpus": list(LIMIT_GPUS)},
+            "sharding_labels": [SHARDING_LABELS[k] for k in SHARDING],
             "gpus": {g.name: {"memory_bytes": g.memory_bytes, "source": g.source,
                               "usable_bytes": gpus.usable_bytes(g)} for g in kinds},
-            "reserved_bytes": gpus.DEFAULT_RESERVED,
-            "parts": list(MEMORY_PARTS), "per_gpu": per_gpu, "bytes": parts,
+            "reserved_bytes": gpus.DEFAULT_RESERVED, "parts": list(MEMORY_PARTS),
+            "per_gpu": per_gpu, "state": state, "step": step,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def limits_parts(d, **setting):
+    """The five memory parts (bytes) of :func:`batch_limits_data` ``d`` at ``setting``
+    (a value for every axis), as the page's script looks them up."""
+    per = d["per_gpu"][_flat_index(d["axes"], **setting)]
+    key = f"{setting['image_size']}x{setting['depth']}"
+    state = d["state"][key][setting["optimizer"]][setting["sharding"]]
+    return state[d["axes"]["n_gpus"].index(setting["n_gpus"])] + d["step"][key][str(max(per, 1))]
 
 
 # -- chapter 6: the cost model over the grid --------------------------------------------
@@ -229,12 +235,21 @@ def _slider(name, label, lo, hi, value):
             f'<output data-field="{name}">{value}</output></label>')
 
 
+def _flat_index(axes, **setting):
+    """Where ``setting`` (a value for every axis) sits in the flattened grid."""
+    i = 0
+    for name, values in axes.items():
+        i = i * len(values) + list(values).index(setting[name])
+    return i
+
+
 def _field(name, text=""):
     return f'<b data-field="{name}">{html.escape(str(text))}</b>'
 
 
-def _page(kind, controls, body, provenance, data, script, after=""):
-    """One explorer: a <div class="mgpu-explorer"> the extension and the tests find."""
+def _page(kind, controls, body, provenance, data, after=""):
+    """One explorer: a <div class="mgpu-explorer"> the extension and the tests find; the
+    book's ``_static/mgpu-explorer.js`` starts it (``explorer-<kind>.js`` redraws it)."""
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     style = ("border:1px solid #ccc;border-radius:6px;padding:0.8em 1em;margin:1em 0;"
              "font-size:0.95em")
@@ -244,214 +259,57 @@ def _page(kind, controls, body, provenance, data, script, after=""):
             f'<div class="mgpu-chart" style="overflow-x:auto"></div>'
             f'<p class="mgpu-provenance" style="font-size:0.8em;color:#555;margin:0.4em 0 0">'
             f"{provenance}</p>{after}"
-            f'<script type="application/json" class="mgpu-data">{payload}</script>'
-            f"<script>(function (root) {{if (!root) return;{_RUNTIME_JS}{script}{_REDRAW_JS}}})"
-            f"(document.currentScript && document.currentScript.parentElement);</script></div>")
-
-
-# Shared by both explorers (inside each one's own function, so a page may hold both; the
-# explorer's ``update(m, s)`` goes between the two parts):
-# look-ups in the flattened grid, number formats, the Vega view and the redraw timing
-# that the browser tests read (root.mgpuRender: the promise of the latest redraw).
-_RUNTIME_JS = r"""
-  const data = JSON.parse(root.querySelector('script.mgpu-data').textContent);
-  const axes = data.axes, order = Object.keys(axes);
-  const form = root.querySelector('form');
-  const chart = root.querySelector('.mgpu-chart');
-  function sel() {  // {axis: value} of the controls (a select's value is an option index)
-    const s = {};
-    for (const el of form.elements) {
-      if (!el.name) continue;
-      s[el.name] = el.type === 'range' ? Number(el.value) : axes[el.name][Number(el.value)];
-    }
-    return s;
-  }
-  function at(s, over) {  // flat index of setting s (with some axes overridden)
-    let i = 0;
-    for (const a of order) {
-      const v = over && a in over ? over[a] : s[a];
-      const k = axes[a].indexOf(v);
-      if (k < 0) throw new Error('no ' + a + ' = ' + v + ' in the explorer data');
-      i = i * axes[a].length + k;
-    }
-    return i;
-  }
-  const fmt = {
-    int: v => Math.round(v).toLocaleString('en-US'),
-    f1: v => v.toLocaleString('en-US', {minimumFractionDigits: 1, maximumFractionDigits: 1}),
-    f2: v => v.toFixed(2), pct: v => (100 * v).toFixed(1) + ' %',
-    ms: v => v >= 1000 ? Math.round(v).toLocaleString('en-US') : v.toPrecision(4),
-    gib: v => (v / 2 ** 30).toFixed(2), gib0: v => String(Number((v / 2 ** 30).toFixed(2))),
-    text: v => String(v)};
-  function show(name, value, how) {
-    for (const el of root.querySelectorAll('[data-field="' + name + '"]')) {
-      el.textContent = fmt[how || 'text'](value);
-      el.dataset.value = String(value);
-    }
-  }
-  let view = null;
-  function draw(spec, datasets) {
-    if (!window.vega || !window.vegaLite) {
-      chart.textContent = '(the chart needs the web book: Vega was not loaded)';
-      return Promise.resolve();
-    }
-    if (!view) {
-      view = new vega.View(vega.parse(vegaLite.compile(spec).spec),
-                           {renderer: 'svg', container: chart, hover: true});
-    }
-    for (const [name, rows] of Object.entries(datasets)) view.data(name, rows);
-    return view.runAsync();
-  }
-  const m = {data, axes, sel, at, show, draw, form, renders: 0};
-"""
-
-_REDRAW_JS = r"""
-  let last = null;
-  function redraw() {
-    const s = m.sel(), key = JSON.stringify(s);
-    if (key === last) return root.mgpuRender;  // a select fires 'input' and 'change'
-    last = key;
-    const t0 = performance.now();
-    const done = update(m, s).then(() => {
-      m.renders += 1;
-      root.dataset.renders = String(m.renders);
-      root.dataset.redrawMs = (performance.now() - t0).toFixed(1);
-    });
-    root.mgpuRender = done;
-    return done;
-  }
-  m.form.addEventListener('change', redraw);
-  m.form.addEventListener('input', redraw);
-  redraw();
-"""
+            f'<script type="application/json" class="mgpu-data">{payload}</script></div>')
 
 
 # -- chapter 7's explorer -----------------------------------------------------------------
-_LIMITS_JS = r"""
-  const PARTS = m.data.parts;
-  const SPEC = {
-    width: 540, height: 46, padding: {left: 5, right: 20, top: 5, bottom: 5},
-    title: {text: "Where one GPU's memory goes at its largest split (predicted)"},
-    layer: [
-      {data: {name: 'table'}, mark: 'bar',
-       encoding: {
-         x: {field: 'gib', type: 'quantitative', stack: 'zero',
-             title: "memory of one GPU (GiB)"},
-         color: {field: 'part', type: 'nominal', scale: {domain: PARTS},
-                 legend: {orient: 'bottom', title: null}},
-         order: {field: 'order'},
-         tooltip: [{field: 'part'}, {field: 'gib', format: '.3f', title: 'GiB'}]}},
-      {data: {name: 'cap'}, mark: {type: 'rule', color: 'black', strokeDash: [4, 3],
-                                   strokeWidth: 2},
-       encoding: {x: {field: 'gib', type: 'quantitative'}}},
-      {data: {name: 'cap'}, mark: {type: 'text', align: 'right', dx: -4, baseline: 'bottom'},
-       encoding: {x: {field: 'gib', type: 'quantitative'}, y: {value: -2},
-                  text: {field: 'label'}}}]};
-  function update(m, s) {
-    const i = m.at(s), per = m.data.per_gpu[i], bytes = m.data.bytes[i];
-    const gpu = m.data.gpus[s.gpu];
-    for (const a of ['gpu', 'image_size', 'depth', 'optimizer', 'n_gpus']) m.show(a, s[a]);
-    m.show('gpu_gib', gpu.memory_bytes, 'gib0');
-    m.show('per_gpu', per, 'int');
-    m.show('global_batch', s.n_gpus * per, 'int');  // max_batch_size(n_devices=N)
-    m.show('source', gpu.source);
-    m.show('none_fits', per ? '' : ' Not even one image fits: the bar shows one image.');
-    const rows = PARTS.map((p, k) => ({part: p, gib: bytes[k] / 2 ** 30, order: k}));
-    PARTS.forEach((p, k) => m.show('bytes_' + p, bytes[k], 'gib'));
-    m.show('bytes_total', bytes.reduce((a, b) => a + b, 0), 'gib');
-    return m.draw(SPEC, {table: rows,
-                         cap: [{gib: gpu.usable_bytes / 2 ** 30, label: s.gpu + ' memory less the reserve'}]});
-  }
-"""
-
-
 def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
-                 data=None):
-    """Chapter 7's explorer (an ``IPython.display.HTML``): the predicted largest batch per
-    GPU and for N GPUs, and one GPU's memory at it, for every setting of its controls."""
+                 sharding=0, data=None):
+    """Chapter 7's explorer (a :class:`~.labcharts.Explorer`: HTML in the web book,
+    Vega-Lite in JupyterLab): the predicted largest batch per GPU and for N GPUs, and the
+    busiest GPU's memory at it, for every setting of its controls (``sharding``: the ZeRO
+    stage, 0 for none; chapter 9)."""
     d = data or batch_limits_data()
-    ax = d["axes"]
+    ax, labels = d["axes"], d["sharding_labels"]
     controls = (_select("gpu", "GPU", ax["gpu"], gpu)
                 + _select("image_size", "image px", ax["image_size"], image_size)
                 + _select("depth", "depth", ax["depth"], depth)
                 + _slider("n_gpus", "GPUs", 1, 8, n_gpus)
-                + _select("optimizer", "optimizer", ax["optimizer"], optimizer))
+                + _select("optimizer", "optimizer", ax["optimizer"], optimizer)
+                + _select("sharding", "sharding", ax["sharding"], sharding, labels))
+    label = labels[ax["sharding"].index(sharding)]
     parts = ", ".join(f"{p} {_field('bytes_' + p)}" for p in d["parts"])
     body = (f'<p class="mgpu-summary">ResNet-{_field("depth", depth)}-like at '
             f'{_field("image_size", image_size)} px on {_field("n_gpus", n_gpus)} x '
             f'{_field("gpu", gpu)} ({_field("gpu_gib")} GiB each), optimizer '
-            f'{_field("optimizer", optimizer)}: at most {_field("per_gpu")} images per GPU, '
-            f'a global batch of {_field("global_batch")} (predicted).'
-            f'{_field("none_fits")}</p><p style="font-size:0.85em">One GPU at that split, '
-            f'GiB: {parts}; total {_field("bytes_total")}.</p>')
+            f'{_field("optimizer", optimizer)}, sharding {_field("sharding", label)}: at most '
+            f'{_field("per_gpu")} images per GPU, a global batch of {_field("global_batch")} '
+            f'(predicted).{_field("none_fits")}</p><p style="font-size:0.85em">The busiest '
+            f'GPU at that split, GiB: {parts}; total {_field("bytes_total")}.</p>')
     sizes = " x ".join(str(len(v)) for v in ax.values())
     prov = ("predicted by mgpu_lab.predict.memory from each network's graph "
             "(mgpu_lab.models.resnet_like); GPU figures from: "
             f'<span data-field="source">{html.escape(d["gpus"][gpu]["source"])}</span>. '
-            f"All {sizes} settings (GPU x image size x depth x optimizer) were computed "
-            "when the book was built; N GPUs hold N times one GPU's split. All of each "
-            f"GPU's memory less {d['reserved_bytes'] // 2 ** 20} MiB reserved for the CUDA "
+            f"All {sizes} settings (GPU x image size x depth x optimizer x sharding x GPUs) "
+            "were computed when the book was built; N GPUs hold N times one GPU's split. "
+            "Sharding (ZeRO stages 1-3, chapter 9) keeps 1/N of the optimizer state, the "
+            "gradients, the parameters on each GPU; stages 2 and 3 are predicted only. All of "
+            f"each GPU's memory less {d['reserved_bytes'] // 2 ** 20} MiB reserved for the CUDA "
             "context and the framework (an assumption: mgpu_lab.predict.gpus.DEFAULT_RESERVED), "
-            "as in memory.max_batch_size(model, gpus.usable_bytes(gpu), optimizer=...); the "
-            "book trains with momentum.")
-    return HTML(_page("batch-limits", controls, body, prov, d, _LIMITS_JS))
+            "as in memory.max_batch_size(model, gpus.usable_bytes(gpu), N, optimizer, sharding);"
+            " the book trains with momentum.")
+    i = _flat_index(ax, gpu=gpu, image_size=image_size, depth=depth, optimizer=optimizer,
+                    sharding=sharding, n_gpus=n_gpus)
+    text = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {gpu}, {optimizer}, "
+            f"sharding {label}: at most {d['per_gpu'][i]:,} images per GPU, a global batch of "
+            f"{n_gpus * d['per_gpu'][i]:,} (predicted)")
+    return labcharts.Explorer(
+        _page("batch-limits", controls, body, prov, d),
+        labcharts.batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding),
+        text)
 
 
 # -- chapter 6's explorer -----------------------------------------------------------------
-_THROUGHPUT_JS = r"""
-  const F = m.data.fields, NS = m.axes.n_gpus;
-  const xN = {field: 'n', type: 'ordinal', title: 'number of GPUs', axis: {labelAngle: 0}};
-  const SPEC = {
-    resolve: {scale: {color: 'independent'}, legend: {color: 'independent'}},
-    hconcat: [
-      {width: 250, height: 190, title: 'Predicted images/s',
-       layer: [
-         {data: {name: 'curve'}, mark: {type: 'line', point: true},
-          encoding: {x: xN, y: {field: 'images_per_s', type: 'quantitative',
-                                title: 'images per second'},
-                     color: {field: 'strategy', type: 'nominal',
-                             legend: {orient: 'bottom', title: null}},
-                     tooltip: [{field: 'strategy'}, {field: 'n', title: 'GPUs'},
-                               {field: 'images_per_s', format: ',.0f'}]}},
-         {data: {name: 'here'}, mark: {type: 'point', size: 160, shape: 'circle',
-                                       filled: false, color: 'black', strokeWidth: 2},
-          encoding: {x: xN, y: {field: 'images_per_s', type: 'quantitative'}}}]},
-      {width: 250, height: 190, title: 'Predicted time per step',
-       data: {name: 'split'}, mark: 'bar',
-       encoding: {x: xN, y: {field: 'ms', type: 'quantitative', stack: 'zero',
-                             title: 'milliseconds per step'},
-                  color: {field: 'part', type: 'nominal', scale: {domain:
-                          ['compute', 'communication'], range: ['#4c78a8', '#f58518']},
-                          legend: {orient: 'bottom', title: null}},
-                  opacity: {condition: {test: 'datum.here', value: 1}, value: 0.55},
-                  tooltip: [{field: 'part'}, {field: 'n', title: 'GPUs'},
-                            {field: 'ms', format: '.2f'}]}}]};
-  function update(m, s) {
-    const i = m.at(s);
-    for (const f of ['images_per_s', 'batch_size', 'split']) m.show(f, F[f][i], 'int');
-    m.show('speedup', F.speedup[i], 'f2');
-    m.show('scaling_efficiency', F.scaling_efficiency[i], 'pct');
-    for (const f of ['compute_s', 'comm_s', 'step_s']) m.show(f, 1e3 * F[f][i], 'ms');
-    for (const a of ['net', 'gpu', 'strategy', 'n_gpus']) m.show(a, s[a]);
-    m.show('overlap', s.overlap ? 'on' : 'off');
-    const g = m.data.gpus[s.gpu];
-    m.show('source', g.source);
-    m.show('efficiency', g.efficiency, 'pct');
-    m.show('efficiency_source', g.efficiency_source);
-    const curve = [], split = [];
-    for (const strategy of m.axes.strategy) for (const n of NS) {
-      curve.push({n, strategy, images_per_s: F.images_per_s[m.at(s, {strategy, n_gpus: n})]});
-    }
-    for (const n of NS) {
-      const k = m.at(s, {n_gpus: n}), here = n === s.n_gpus;
-      split.push({n, part: 'compute', ms: 1e3 * F.compute_s[k], here});
-      split.push({n, part: 'communication', ms: 1e3 * F.comm_s[k], here});
-    }
-    return m.draw(SPEC, {curve, split, here: [{n: s.n_gpus, images_per_s: F.images_per_s[i]}]});
-  }
-"""
-
-
 def _measured_block(result):
     """The build machine's measured rows, apart from the predictions and labelled so."""
     columns = [("n_devices", "devices"), ("batch_size", "batch"),
@@ -470,7 +328,7 @@ def _measured_block(result):
 
 def throughput(measured=None, net="ResNet-50-like", gpu="V100", n_gpus=4, strategy="host",
                overlap=False, batch="64 per GPU", data=None):
-    """Chapter 6's explorer (an ``IPython.display.HTML``): predicted images/s, speed-up,
+    """Chapter 6's explorer (a :class:`~.labcharts.Explorer`): predicted images/s, speed-up,
     efficiency and compute/communication time for every setting of its controls; below it,
     apart, the rows ``measured`` by :func:`mgpu_lab.measure.bench.run` (if given)."""
     d = data or throughput_data()
@@ -499,4 +357,10 @@ def throughput(measured=None, net="ResNet-50-like", gpu="V100", n_gpus=4, strate
             f"{1e6 * d['latency_s']:.0f} us per transfer; GPU figures from: "
             f'<span data-field="source">{html.escape(g["source"])}</span>.')
     extra = _measured_block(measured) if measured else ""
-    return HTML(_page("throughput", controls, body, prov, d, _THROUGHPUT_JS, extra))
+    i = _flat_index(ax, net=net, gpu=gpu, batch=batch, strategy=strategy, overlap=overlap,
+                    n_gpus=n_gpus)
+    text = (f"{net} on {n_gpus} x {gpu}, global batch {d['fields']['batch_size'][i]:,}, "
+            f"{strategy}, overlap {'on' if overlap else 'off'}: "
+            f"{d['fields']['images_per_s'][i]:,.0f} images/s (predicted)")
+    spec = labcharts.throughput_spec(d, net, gpu, n_gpus, strategy, overlap, batch)
+    return labcharts.Explorer(_page("throughput", controls, body, prov, d, extra), spec, text)

@@ -92,7 +92,7 @@ def bench_table(result):
                 "images/s min-max"),
                ("speedup", "speed-up", ".2f"),
                ("predicted_speedup", "speed-up predicted (cost model)", ".2f"),
-               (_ms("scatter", "set_params"), "ms: broadcast", ".2f"),
+               (_ms("scatter", "set_params"), "ms: scatter + set_params", ".2f"),
                *[(_ms(p), f"ms: {p}", ".2f") for p in phases],
                (_ms("step"), "ms: step", ".2f"),
                (lambda r: f"{r['runs_kept']}/{r['runs']}", "runs kept"),

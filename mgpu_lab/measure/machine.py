@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy
 
 from .._theano import theano
-from ..engines.pinning import cores
+from ..engines.pinning import cores, cores_shared
 
 __all__ = ["machine_info", "machine_label", "save_result"]
 
@@ -31,15 +31,18 @@ def machine_info():
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         mem = None
-    return {"cpu": _cpu_model(), "cores": len(cores()), "memory_bytes": mem,
-            "platform": platform.platform(), "python": sys.version.split()[0],
-            "numpy": numpy.__version__, "theano": theano.__version__}
+    return {"cpu": _cpu_model(), "cores": len(cores()), "cores_shared": cores_shared(),
+            "memory_bytes": mem, "platform": platform.platform(),
+            "python": sys.version.split()[0], "numpy": numpy.__version__,
+            "theano": theano.__version__}
 
 
 def machine_label(info=None):
     """A one-line provenance label for figure captions: 'measured on <cpu>, <n> cores'."""
     info = info or machine_info()
-    return f"measured on {info['cpu']}, {info['cores']} cores (simulated devices = CPU processes)"
+    shared = ", shared with other students" if info.get("cores_shared") else ""
+    return (f"measured on {info['cpu']}, {info['cores']} cores{shared} (simulated devices = "
+            f"CPU processes)")
 
 
 def save_result(result, out_dir, prefix, extra):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._theano import floatX
 from ..data import random_batch
 from ..engines.mpi import ROOT, MPIEngine, install_abort_hook, mpi, mpiexec_command, world
 from ..engines.update import Update

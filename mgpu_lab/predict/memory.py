@@ -15,8 +15,8 @@ A device (a GPU, or here a worker process) holds, during a step on a split of ``
 * ``workspace``      the largest buffer an op uses internally: Theano's ``CorrMM``
                      unrolls one image at a time into a (Cin*kh*kw, Hout*Wout) matrix.
 
-Only ``inputs``, ``activations`` and ``transient`` grow with ``n``. Every device holds
-its own copy of the rest, so N devices of C bytes fit N x one device's batch, but fewer
+Only ``inputs``, ``activations`` and ``transient`` grow with ``n``. Without sharding every
+device holds its own copy of the rest, so N devices of C bytes fit N x one device's batch, but fewer
 samples than one device of N x C bytes would (:func:`mgpu_lab.measure.memory_check.measured_limits` shows both).
 
 The activations and temporaries come from replaying the uncompiled gradient graph
@@ -26,6 +26,30 @@ results after their last use, with the two memory savings Theano's compiler make
 there (fusion and in-place; see :data:`IN_PLACE_OPS`). :func:`simulate` gives that
 replay; its ``peak`` is what Theano's own memory profiler reports for the compiled
 function (see :mod:`mgpu_lab.measure.memory_check`; within 2 % on the test nets).
+
+Sharded data parallelism (ZeRO, Rajbhandari et al. 2020; PyTorch FSDP, Zhao et al. 2023)
+cuts the P flat parameters into the N :func:`~mgpu_lab.collectives.ring_chunks` (sizes
+differ by at most one); device i owns chunk (i + 1) mod N, the one the ring's
+reduce-scatter completes on it (as the engines' ShardedOptimizer), its *shard* of s_i.
+Per device, in float32 numbers, with L the largest layer's parameters (a layer: names
+sharing the part before the last dot, ``fc1.W`` and ``fc1.b``), at ZeRO stage ``sharding``:
+
+    stage   parameters   gradients   optimizer
+    0       P            P           k P        (k: 0 SGD, 1 momentum, 2 Adam)
+    1       P            P           k s_i
+    2       P            s_i + L     k s_i
+    3       s_i + L      s_i + L     k s_i
+
+At stage 2 a layer's gradient is computed whole, then reduce-scattered; at stage 3 a
+layer's parameters are all-gathered just before it runs and freed after: so the largest
+layer's full gradient (and parameters) exist for a moment, counted on top of the shard
+with the activations (an upper bound: they need not peak together). On one device every
+stage is stage 0.
+
+Stages 2 and 3 are predicted only. The simulated devices run stage 1 for real
+(``strategy="sharded"``), not 2 or 3: Theano compiles the whole forward and backward pass
+as one function, which returns every layer's full gradient at once, so no device can drop
+a gradient before the next is made, nor fetch a layer's parameters just when it runs.
 """
 import weakref
 from collections import defaultdict
@@ -35,14 +59,24 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._theano import floatX
+from ..collectives import ring_chunks
+from ..validate import check_n_devices
 from .gpus import BOOK_GPUS, DEFAULT_RESERVED, get_gpu
 from .graph import analyse
 
-__all__ = ["OPTIMIZER_SLOTS", "VIEW_OPS", "IN_PLACE_OPS", "TERMS", "Simulation", "simulate",
-           "estimate", "max_batch_size", "predicted_limits"]
+__all__ = ["OPTIMIZER_SLOTS", "SHARDING_STAGES", "VIEW_OPS", "IN_PLACE_OPS", "TERMS",
+           "MODEL_STATE", "Simulation", "simulate", "check_sharding", "layer_sizes",
+           "shard_sizes", "model_state", "predicted_device_memory", "state_bytes_per_parameter",
+           "estimate", "split_limits", "max_batch_size", "predicted_limits"]
 
 # Arrays of optimizer state per weight (see mgpu_lab.optim).
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
+
+# ZeRO stages (Rajbhandari et al. 2020): what each device keeps only 1/N of.
+SHARDING_STAGES = {0: "none (every device holds everything)",
+                   1: "optimizer state sharded (ZeRO-1)",
+                   2: "optimizer state and gradients sharded (ZeRO-2)",
+                   3: "optimizer state, gradients and parameters sharded (ZeRO-3, FSDP)"}
 
 # Ops whose output is a view of their first input in the compiled graph: no new memory.
 VIEW_OPS = {"DimShuffle", "Reshape", "Subtensor", "Rebroadcast", "SpecifyShape", "ViewOp",
@@ -55,6 +89,7 @@ IN_PLACE_OPS = {"Elemwise", "SoftmaxGrad"}
 
 TERMS = ("parameters", "gradients", "optimizer", "inputs", "activations", "transient",
          "workspace")
+MODEL_STATE = TERMS[:3]  # the terms sharding divides; the rest depend on the split only
 
 
 @dataclass
@@ -160,40 +195,151 @@ def simulate(model, batch_size):
     return Simulation(peak, peak_ng, state["all"], activations, workspace, timeline)
 
 
-_CACHE = weakref.WeakKeyDictionary()  # model -> {(batch, optimizer): estimate}
+# -- model state: parameters, gradients, optimizer, with and without sharding ------------
+def check_sharding(sharding):
+    """``sharding`` as an int 0..3 (the ZeRO stage), or ``ValueError`` saying what is allowed."""
+    if isinstance(sharding, (int, np.integer)) and not isinstance(sharding, bool) \
+            and int(sharding) in SHARDING_STAGES:
+        return int(sharding)
+    stages = "; ".join(f"{k} = {v}" for k, v in SHARDING_STAGES.items())
+    raise ValueError(f"sharding must be a ZeRO stage 0, 1, 2 or 3 ({stages}), "
+                     f"got {sharding!r}")
 
 
-def estimate(model, batch_size, optimizer="sgd"):
-    """Bytes one device needs for a training step on ``batch_size`` samples.
+def _check_optimizer(optimizer):
+    """An optimizer's name: a name, or anything with a ``.name`` (an optimizer object)."""
+    name = getattr(optimizer, "name", optimizer)
+    if name not in OPTIMIZER_SLOTS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZER_SLOTS)}")
+    return name
+
+
+def layer_sizes(model):
+    """``{layer: parameter count}``, a layer being the parameters whose names share the
+    part before the last dot (``conv1.W`` and ``conv1.b`` make ``conv1``), in model order."""
+    sizes = {}
+    for p, shape in zip(model.params, model.param_shapes):
+        layer = (p.name or "?").rsplit(".", 1)[0]
+        sizes[layer] = sizes.get(layer, 0) + int(np.prod(shape))
+    return sizes
+
+
+def shard_sizes(n_params, n_devices):
+    """How many of the P flat parameters each device owns: device i owns chunk (i + 1) mod N
+    of :func:`~mgpu_lab.collectives.ring_chunks` (sizes differ by at most one), the chunk
+    the ring's reduce-scatter leaves complete on it, as in the engines."""
+    n = check_n_devices(n_devices)
+    sizes = [b - a for a, b in ring_chunks(int(n_params), n)]
+    return [sizes[(i + 1) % n] for i in range(n)]
+
+
+def model_state(model, optimizer="sgd", sharding=0, n_devices=1):
+    """Bytes of parameters, gradients and optimizer state on each device: a list of N
+    dicts ``{parameters, gradients, optimizer}``, by the table in the module docstring."""
+    slots = OPTIMIZER_SLOTS[_check_optimizer(optimizer)]
+    stage, n = check_sharding(sharding), check_n_devices(n_devices)
+    itemsize, P = np.dtype(floatX).itemsize, model.n_params
+    if n == 1:
+        stage = 0  # one device holds all: nothing to split or to gather
+    gathered = max(layer_sizes(model).values()) if stage >= 2 else 0  # L, a transient
+    rows = []
+    for s in shard_sizes(P, n):
+        rows.append({"parameters": itemsize * (s + gathered if stage >= 3 else P),
+                     "gradients": itemsize * (s + gathered if stage >= 2 else P),
+                     "optimizer": itemsize * slots * (s if stage >= 1 else P)})
+    return rows
+
+
+def state_bytes_per_parameter(optimizer="sgd", sharding=0, n_devices=1):
+    """Bytes of model state (parameters, gradients, optimizer) per parameter on one
+    device, as P grows large: the table in the module docstring divided by P, with the
+    shard s_i ~ P/N and the gathered layer L left out (it is a fixed cost, not per P).
+    Adam: 16 without sharding, 8 + 8/N at stage 1, 4 + 12/N at stage 2, 16/N at stage 3."""
+    k = OPTIMIZER_SLOTS[_check_optimizer(optimizer)]
+    stage, n = check_sharding(sharding), check_n_devices(n_devices)
+    share = lambda sharded: 1 / n if sharded else 1  # noqa: E731
+    return 4 * (share(stage >= 3) + share(stage >= 2) + k * share(stage >= 1))
+
+
+def predicted_device_memory(model, n_devices, optimizer, sharding):
+    """What :meth:`engine.device_memory` should count, predicted: one dict per device,
+    ``{"parameters": bytes, "gradients": bytes, "optimizer": bytes}``.
+
+    ``optimizer``: a name or an optimizer object (its ``.name``). Sharding 0 means the
+    update runs on every device with a full copy of the state (``strategy="ring"``);
+    sharding 1 is ``strategy="sharded"``; 2 and 3 are predicted only (module docstring).
+    """
+    return model_state(model, optimizer, sharding, n_devices)
+
+
+# -- the whole estimate ----------------------------------------------------------------
+_CACHE = weakref.WeakKeyDictionary()  # model -> {batch: the terms that grow with it}
+_EXACT_LINE = weakref.WeakKeyDictionary()  # model -> n: the terms are affine on [1, n]
+
+
+def _step_terms(model, batch_size):
+    """inputs, activations, transient and workspace at ``batch_size``: one graph replay,
+    or the line through 1 and 2 samples where :func:`split_limits` proved it exact."""
+    cache = _CACHE.setdefault(model, {})
+    if batch_size not in cache and 2 < batch_size <= _EXACT_LINE.get(model, 0):
+        e1, e2 = cache[1], cache[2]
+        return {k: e1[k] + (batch_size - 1) * (e2[k] - e1[k]) for k in e1}
+    if batch_size not in cache:
+        sim = simulate(model, batch_size)
+        cache[batch_size] = {
+            "inputs": batch_size * (4 * int(np.prod(model.input_shape)) + 4),
+            "activations": sim.activations,
+            "transient": max(0, sim.peak_without_gradients - sim.activations),
+            "workspace": sim.workspace}
+    return cache[batch_size]
+
+
+def split_limits(model, budgets):
+    """For each budget (bytes left after the model state), the largest split n whose
+    inputs + activations + transient + workspace fit in it (0 if not even one does).
+
+    Three graph replays instead of dozens: these bytes are sums of buffers that grow
+    linearly with n, or the largest such sum, so they are convex in n. If the replay at
+    ``top`` (one past every answer read off the line through n = 1 and 2) lies on that
+    line, every n in [1, top] does (a convex function that meets a line at 1, 2 and top
+    lies on it in between), and each answer is read off the line; if not, each is searched.
+    """
+    total = lambda n: sum(_step_terms(model, n).values())  # noqa: E731
+    t1, t2 = total(1), total(2)
+    per = max(1, t2 - t1)
+    fit = [0 if b < t1 else 1 + (b - t1) // per for b in budgets]
+    top = max(fit, default=0) + 1
+    if top > 2 and total(top) == t1 + (top - 1) * (t2 - t1):
+        _EXACT_LINE[model] = max(top, _EXACT_LINE.get(model, 0))
+        return fit
+    return [_largest_fitting(total, b) for b in budgets]
+
+
+def estimate(model, batch_size, optimizer="sgd", sharding=0, n_devices=1):
+    """Bytes one device needs for a training step on ``batch_size`` samples (its split).
 
     Returns ``{term: bytes}`` for every name in :data:`TERMS`, plus ``"total"`` (their
-    sum). See the module docstring for what each term counts.
+    sum). See the module docstring for what each term counts. ``sharding`` (ZeRO stage
+    0-3) over ``n_devices`` devices shrinks the model state; the device returned is the
+    one with the largest shard (the first such), the one that limits the batch.
     """
-    if optimizer not in OPTIMIZER_SLOTS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_SLOTS)}")
-    key = (int(batch_size), optimizer)
-    cache = _CACHE.setdefault(model, {})
-    if key not in cache:
-        sim = simulate(model, batch_size)
-        p = np.dtype(floatX).itemsize * model.n_params
-        est = {"parameters": p, "gradients": p, "optimizer": OPTIMIZER_SLOTS[optimizer] * p,
-               "inputs": int(batch_size) * (4 * int(np.prod(model.input_shape)) + 4),
-               "activations": sim.activations,
-               "transient": max(0, sim.peak_without_gradients - sim.activations),
-               "workspace": sim.workspace}
-        est["total"] = sum(est.values())
-        cache[key] = est
-    return dict(cache[key])
+    states = model_state(model, optimizer, sharding, n_devices)
+    state = max(states, key=lambda d: sum(d.values()))
+    est = {**state, **_step_terms(model, int(batch_size))}
+    est = {t: int(est[t]) for t in TERMS}
+    est["total"] = sum(est.values())
+    return est
 
 
-def max_batch_size(model, memory_bytes, n_devices=1, optimizer="sgd"):
+def max_batch_size(model, memory_bytes, n_devices=1, optimizer="sgd", sharding=0):
     """The largest global batch whose split fits on each of ``n_devices`` devices of
     ``memory_bytes``: ``n_devices * m`` where ``m`` is the largest per-device split with
-    ``estimate(model, m)["total"] <= memory_bytes`` (0 if not even one sample fits)."""
-    if n_devices < 1:
-        raise ValueError(f"n_devices must be >= 1, got {n_devices}")
-    total = lambda n: estimate(model, n, optimizer)["total"]  # noqa: E731
-    return int(n_devices) * _largest_fitting(total, int(memory_bytes))
+    ``estimate(model, m, optimizer, sharding, n_devices)["total"] <= memory_bytes`` (0 if
+    not even one sample fits). Without sharding m does not depend on N; with it, it grows
+    with N, because each device keeps a smaller shard."""
+    n = check_n_devices(n_devices)
+    state = max(sum(d.values()) for d in model_state(model, optimizer, sharding, n))
+    return n * split_limits(model, [int(memory_bytes) - state])[0]
 
 
 def _largest_fitting(total, capacity):
@@ -222,25 +368,33 @@ def _largest_fitting(total, capacity):
 
 
 def predicted_limits(nets, gpus=None, n_gpus=(1, 2, 3, 4), optimizer="momentum",
-                     reserved_bytes=DEFAULT_RESERVED, progress=True):
+                     reserved_bytes=DEFAULT_RESERVED, progress=True, sharding=0):
     """Rows ``{model, gpu, memory_gib, n_gpus, per_gpu_batch, global_batch, update_rule,
-    reserved_bytes, <terms>}``: the largest batch per GPU kind for 1..N GPUs, predicted
-    from the graph.
+    sharding, reserved_bytes, <terms>}``: the largest batch per GPU kind for 1..N GPUs,
+    predicted from the graph.
 
     ``nets``: {name: model}; ``gpus``: names from :mod:`mgpu_lab.predict.gpus` (default
-    its ``BOOK_GPUS``); ``optimizer``: its state is kept on every GPU (default momentum,
-    the book's); ``reserved_bytes``: memory per GPU not available to the step (CUDA
-    context, framework; default :data:`~mgpu_lab.predict.gpus.DEFAULT_RESERVED`, an
-    assumption). The terms are bytes per GPU at the per-GPU batch.
+    its ``BOOK_GPUS``); ``optimizer``: its state is kept on the GPUs (default momentum,
+    the book's); ``sharding``: the ZeRO stage 0-3 (default 0, every GPU holds all its
+    state; see :data:`SHARDING_STAGES`); ``reserved_bytes``: memory per GPU not available
+    to the step (CUDA context, framework; default
+    :data:`~mgpu_lab.predict.gpus.DEFAULT_RESERVED`, an assumption). The terms are bytes on
+    the busiest GPU at the per-GPU batch.
     """
+    stage = check_sharding(sharding)
+    _check_optimizer(optimizer)
     kinds = [get_gpu(g) for g in (BOOK_GPUS if gpus is None else gpus)]
+    counts = [check_n_devices(n) for n in n_gpus]
     rows = []
-    for (name, model), gpu in tqdm([(item, g) for item in nets.items() for g in kinds],
-                                   desc="limits", disable=not progress):
-        per = max_batch_size(model, gpu.memory_bytes - reserved_bytes, 1, optimizer)
-        terms = estimate(model, max(per, 1), optimizer)
-        for n in n_gpus:
+    for name, model in tqdm(nets.items(), desc="limits", disable=not progress):
+        state = {n: max(sum(d.values()) for d in model_state(model, optimizer, stage, n))
+                 for n in counts}
+        cases = [(g, n) for g in kinds for n in counts]
+        budgets = [g.memory_bytes - reserved_bytes - state[n] for g, n in cases]
+        for (gpu, n), per in zip(cases, split_limits(model, budgets)):
             rows.append({"model": name, "gpu": gpu.name, "memory_gib": gpu.memory_gib,
                          "n_gpus": n, "per_gpu_batch": per, "global_batch": n * per,
-                         "update_rule": optimizer, "reserved_bytes": int(reserved_bytes), **terms})
+                         "update_rule": optimizer, "sharding": stage,
+                         "reserved_bytes": int(reserved_bytes),
+                         **estimate(model, max(per, 1), optimizer, stage, n)})
     return rows

@@ -1,0 +1,54 @@
+// Chapter 6's explorer (mgpu_lab.figures.explorers.throughput): predicted images/s,
+// speed-up, efficiency and the step's compute and communication time. Runs on
+// mgpu-explorer.js; m.data.fields holds each prediction field for every
+// network x GPU x batch x strategy x overlap x N, flattened in that order.
+mgpuExplorers.register('throughput', function update(m, s) {
+  const F = m.data.fields, NS = m.axes.n_gpus;
+  const xN = {field: 'n', type: 'ordinal', title: 'number of GPUs', axis: {labelAngle: 0}};
+  const spec = {
+    resolve: {scale: {color: 'independent'}, legend: {color: 'independent'}},
+    hconcat: [
+      {width: 250, height: 190, title: 'Predicted images/s',
+       layer: [
+         {data: {name: 'curve'}, mark: {type: 'line', point: true},
+          encoding: {x: xN, y: {field: 'images_per_s', type: 'quantitative',
+                                title: 'images per second'},
+                     color: {field: 'strategy', type: 'nominal',
+                             legend: {orient: 'bottom', title: null}},
+                     tooltip: [{field: 'strategy'}, {field: 'n', title: 'GPUs'},
+                               {field: 'images_per_s', format: ',.0f'}]}},
+         {data: {name: 'here'}, mark: {type: 'point', size: 160, shape: 'circle',
+                                       filled: false, color: 'black', strokeWidth: 2},
+          encoding: {x: xN, y: {field: 'images_per_s', type: 'quantitative'}}}]},
+      {width: 250, height: 190, title: 'Predicted time per step',
+       data: {name: 'split'}, mark: 'bar',
+       encoding: {x: xN, y: {field: 'ms', type: 'quantitative', stack: 'zero',
+                             title: 'milliseconds per step'},
+                  color: {field: 'part', type: 'nominal', scale: {domain:
+                          ['compute', 'communication'], range: ['#4c78a8', '#f58518']},
+                          legend: {orient: 'bottom', title: null}},
+                  opacity: {condition: {test: 'datum.here', value: 1}, value: 0.55},
+                  tooltip: [{field: 'part'}, {field: 'n', title: 'GPUs'},
+                            {field: 'ms', format: '.2f'}]}}]};
+  const i = m.at(s);
+  for (const f of ['images_per_s', 'batch_size', 'split']) m.show(f, F[f][i], 'int');
+  m.show('speedup', F.speedup[i], 'f2');
+  m.show('scaling_efficiency', F.scaling_efficiency[i], 'pct');
+  for (const f of ['compute_s', 'comm_s', 'step_s']) m.show(f, 1e3 * F[f][i], 'ms');
+  for (const a of ['net', 'gpu', 'strategy', 'n_gpus']) m.show(a, s[a]);
+  m.show('overlap', s.overlap ? 'on' : 'off');
+  const g = m.data.gpus[s.gpu];
+  m.show('source', g.source);
+  m.show('efficiency', g.efficiency, 'pct');
+  m.show('efficiency_source', g.efficiency_source);
+  const curve = [], split = [];
+  for (const strategy of m.axes.strategy) for (const n of NS) {
+    curve.push({n, strategy, images_per_s: F.images_per_s[m.at(s, {strategy, n_gpus: n})]});
+  }
+  for (const n of NS) {
+    const k = m.at(s, {n_gpus: n}), here = n === s.n_gpus;
+    split.push({n, part: 'compute', ms: 1e3 * F.compute_s[k], here});
+    split.push({n, part: 'communication', ms: 1e3 * F.comm_s[k], here});
+  }
+  return m.draw(spec, {curve, split, here: [{n: s.n_gpus, images_per_s: F.images_per_s[i]}]});
+});

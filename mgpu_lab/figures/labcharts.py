@@ -1,0 +1,203 @@
+"""The explorers in JupyterLab: the same numbers as the web book, drawn by the lab itself.
+
+The web book draws an explorer with its own scripts (``book/_static/explorer-*.js`` on the
+vendored Vega). JupyterLab does not run those, but it renders Vega-Lite 5 natively (its
+built-in ``@jupyterlab/vega5-extension`` takes ``application/vnd.vegalite.v5+json``, with
+no network and nothing to install). So in a kernel an explorer is a Vega-Lite chart of
+the same grid (:func:`~mgpu_lab.figures.explorers.batch_limits_data`,
+:func:`~mgpu_lab.figures.explorers.throughput_data`) whose controls are Vega-Lite
+parameters bound to inputs; a summary line in the chart prints the numbers the web book
+prints in its text.
+
+Which one a notebook shows: JupyterLab prefers HTML (rank 50) to Vega (rank 57) when an
+output holds both, so an output holds one. The book's Sphinx extension sets
+``MGPU_WEB_BOOK=1`` for the kernels it runs (:data:`WEB_BOOK_ENV`); there an explorer is
+its HTML, everywhere else its Vega-Lite chart (and a plain-text summary for terminals).
+"""
+import os
+
+__all__ = ["WEB_BOOK_ENV", "VEGALITE_MIME", "Explorer", "batch_limits_spec",
+           "throughput_spec"]
+
+WEB_BOOK_ENV = "MGPU_WEB_BOOK"
+VEGALITE_MIME = "application/vnd.vegalite.v5+json"
+# vega-embed's options (JupyterLab passes them on): SVG, so the text can be read and
+# selected; no action menu (its "open in editor" would go to the network)
+EMBED_OPTIONS = {"renderer": "svg", "actions": False}
+
+
+class Explorer:
+    """One explorer's output: ``html`` in the web book, ``spec`` (Vega-Lite) in a kernel."""
+
+    def __init__(self, html, spec, text):
+        self.html, self.spec, self.text = html, spec, text
+
+    @property
+    def data(self):  # as IPython.display.HTML's, which explorers returned before
+        return self.html
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        if os.environ.get(WEB_BOOK_ENV):
+            return {"text/html": self.html, "text/plain": self.text}
+        return ({VEGALITE_MIME: self.spec, "text/plain": self.text},
+                {VEGALITE_MIME: {"embed_options": EMBED_OPTIONS}})
+
+
+def _param(name, label, value, options=None, lo=None, hi=None, labels=None):
+    """A parameter bound to a select (``options``) or a range slider (``lo``..``hi``)."""
+    if options is None:
+        bind = {"input": "range", "min": lo, "max": hi, "step": 1, "name": f"{label} "}
+    else:
+        bind = {"input": "select", "options": list(options), "name": f"{label} "}
+        if labels:
+            bind["labels"] = list(labels)
+    return {"name": name, "value": value, "bind": bind}
+
+
+def _filter(names):
+    return {"filter": " && ".join(f"datum.{n} == {n}" for n in names)}
+
+
+def _summary(expr, width, before=()):
+    """A line of text computed from the chosen setting (the one row left by the filters
+    and ``before``, more transforms)."""
+    return {"width": width, "height": 36,
+            "transform": [*before, {"calculate": expr, "as": "summary"}],
+            "mark": {"type": "text", "align": "left", "baseline": "middle", "x": 0,
+                     "fontSize": 13, "lineBreak": "\n"},
+            "encoding": {"text": {"field": "summary"}}}
+
+
+# -- chapter 7 ---------------------------------------------------------------------------
+def _limits_rows(d, sharding):
+    """One row per GPU x size x depth x optimizer x N at one ``sharding`` (ZeRO stage: the
+    lab chart keeps it fixed; every stage at once would be 4 times the rows). The parts
+    are looked up as the web page does (explorers.limits_parts)."""
+    ax, rows = d["axes"], []
+    for gpu in ax["gpu"]:
+        for size in ax["image_size"]:
+            for depth in ax["depth"]:
+                for opt in ax["optimizer"]:
+                    for n in ax["n_gpus"]:
+                        at = dict(gpu=gpu, image_size=size, depth=depth, optimizer=opt,
+                                  sharding=sharding, n_gpus=n)
+                        per, key = d["per_gpu"][_index(ax, at)], f"{size}x{depth}"
+                        nbytes = (d["state"][key][opt][sharding][ax["n_gpus"].index(n)]
+                                  + d["step"][key][str(max(per, 1))])
+                        row = {"gpu": gpu, "image_size": size, "depth": depth,
+                               "optimizer": opt, "n_gpus": n, "per_gpu": per,
+                               "usable_gib": d["gpus"][gpu]["usable_bytes"] / 2 ** 30}
+                        # "p_": a part may share its name with a setting ("optimizer")
+                        row.update({f"p_{p}": b / 2 ** 30 for p, b in zip(d["parts"], nbytes)})
+                        rows.append(row)
+    return rows
+
+
+def _index(axes, setting):
+    i = 0
+    for name, values in axes.items():
+        i = i * len(values) + list(values).index(setting[name])
+    return i
+
+
+def batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding=0):
+    """Chapter 7's explorer as Vega-Lite: the summary line and the busiest GPU's memory
+    bar, at one ``sharding`` (ZeRO stage)."""
+    ax, parts = d["axes"], list(d["parts"])
+    label = d["sharding_labels"][ax["sharding"].index(sharding)]
+    summary = ("'ResNet-' + depth + '-like at ' + image_size + ' px on ' + n_gpus + ' x ' "
+               f"+ gpu + ', ' + optimizer + ', sharding {label}:\\nat most ' "
+               "+ format(datum.per_gpu, ',') "
+               "+ ' images per GPU, a global batch of ' + format(n_gpus * datum.per_gpu, ',')"
+               " + ' (predicted)'")
+    bar = {"transform": [{"fold": [f"p_{p}" for p in parts], "as": ["key", "gib"]},
+                         {"calculate": "slice(datum.key, 2)", "as": "part"},
+                         {"calculate": f"indexof({parts!r}, datum.part)", "as": "order"}],
+           "mark": "bar",
+           "encoding": {"x": {"field": "gib", "type": "quantitative", "stack": "zero",
+                              "title": "memory of one GPU (GiB)"},
+                        "color": {"field": "part", "type": "nominal",
+                                  "scale": {"domain": parts},
+                                  "legend": {"orient": "bottom", "title": None}},
+                        "order": {"field": "order"},
+                        "tooltip": [{"field": "part"},
+                                    {"field": "gib", "format": ".3f", "title": "GiB"}]}}
+    cap = {"mark": {"type": "rule", "color": "black", "strokeDash": [4, 3], "strokeWidth": 2},
+           "encoding": {"x": {"field": "usable_gib", "type": "quantitative"}}}
+    return {
+        "params": [_param("gpu", "GPU", gpu, ax["gpu"]),
+                   _param("image_size", "image px", image_size, ax["image_size"]),
+                   _param("depth", "depth", depth, ax["depth"]),
+                   _param("n_gpus", "GPUs", n_gpus, lo=1, hi=8),
+                   _param("optimizer", "optimizer", optimizer, ax["optimizer"])],
+        "data": {"values": _limits_rows(d, sharding)},
+        "transform": [_filter(["gpu", "image_size", "depth", "optimizer", "n_gpus"])],
+        "vconcat": [_summary(summary, 560),
+                    {"width": 540, "height": 46, "layer": [bar, cap],
+                     "title": "Where the busiest GPU's memory goes at its largest split (predicted; "
+                              "dashed: the GPU's memory less the reserve)"}]}
+
+
+# -- chapter 6 ---------------------------------------------------------------------------
+def _throughput_rows(d):
+    ax, f, rows, i = d["axes"], d["fields"], [], 0
+    for net in ax["net"]:
+        for gpu in ax["gpu"]:
+            for batch in ax["batch"]:
+                for strategy in ax["strategy"]:
+                    for overlap in ax["overlap"]:
+                        for n in ax["n_gpus"]:
+                            rows.append({"net": net, "gpu": gpu, "batch": batch,
+                                         "strategy": strategy, "overlap": "on" if overlap
+                                         else "off", "n": n,
+                                         **{k: f[k][i] for k in f},
+                                         "compute_ms": 1e3 * f["compute_s"][i],
+                                         "comm_ms": 1e3 * f["comm_s"][i]})
+                            i += 1
+    return rows
+
+
+def throughput_spec(d, net, gpu, n_gpus, strategy, overlap, batch):
+    """Chapter 6's explorer as Vega-Lite: the summary line, images/s against N for both
+    strategies, and the predicted step split into compute and communication."""
+    ax = d["axes"]
+    x = {"field": "n", "type": "ordinal", "title": "number of GPUs", "axis": {"labelAngle": 0}}
+    summary = ("net + ' on ' + n_gpus + ' x ' + gpu + ', global batch ' "
+               "+ format(datum.batch_size, ',') + ', ' + strategy + ', overlap ' + overlap "
+               "+ ':\\n' + format(datum.images_per_s, ',.0f') + ' images/s, speed-up ' "
+               "+ format(datum.speedup, '.2f') + ', efficiency ' "
+               "+ format(100 * datum.scaling_efficiency, '.1f') + ' % (predicted)'")
+    curve = {"width": 250, "height": 190, "title": "Predicted images/s", "layer": [
+        {"mark": {"type": "line", "point": True},
+         "encoding": {"x": x, "y": {"field": "images_per_s", "type": "quantitative",
+                                    "title": "images per second"},
+                      "color": {"field": "strategy", "type": "nominal",
+                                "legend": {"orient": "bottom", "title": None}}}},
+        {"transform": [_filter(["strategy"]), {"filter": "datum.n == n_gpus"}],
+         "mark": {"type": "point", "size": 160, "filled": False, "color": "black",
+                  "strokeWidth": 2},
+         "encoding": {"x": x, "y": {"field": "images_per_s", "type": "quantitative"}}}]}
+    split = {"width": 250, "height": 190, "title": "Predicted time per step",
+             "transform": [_filter(["strategy"]),
+                           {"fold": ["compute_ms", "comm_ms"], "as": ["part", "ms"]}],
+             "mark": "bar",
+             "encoding": {"x": x, "y": {"field": "ms", "type": "quantitative", "stack": "zero",
+                                        "title": "milliseconds per step"},
+                          "color": {"field": "part", "type": "nominal",
+                                    "scale": {"domain": ["compute_ms", "comm_ms"],
+                                              "range": ["#4c78a8", "#f58518"]},
+                                    "legend": {"orient": "bottom", "title": None}}}}
+    return {
+        "params": [_param("net", "network", net, ax["net"]),
+                   _param("gpu", "GPU", gpu, ax["gpu"]),
+                   _param("n_gpus", "GPUs", n_gpus, lo=min(ax["n_gpus"]), hi=max(ax["n_gpus"])),
+                   _param("strategy", "strategy", strategy, ax["strategy"],
+                          labels=["host gather", "ring all-reduce"]),
+                   _param("overlap", "overlap", "on" if overlap else "off", ["off", "on"]),
+                   _param("batch", "batch", batch, ax["batch"])],
+        "data": {"values": _throughput_rows(d)},
+        "transform": [_filter(["net", "gpu", "batch", "overlap"])],
+        "vconcat": [_summary(summary, 560, before=[_filter(["strategy"]),
+                                                   {"filter": "datum.n == n_gpus"}]),
+                    {"hconcat": [curve, split],
+                     "resolve": {"scale": {"color": "independent"}}}]}
