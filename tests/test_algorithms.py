@@ -24,11 +24,13 @@ def test_recursive_doubling_is_the_old_tree():
     assert A.latency_steps("tree", 5) == 3  # ceil(log2 5): an approximation off powers of two
 
 
-def test_double_tree_bandwidth_term_does_not_grow_with_n():
-    # about S / b whatever N: 1 MB at 10 GB/s = 100 us, plus 2 log2 N latencies
-    for n in (2, 8, 128):
-        assert A.double_tree_seconds(1e6, n, 1e10, 0) == pytest.approx(100e-6)
-    assert A.double_tree_seconds(1e6, 8, 1e10, 1e-5) == pytest.approx(100e-6 + 6e-5)
+def test_double_tree_has_the_rings_bandwidth_term_and_a_log_latency():
+    # NCCL's trees reach the ring's bus bandwidth (2(N-1)/N S/b); their gain is the latency
+    for n in (2, 8, 64):
+        assert A.double_tree_seconds(1e6, n, 1e10, 0) == pytest.approx(
+            A.ring_allreduce_seconds(1e6, n, 1e10, 0))
+    assert A.double_tree_seconds(1e6, 8, 1e10, 1e-5) == pytest.approx(175e-6 + 6e-5)
+    assert A.double_tree_seconds(1e6, 64, 1e10, 1e-5) < A.ring_allreduce_seconds(1e6, 64, 1e10, 1e-5)
     assert A.double_tree_seconds(1e6, 1, 1e10, 1e-5) == 0
 
 

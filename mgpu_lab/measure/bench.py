@@ -166,7 +166,7 @@ def measure_devices(spec, devices, batch_sizes, x, y, warmup=2, repeats=5, steps
         rows = [_row(*c, b, runs[c, b], trainers[c].engine) for c, b in sorted(runs)]
         if not bare:
             return rows, None
-        return rows, _baseline_summary(bare, bare_runs, trainers[devices[0]].model)
+        return rows, _baseline_summary(bare, bare_runs, trainers[configs[0]].model)
 
 
 def _bare_run(bare, b, steps, bar):
@@ -313,7 +313,7 @@ def format_table(result):
              f"model {result['model']['spec']} ({result['model']['n_params']:,} params); "
              f"1 BLAS thread per device",
              f"{'N':>2} {'strategy':>12} {'batch':>5} {'images/s':>9} {'[min-max]':>13} "
-             f"{'speedup':>7} {'pred.':>6} {'err':>6} | ms/step: {'compute':>7} {'bcast':>6} "
+             f"{'speedup':>7} {'pred.':>6} {'err':>6} | ms/step: {'compute':>7} {'scatt':>6} "
              f"{'fetch':>5} {'sync':>5} {'exch':>5} {'stack':>5} {'update':>6} {'step':>7} "
              f"| runs kept, other load"]
     for r in result["rows"]:

@@ -104,11 +104,13 @@ tree_allreduce_seconds = recursive_doubling_seconds  # the old name: not NCCL's 
 
 def double_tree_seconds(n_bytes, n_gpus, peer_bw, latency=DEFAULT_LATENCY):
     """NCCL's double binary tree: each of two trees reduces and broadcasts half the data,
-    pipelined in small chunks, so the bandwidth term is about ``n_bytes / peer_bw``
-    (independent of N) and a chunk crosses about 2 log2 N links."""
+    pipelined in small chunks. A device still sends about as many bytes as in the ring
+    (NCCL's own tests count the same 2 (N - 1) / N for every all-reduce algorithm: it
+    reaches "full bandwidth", the ring's), but a chunk crosses only about 2 log2 N links:
+    the ring's bandwidth term with a latency term that grows as log N, not N."""
     if n_gpus == 1:
         return 0.0
-    return n_bytes / peer_bw + 2 * _log2(n_gpus) * latency
+    return 2 * (n_gpus - 1) / n_gpus * n_bytes / peer_bw + 2 * _log2(n_gpus) * latency
 
 
 def sharded_seconds(n_bytes, n_gpus, peer_bw, latency=DEFAULT_LATENCY):

@@ -6,7 +6,9 @@ own bandwidth ``bw`` (bytes/s per direction) and latency. With S = 4P gradient b
     flat ring (ordered node by node):   every step moves S / N over every link, and one
         link per node is the network: 2 (N - 1) / N * S / min(peer_bw, net_bw)
         + 2 (N - 1) alpha_net
-    halving-doubling across all N:      the same bandwidth term, 2 log2 N alpha_net
+    halving-doubling across all N:      step k pairs GPUs 2^k apart and moves S / 2^(k+1);
+        steps inside a node use its links, the others the network, where the node's G
+        GPUs share its one port (net_bw / G each); 2 log2 N latencies
     hierarchical (the engines' HierarchicalAllReduce):
         reduce inside each node to its first GPU (a reduce-scatter, then the leader gathers
         the G - 1 other shards): 2 (G - 1) / G * S / peer_bw + 2 (G - 1) alpha
@@ -98,13 +100,25 @@ def cluster_comm_seconds(strategy, n_bytes, n_gpus, gpus_per_node, gpu, network,
     if strategy == "ring":
         return algorithms.ring_allreduce_seconds(n_bytes, N, min(peer, net.bw), net.latency)
     if strategy == "halving_doubling":
-        return algorithms.halving_doubling_seconds(n_bytes, N, min(peer, net.bw), net.latency)
+        return _halving_doubling(n_bytes, N, G, peer, net, latency)
     if strategy == "host":
         return (algorithms.host_gather_seconds(n_bytes, G, gpu.host_bw, latency)
                 + algorithms.host_gather_seconds(n_bytes, N - G, net.bw, net.latency))
     inside = 2 * (G - 1) / G * n_bytes / peer + 2 * (G - 1) * latency  # reduce or broadcast
     across = algorithms.ring_allreduce_seconds(n_bytes, N // G, net.bw, net.latency)
     return 2 * inside + across
+
+
+def _halving_doubling(n_bytes, N, G, peer, net, latency):
+    """Halving-doubling over all N GPUs of N/G nodes: step k pairs GPUs 2^k apart and moves
+    n_bytes / 2^(k+1). Steps within a node (2^k < G) run on its links; the others cross the
+    network, where all G GPUs of a node send at once through its one port (bw / G each)."""
+    t = 0.0
+    for k in range(math.ceil(math.log2(N))):
+        inside = 2 ** k < G
+        bw = peer if inside else min(peer, net.bw / G)
+        t += n_bytes / 2 ** (k + 1) / bw + (latency if inside else net.latency)
+    return 2 * t  # the reduce-scatter, then the all-gather in reverse
 
 
 def _compute(model, gpu, batch_per_gpu, precision, winograd):
