@@ -62,7 +62,8 @@ def format_table(result):
         lines.append(f"| {name} | {r['cold_s']:.0f} s | {r['warm_s']:.0f} s |")
     total = {k: sum(r[k] for r in result["chapters"].values()) for k in ("cold_s", "warm_s")}
     lines.append(f"| **all** | **{total['cold_s'] / 60:.1f} min** | **{total['warm_s'] / 60:.1f} min** |")
-    return "\n".join(lines) + f"\n\n{result['machine_label']}; {result['created']}"
+    later = "".join(f" ({name}: {date})" for name, date in result.get("measured_later", {}).items())
+    return "\n".join(lines) + f"\n\n{result['machine_label']}; {result['created']}{later}"
 
 
 if __name__ == "__main__":
