@@ -294,10 +294,12 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
             except Exception as e:  # noqa: BLE001 - passed on to every rank, then re-raised
                 verdict, error = _FAILED, e
         t0 = time.perf_counter()
-        self._share_verdict(verdict, error)
+        self._share_verdict(verdict, error)  # the others wait here for rank 0's update
+        t1 = time.perf_counter()
         self.comm.Bcast([self._out, mpi().FLOAT], root=ROOT)  # new parameters (or gradient)
         received = [v.copy() for v in unflatten(self._out, self.shapes)]
-        t.scatter = time.perf_counter() - t0  # the parameters travel back to the devices
+        t.sync += t1 - t0
+        t.scatter = time.perf_counter() - t1  # the parameters travel back to the devices
         if update is None:
             return received, None, None
         return grads, received, state
