@@ -80,6 +80,14 @@ ALLOWED = {
         "with up to 100 MB",  # mpi-bench's largest size by default (a CLI default, not a result)
         "= 4P = 100 MB",  # the gradient size exercise 10.1 gives
     ],
+    "09_sharding": [  # Adam's two float32 arrays per parameter, and exercise 9.3's own model
+        "8 bytes each, 8P", "32 GB over N GPUs", "only Adam's 8 bytes",
+        "still holds 8 bytes per parameter",
+    ],
+    "11_cost_model": [
+        "8.74 TFLOPS for the board", "instead of 19.5 TFLOPS",  # datasheet peaks, cited
+        "= 5.34 TFLOP/s, which is", "speed: 5.34 TFLOP/s / 92.8",  # solution 11.1's arithmetic
+    ],
 }
 
 
