@@ -74,9 +74,6 @@ def check(args):
     if os.geteuid() != 0:
         raise SystemExit("hub: run it as root (sudo make hub): the hub checks students' "
                          "passwords with PAM and starts each server as its student")
-    if not os.access(PROXY, os.X_OK):
-        raise SystemExit(f"hub: configurable-http-proxy is missing at {PROXY}: run make hub "
-                         f"(it installs it with npm)")
     if not 1 <= args.port <= 65535:
         raise SystemExit(f"hub: port {args.port} is not a TCP port (1 to 65535)")
     if _port_in_use(args.ip, args.port):
@@ -92,6 +89,9 @@ def check(args):
         core_sets(os.sched_getaffinity(0), args.cores_per_student)
     except ValueError as e:
         raise SystemExit(f"hub: {e}") from None
+    if not os.access(PROXY, os.X_OK):  # last: what the teacher typed is checked first
+        raise SystemExit(f"hub: configurable-http-proxy is missing at {PROXY}: run make hub "
+                         f"(it installs it with npm)")
 
 
 def environment(args):

@@ -85,6 +85,9 @@ def students(tmp_path_factory, reachable):
 def hub(students, tmp_path_factory):
     """A hub on a free port, one core per student; stopped (SIGTERM) by the test below
     or, if that fails first, here."""
+    if not os.path.exists(hub_start.PROXY):
+        pytest.skip(f"configurable-http-proxy is not installed ({hub_start.PROXY}): "
+                    f"make test-all and make hub install it with npm")
     port = _free_port()
     state = tmp_path_factory.mktemp("hubstate")
     log = open(state / "hub.log", "w")
