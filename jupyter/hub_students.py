@@ -91,7 +91,7 @@ def student_notebooks():
         sys.path.insert(0, os.path.join(ROOT, "book", "_ext"))
         import student_edition
         out = os.path.dirname(NOTEBOOKS)
-        student_edition._notebooks(student_edition.write_sources(out), out)
+        student_edition.write_notebooks(student_edition.chapter_texts(), out)
     return NOTEBOOKS
 
 

@@ -219,8 +219,10 @@ def test_comm_benchmark_saves_measurements_and_prediction(tmp_path):
     result = mpi_bench.run(ranks=(2,), sizes_bytes=(4e3, 4e4), strategies=("host", "ring"),
                            repeats=2, timeout=JOB_TIMEOUT, progress=False)
     rows = result["rows"]
-    assert [(r["strategy"], r["bytes"]) for r in rows] == [
-        ("host", 4000), ("ring", 4000), ("host", 40000), ("ring", 40000)]
+    # an MLP sized to each gradient size: its 4P bytes come within a few per cent of it
+    assert [r["strategy"] for r in rows] == ["host", "ring", "host", "ring"]
+    for r, asked in zip(rows, (4e3, 4e3, 4e4, 4e4)):
+        assert abs(r["bytes"] - asked) <= 0.05 * asked, (r["bytes"], asked)
     for r in rows:
         assert 0 < r["comm_min_s"] <= r["comm_s"] <= r["comm_max_s"] and r["comm_repeats"] == 2
         assert r["predicted_comm_s"] > 0 and r["step_s"] > r["comm_s"]

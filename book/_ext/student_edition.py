@@ -40,6 +40,7 @@ import nbformat
 import yaml
 
 __all__ = ["strip_solutions", "unlink_teacher_pages", "strip_notebook", "write_sources",
+           "chapter_texts", "write_notebooks",
            "build", "TEACHER_ONLY"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +88,14 @@ def strip_notebook(nb):
     return nb
 
 
+def _with_prefix(output):
+    """A glued output as myst-nb reads it from a notebook: every mime key carries the
+    scrapbook prefix (``application/papermill.record/``), which glue.json has stripped."""
+    prefix = output.get("metadata", {}).get("scrapbook", {}).get("mime_prefix", "")
+    data = {k if k.startswith(prefix) else prefix + k: v for k, v in output["data"].items()}
+    return {**output, "data": data}
+
+
 def _restore_glue(nb, glue_json):
     """Put back the values the chapter glued (``myst_nb.glue``). myst-nb takes them out of
     the executed notebook into ``<chapter>.glue.json``; the student build, which executes
@@ -94,7 +103,7 @@ def _restore_glue(nb, glue_json):
     them (removed from the page; a value glued by a solution is shown by nothing)."""
     if not glue_json.exists():
         return
-    outputs = [nbformat.from_dict(o) for o in json.loads(glue_json.read_text()).values()]
+    outputs = [nbformat.from_dict(_with_prefix(o)) for o in json.loads(glue_json.read_text()).values()]
     cell = nbformat.v4.new_code_cell("# the values this chapter glued (myst_nb.glue)",
                                      metadata={"tags": ["remove-cell"]}, outputs=outputs)
     nb.cells.append(cell)
@@ -148,7 +157,14 @@ def write_sources(out, teacher_build=TEACHER_BUILD):
     return src, texts
 
 
-def _notebooks(texts, out):
+def chapter_texts():
+    """{chapter: its MyST text without solutions}, from the book's sources: what the
+    student notebooks hold (unexecuted), without a teacher build."""
+    return {p.stem: _student_text(p.read_text()) for p in sorted((ROOT / "book").glob("*.md"))
+            if _is_chapter(p)}
+
+
+def write_notebooks(texts, out):
     """One unexecuted .ipynb per chapter, from its stripped MyST text (jupytext)."""
     target = Path(out) / "notebooks"
     if target.exists():
@@ -165,7 +181,7 @@ def build(out=ROOT / "_build" / "student", teacher_build=TEACHER_BUILD,
     executed build (nothing is executed)."""
     out = Path(out)
     src, texts = write_sources(out, teacher_build)
-    notebooks = _notebooks(texts, out)
+    notebooks = write_notebooks(texts, out)
     jb = Path(sys.executable).with_name("jupyter-book")
     subprocess.run([str(jb), "build", str(src), "--path-output", str(out / "work"), *flags],
                    check=True)
