@@ -154,9 +154,6 @@ class Strategy:
     def __repr__(self):
         return f"{type(self).__name__}()"
 
-    def __eq__(self, other):
-        return type(self) is type(other) and vars(self) == vars(other)
-
 
 class HostGather(Strategy):
     """The chapter's way: the host fetches every gradient, stacks, updates, sends back."""

@@ -128,11 +128,11 @@ class _Model:
 
 def _step(device, model, fn, bufs, strategy, link, start, stop, weight, update, slots):
     """Compute, then the strategy's part on this device. Returns (loss, seconds per phase,
-    why the update was refused or None, bytes held)."""
+    why the update was refused or None); what it held stays in ``model.last_step``."""
     loss, times = compute_split(device, model, fn, bufs, start, stop)
     arr = {k: v.array for k, v in bufs.items()}
-    held = strategy.state_range(device, link.size, len(arr["params"])) if update else (0, 0)
-    dev = DeviceStep(arr["grads"][device], arr["params"], update, weight, loss, held,
+    state = strategy.state_range(device, link.size, len(arr["params"])) if update else (0, 0)
+    dev = DeviceStep(arr["grads"][device], arr["params"], update, weight, loss, state,
                      new=arr["new"][device] if "new" in arr else None,
                      state_in=arr["state"] if slots else None,
                      state_out=arr["state_out"][device] if slots else None)
