@@ -206,7 +206,9 @@ def _citations():
 
 
 def _plain(text):
-    """A BibTeX field as it reads: braces and runs of white space dropped."""
+    """A BibTeX field as it reads: braces and runs of white space dropped, TeX's
+    ``quotes'' as the typographic quotes the style prints."""
+    text = text.replace("``", "\u201c").replace("''", "\u201d")
     return re.sub(r"\s+", " ", text.replace("{", "").replace("}", "")).strip()
 
 
