@@ -127,6 +127,25 @@ def test_the_student_edition_shows_the_teachers_outputs_without_executing(studen
         if f"book/{p.stem}" not in student_edition.TEACHER_ONLY)
 
 
+def _printed(page):
+    """The text of each printed (stream) block on a built page, whitespace normalised."""
+    blocks = re.findall(r'<div class="output stream[^"]*"><div class="highlight"><pre>(.*?)</pre>',
+                        page.read_text(), re.S)
+    return [_norm(htmllib.unescape(re.sub(r"<[^>]+>", "", b))) for b in blocks]
+
+
+def test_the_student_pages_print_only_what_the_teachers_print(student):
+    """Each printed block of a student page is one of the teacher's page (a block printed
+    twice over, as myst-nb's in-place stream merging once left the executed notebooks, is not)."""
+    html, _ = student
+    pages = sorted(html.glob("book/*.html"))
+    assert len(pages) >= 10
+    for page in pages:
+        teacher = set(_printed(HTML / "book" / page.name))
+        extra = [b[:300] for b in _printed(page) if b not in teacher]
+        assert extra == [], f"{page.name}: printed blocks the teacher's page does not show: {extra}"
+
+
 def test_a_missing_teacher_build_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="build the book first"):
         student_edition.write_sources(tmp_path / "out", tmp_path / "no-build")

@@ -24,13 +24,22 @@ It also keeps every page free of network loads and script errors:
   ``env-before-read-docs``; sphinx-togglebutton's selector) a second time when it prepares
   writing, because it re-adds them as ``_JavaScript('')`` beside the ``_JavaScript(None)``
   it already holds; a second ``const`` of the same name is a SyntaxError in the browser;
+* a cell's printed lines appear once in the executed notebooks (``_build/jupyter_execute``,
+  which the student edition is made from). With ``nb_merge_streams``, myst-nb 1.4's
+  ``coalesce_streams`` appends every later stdout block to the first *in place*, then
+  renders the merged list; the notebook it writes keeps the grown first block and the
+  later ones too, so a cell that printed, glued a value and printed again showed its
+  lines twice there. Here it merges copies;
 * the ipywidgets state myst-nb saves from executed widgets is dropped: ``_config.yml`` sets
   ``nb_ipywidgets_js: {}`` (myst-nb's default would load require.js and the widget manager
   from CDNs), so nothing on the page could read it, and the widgets need a kernel anyway.
 """
+import copy
 import os
 import shutil
 from pathlib import Path
+
+import myst_nb.core.render
 
 from mgpu_lab.sources import library_files, library_hash
 
@@ -60,6 +69,15 @@ def _clear_stale_cache(app, config):
 def _depend_on_library(app, docname, source):
     for path in library_files():
         app.env.note_dependency(str(path))
+
+
+def _merge_copies(merge):
+    """``merge`` (myst-nb's ``coalesce_streams``), on copies of the outputs: the
+    notebook's own outputs are left as the kernel sent them."""
+    def merged(outputs):
+        return merge(copy.deepcopy(outputs))
+    merged.wraps = merge
+    return merged
 
 
 VENDOR_JS = ("vendor/vega.min.js", "vendor/vega-lite.min.js")  # in book/_static
@@ -99,6 +117,9 @@ def _clean_scripts(app, pagename, templatename, context, doctree):
 
 def setup(app):
     os.environ[WEB_BOOK_ENV] = "1"  # inherited by the kernels that execute the chapters
+    render = myst_nb.core.render
+    if not hasattr(render.coalesce_streams, "wraps"):  # once, however often Sphinx loads us
+        render.coalesce_streams = _merge_copies(render.coalesce_streams)
     app.connect("config-inited", _clear_stale_cache)
     app.connect("source-read", _depend_on_library)
     app.connect("html-page-context", _explorer_scripts)
