@@ -238,11 +238,18 @@ def test_references_page_lists_every_entry(built_book):
         assert f'id="cite-{key}"' in html, f"references page: no entry for {key}"
         title = _plain(entry.fields["title"]).split(":")[0].lower()  # the style may recase it
         assert title in text.lower(), f"references page: title of {key} missing"
+    # the label each entry has there ([NVIDIA22a]) is the label every citation of it shows
+    labels = dict(re.findall(r'id="cite-([^"]+)" role="doc-biblioentry">\s*<span class="label">'
+                             r'<span class="fn-bracket">\[</span>([^<]+)<', html))
+    assert set(labels) == set(_bibliography().entries), "references page: entries without a label"
     for key, stems in _citations().items():
         for stem in set(stems) - {"references"}:
             page = (HTML / "book" / f"{stem}.html").read_text()
             assert f'references.html#cite-{key}"' in page, (
                 f"{stem}: the citation of {key} does not link to the references page")
+            shown = set(re.findall(rf'references\.html#cite-{re.escape(key)}"[^>]*>([^<]+)</a>', page))
+            assert shown == {labels[key]}, (
+                f"{stem}: {key} is cited as {shown}, but the references page labels it {labels[key]}")
 
 
 

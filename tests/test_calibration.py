@@ -31,9 +31,16 @@ def test_every_gpu_and_precision_is_calibrated_or_says_it_is_not(name, mlp, line
         assert p.calibrated == c["calibrated"] and p.efficiency == pytest.approx(c["efficiency"])
         if c["calibrated"]:
             assert p.label.startswith("calibrated (") and "uncalibrated" not in p.label
-        else:
-            assert p.label.startswith("uncalibrated (assumed efficiency 50%)")
-            assert p.efficiency == costmodel.DEFAULT_EFFICIENCY
+        else:  # a calibrated sibling's efficiency at the same precision, or the default
+            like = get_gpu(name).assume_like
+            sibling = like and calibration_for(like, precision)
+            if sibling and sibling["calibrated"]:
+                assert p.efficiency == pytest.approx(sibling["efficiency"])
+                assert p.label == (f"uncalibrated (assumed efficiency {p.efficiency:.0%}, the "
+                                   f"{like}'s calibrated {c['peak_precision']} figure)")
+            else:
+                assert p.label == "uncalibrated (assumed efficiency 50%)"
+                assert p.efficiency == costmodel.DEFAULT_EFFICIENCY
         assert p.as_dict()["label"] == p.label
 
 
@@ -45,6 +52,22 @@ def test_which_gpus_are_calibrated():
     got = {(g, p) for g in CATALOGUE for p in offered_precisions(g)
            if calibration_for(g, p)["calibrated"]}
     assert got == expect  # H100, P100-PCIe and bf16 are uncalibrated, and labelled so
+
+
+def test_uncalibrated_gpus_borrow_a_calibrated_siblings_efficiency():
+    """The P100 PCIe is the P100's chip; the H100 borrows the A100 80GB's Tensor Core
+    figures (an assumption, labelled): not the 50 % default, which calibrated Tensor Core
+    GPUs reach nowhere near (10-23 %, chapter 11)."""
+    for name, like, prec in (("P100-PCIe", "P100", "fp32"), ("H100", "A100-80GB", "fp16"),
+                             ("H100", "A100-80GB", "fp32")):
+        c, s = calibration_for(name, prec), calibration_for(like, prec)
+        assert not c["calibrated"] and s["calibrated"] and c["assumed_like"] == like
+        assert c["efficiency"] == pytest.approx(s["efficiency"])
+        assert c["efficiency"] < costmodel.DEFAULT_EFFICIENCY
+        assert c["label"].startswith(f"uncalibrated (assumed efficiency {c['efficiency']:.0%}, "
+                                     f"the {like}'s calibrated")
+    bf16 = calibration_for("H100", "bf16")  # the A100 80GB has no bf16 calibration either
+    assert bf16["efficiency"] == costmodel.DEFAULT_EFFICIENCY and bf16["assumed_like"] == ""
 
 
 def test_a100_40gb_carries_the_80gb_figure_over():
@@ -115,7 +138,8 @@ def test_figures_say_calibrated_or_uncalibrated(mlp, linear_flops):
     ps = costmodel.scaling(mlp, ["V100", "H100"], [1, 2], 64)
     for fig in (plots.predicted_speedup(ps), plots.step_breakdown(ps)):
         notes = " ".join(t.get_text() for t in fig.axes[0].texts).replace("\n", " ")
-        assert "V100" in notes and "calibrated" in notes and "H100 50% uncalibrated (assumed)" in notes
+        h100 = f"H100 {ps[-1].efficiency:.0%} uncalibrated (assumed)"
+        assert "V100" in notes and "calibrated" in notes and h100 in notes
         assert "V100 " in notes and "V100 50%" not in notes
         plt.close(fig)
     labels = plots.predicted_speedup(ps).axes[0].get_legend_handles_labels()[1]

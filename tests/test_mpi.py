@@ -93,6 +93,74 @@ def test_mpi_training_ends_at_the_serial_parameters(n, strategy, serial_runs, tm
 
 @pytest.mark.slow
 @pytest.mark.timeout(3 * JOB_TIMEOUT)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_mpi_sharded_on_4_ranks_ends_at_the_serial_parameters(optimizer, tmp_path):
+    """ZeRO-1 on 4 ranks, 20 steps, 47 samples (12 + 12 + 12 + 11), P not a multiple of 4:
+    each rank updates its shard with its shard of the optimizer state; the serial engine
+    with 4 devices updates everything at once."""
+    args = [*TRAIN, "--optimizer", optimizer, "--lr", "0.01", "--steps", "20", "--devices", "4"]
+    paths = {e: tmp_path / f"{e}.npz" for e in ("serial", "mpi")}
+    assert cli.main(args + ["--engine", "serial", "--save", str(paths["serial"])]) == 0
+    job = run_job(4, ["-m", "mgpu_lab", *args, "--engine", "mpi", "--strategy", "sharded",
+                      "--save", str(paths["mpi"])], timeout=3 * JOB_TIMEOUT)
+    assert job.returncode == 0, job.stderr[-3000:]
+    (meta, got), (_, ref) = load_checkpoint(paths["mpi"]), load_checkpoint(paths["serial"])
+    assert meta["step"] == 20 and sorted(got) == sorted(ref)  # the whole optimizer state too
+    worst = max(float(np.max(np.abs(got[k] - ref[k]))) for k in ref)
+    assert worst <= PARAM_ATOL, f"largest difference to the serial engine: {worst:.3g}"
+
+
+# Rank 2 is killed (SIGKILL) in the middle of its second step, inside the strategy's
+# exchange: MPI's process manager ends the whole job; no rank is left waiting.
+KILLED_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from mgpu_lab.presets import digits_model
+    from mgpu_lab.data import load_digits
+    from mgpu_lab.engines import strategies
+    from mgpu_lab.engines.mpi import world
+    from mgpu_lab.trainer import DataParallelTrainer
+
+    strategy, extra = sys.argv[1], {"devices_per_node": 2} if sys.argv[1] == "hierarchical" else {}
+    comm, calls = world(), []
+    cls = strategies.get_strategy(strategy).__class__
+    on_device = cls.on_device
+    def dying(self, link, dev):
+        calls.append(1)
+        if comm.rank == 2 and len(calls) == 2:
+            print(f"rank 2 killed in step 2 ({strategy})", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return on_device(self, link, dev)
+    cls.on_device = dying
+    x, y = load_digits()
+    tr = DataParallelTrainer(digits_model("cnn"), comm.size, engine="mpi", strategy=strategy, **extra)
+    for step in range(3):
+        tr.step(x[:40], y[:40])
+        print(f"rank {comm.rank}: step {step + 1} done", flush=True)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(JOB_TIMEOUT)
+@pytest.mark.parametrize("strategy", ["sharded", "hierarchical"])
+def test_a_rank_killed_mid_step_ends_the_whole_job(strategy, tmp_path):
+    import time
+
+    import psutil
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_SCRIPT)
+    start = time.monotonic()
+    job = run_job(4, [script, strategy])
+    took = time.monotonic() - start
+    assert job.returncode != 0
+    assert f"rank 2 killed in step 2 ({strategy})" in job.stdout
+    assert "step 2 done" not in job.stdout and job.stdout.count("step 1 done") == 4
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(script) in " ".join(p.info["cmdline"] or [])]
+    assert left == [], f"ranks left running after the job ended: {left}"
+    print(f"\n{strategy}: the job ended {took:.1f} s after it started (a rank killed in step 2)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3 * JOB_TIMEOUT)
 @pytest.mark.parametrize("n, nodes", [(4, ["--devices-per-node", "2"]), (6, ["--devices-per-node", "2"]),
                                       (4, [])])
 def test_mpi_hierarchical_ends_at_the_host_parameters(n, nodes, tmp_path):

@@ -27,7 +27,7 @@ A *link* is one device's end of a transport. Engines supply it; strategies use o
 every algorithm below is written once and runs on the pool's shared-memory links and on
 MPI ranks alike. Like PyTorch DDP's communication hooks, a strategy sees a flat gradient
 buffer and a process group; like Horovod, each transport lives in its own file
-(engines/local_link.py, engines/mpi.py).
+(the pool's shared-memory links in engines/worker.py, MPI's in engines/mpi.py).
 """
 import time
 
@@ -138,7 +138,7 @@ class Strategy:
 
     def on_host(self, view, sizes, values, update, loss, t):
         """``(grads, new_values, new_state)`` from what the devices left in ``view`` (a
-        :class:`~mgpu_lab.engines.base.HostView`): by default, each device's host_range."""
+        :class:`HostView`): by default, each device's host_range."""
         P = view.n_params
         grads, new, state = np.empty(P, floatX), np.empty(P, floatX), np.empty((view.slots, P), floatX)
         for r in range(len(sizes)):

@@ -150,7 +150,7 @@ def predicted_speedup(predictions, title=None):
 
 def _efficiency_text(predictions):
     """Each GPU's efficiency, said to be calibrated or uncalibrated (assumed): one entry per
-    GPU and precision, e.g. 'V100 37% calibrated, H100 50% uncalibrated (assumed)'."""
+    GPU and precision, e.g. 'V100 37% calibrated, H100 11% uncalibrated (assumed)'."""
     seen = {}
     for p in predictions:
         seen.setdefault((p.gpu, p.precision), p)
@@ -357,4 +357,4 @@ def critical_batch(rows, links=("host link", "NVLink / peer link", "network")):
     return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.critical, b* = (4/3) x "
                    "sustained FLOP/s / link bytes/s (6P FLOPs per sample, 2 x 4P bytes per step); "
                    "sustained FLOP/s = datasheet peak x efficiency (calibrated, or uncalibrated: "
-                   f"assumed 50 %, hatched); links from the datasheets; network: {net}")
+                   f"assumed, hatched); links from the datasheets; network: {net}")

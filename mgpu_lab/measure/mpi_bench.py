@@ -130,37 +130,6 @@ def _memory_bandwidth(comm, n_bytes=1 << 26, repeats=5):
     return float(bw[0])
 
 
-def bench_steps(sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, steps=5, warmup=2,
-                batch_size=64, lr=1e-3, comm=None):
-    """Time whole training steps (SGD) of an MLP sized to each gradient size.
-
-    Each step is :meth:`MPIEngine.step` (what the trainer calls): split, compute,
-    exchange, update. Per step the slowest rank's times count. Rows: n_ranks, strategy,
-    bytes, step_s (median), comm_s (median of the exchange phases: host gather + stack +
-    broadcast, ring allreduce), compute_s, batch_size.
-    """
-    comm = comm or world()
-    rows = []
-    for nbytes in sizes_bytes:
-        model = sized_mlp(nbytes)  # one graph for every size: compiled once, then cached
-        x, y = random_batch(model, batch_size, seed=0)
-        for strategy in strategies:
-            engine, opt = MPIEngine(model, comm.size, strategy=strategy, comm=comm), SGD(lr)
-            values, times = model.get_values(), []
-            for _ in range(warmup + steps):
-                t = time.perf_counter()
-                result = engine.step(values, x, y, lambda v, g, loss: opt.update(v, g))
-                values, tm = result.new_values, result.timings
-                times.append([time.perf_counter() - t, tm.compute, tm.exchange + tm.stack])
-            times = _max_over_ranks(comm, times)[warmup:]
-            rows.append({"n_ranks": comm.size, "strategy": strategy, "bytes": 4 * model.n_params,
-                         "batch_size": batch_size, "step_s": float(np.median(times[:, 0])),
-                         "compute_s": float(np.median(times[:, 1])),
-                         "comm_s": float(np.median(times[:, 2])), "steps": steps})
-            engine.close()
-    return rows
-
-
 # -- the benchmark over 2..4 ranks: launch, predict, save ---------------------------------
 def _rank_main(argv=None):
     """``mpiexec -n N python -m mgpu_lab.measure.mpi_bench bench ... --out FILE``: one N's

@@ -64,8 +64,10 @@ __all__ = ["Prediction", "ALGORITHMS", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
 ALGORITHMS = _ALGORITHMS + tuple(ALIASES)
 
 # Assumption, not a measurement: the fraction of peak FLOP/s a CNN's training step sustains
-# on a GPU and precision the catalogue has no calibration for. Every prediction that uses it
-# is labelled "uncalibrated (assumed efficiency 50%)". Pass ``efficiency=`` to explore.
+# on a GPU and precision the catalogue has no calibration for and no calibrated sibling to
+# borrow from (``GPU.assume_like``: the P100 PCIe and the H100 borrow theirs). Every
+# prediction that uses an assumed efficiency is labelled "uncalibrated (assumed efficiency
+# ..)". Pass ``efficiency=`` to explore.
 DEFAULT_EFFICIENCY = 0.5
 
 # Winograd's minimal filtering (Lavin & Gray 2016): F(m x m, 3 x 3) computes an m x m tile
@@ -107,20 +109,23 @@ class Prediction:
     peak_precision: str = "fp32"  # the peak charged (fp32 on Ampere+ runs as tf32)
     scaling: str = "strong"  # 'strong': 1 GPU with the same batch; 'weak': with batch_per_gpu
     batch_per_gpu: int | None = None
+    assumed_like: str = ""  # uncalibrated: the calibrated GPU whose efficiency it borrows
 
     @property
     def label(self):
-        """'calibrated (source)' or 'uncalibrated (assumed efficiency 50%)'."""
+        """'calibrated (source)' or 'uncalibrated (assumed efficiency 11%, ...)'."""
         if self.calibrated:
             return f"calibrated ({self.efficiency_source})"
-        return uncalibrated_label(self.efficiency)
+        return uncalibrated_label(self.efficiency, self.assumed_like, self.peak_precision)
 
     def as_dict(self):
         return {**asdict(self), "label": self.label}
 
 
-def uncalibrated_label(efficiency):
-    return f"uncalibrated (assumed efficiency {efficiency:.0%})"
+def uncalibrated_label(efficiency, like="", precision=""):
+    """'uncalibrated (assumed efficiency 50%)', naming the GPU it is borrowed from if any."""
+    borrowed = f", the {like}'s calibrated {precision} figure" if like else ""
+    return f"uncalibrated (assumed efficiency {efficiency:.0%}{borrowed})"
 
 
 # -- the FLOP count --------------------------------------------------------------------
@@ -168,23 +173,30 @@ def calibration_for(gpu, precision="fp32", winograd=None):
     """How ``gpu`` at ``precision`` is predicted: a dict with ``efficiency``,
     ``calibrated`` (bool), ``source`` (the published figure, or why it is assumed),
     ``peak_precision`` (the peak charged: "fp32" on Ampere and later runs as "tf32") and
-    ``label`` ('calibrated (...)' or 'uncalibrated (assumed efficiency 50%)')."""
+    ``label`` ('calibrated (...)' or 'uncalibrated (assumed efficiency 11%, ...)') and
+    ``assumed_like`` (the calibrated GPU an uncalibrated one borrows its efficiency from,
+    ``GPU.assume_like``; "" when it borrows none and :data:`DEFAULT_EFFICIENCY` is assumed)."""
     gpu = _gpu(gpu)
     winograd = DEFAULT_WINOGRAD if winograd is None else winograd
     run, why = (gpu.framework_precision(precision) if hasattr(gpu, "framework_precision")
                 else (precision, "as requested"))
     cal = getattr(gpu, "calibration", {}).get(run)
+    like = getattr(gpu, "assume_like", None) or ""
+    sibling = like and _gpu(like).calibration.get(run)
+    like = like if sibling else ""
     if cal is None:
-        eff = DEFAULT_EFFICIENCY
-        source = f"no published single-GPU figure for {gpu.name} at {run}; assumed"
-        label = uncalibrated_label(eff)
+        eff = sibling.efficiency(_peak(_gpu(like), run), winograd) if sibling else DEFAULT_EFFICIENCY
+        source = (f"no published single-GPU figure for {gpu.name} at {run}; assumed"
+                  + (f" equal to the {like}'s ({sibling.source})" if sibling else ""))
+        label = uncalibrated_label(eff, like, run)
     else:
         eff, source = cal.efficiency(_peak(gpu, run), winograd), cal.source
         label = f"calibrated ({source})"
     if run != precision:
         source, label = f"{source}; {why}", f"{label}; {why}"
     return {"efficiency": eff, "calibrated": cal is not None, "source": source,
-            "peak_precision": run, "label": label}
+            "peak_precision": run, "label": label,
+            "assumed_like": "" if cal is not None else like}
 
 
 def efficiency_for(gpu, precision="fp32", winograd=1.0):
@@ -334,6 +346,7 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
     model, gpu = build(model), _gpu(gpu)
     winograd = float(DEFAULT_WINOGRAD if winograd is None else winograd)
     cal = calibration_for(gpu, precision, winograd)
+    efficiency_given = efficiency
     calibrated = cal["calibrated"] and efficiency is None
     source = cal["source"] if efficiency is None else "given by the caller (assumed)"
     efficiency = cal["efficiency"] if efficiency is None else efficiency
@@ -349,7 +362,8 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
                       batch_size / step, speedup, speedup / n_gpus, precision, winograd,
                       None if buckets is None else int(buckets), host, calibrated, source,
                       cal["peak_precision"], mode,
-                      None if batch_per_gpu is None else int(batch_per_gpu))
+                      None if batch_per_gpu is None else int(batch_per_gpu),
+                      cal["assumed_like"] if efficiency_given is None else "")
 
 
 def scaling(model, gpus, n_range, batch_size=None, strategies=("host", "ring"), **kwargs):

@@ -27,6 +27,10 @@ are the datasheet's, not measurements of ours). Conventions, so the numbers can 
   bandwidth differ, 1,555 against 2,039 GB/s, which the carried figure does not see).
   A GPU and precision without a calibration is *uncalibrated*: predictions for it use an
   assumed efficiency and say so (:func:`mgpu_lab.predict.costmodel.calibration_for`).
+  The assumption is a calibrated sibling's efficiency where there is one (``assume_like``):
+  the P100 SXM2's for the P100 PCIe (the same GP100 chip at lower clocks), the A100
+  80GB's for the H100 (the newest calibrated Tensor Core GPU: that the H100 reaches the
+  same fraction of its peak is an assumption, and labelled as one).
 * Precision as frameworks run it (:meth:`GPU.framework_precision`): on Ampere and later,
   "fp32" convolutions run on TF32 Tensor Cores by default (PyTorch's CUDA semantics notes,
   "TensorFloat-32 (TF32) on Ampere devices": ``torch.backends.cudnn.allow_tf32`` defaults
@@ -97,6 +101,7 @@ class GPU:
     calibration: dict = field(default_factory=dict, hash=False)  # {precision: Calibration}
     gpus_per_board: int = 1  # GPUs sharing one host link (K80: 2)
     base_fp32_flops: float | None = None  # at base clock, where the datasheet gives it
+    assume_like: str | None = None  # a calibrated GPU whose efficiency is assumed here
 
     @property
     def memory_gib(self):
@@ -178,7 +183,8 @@ CATALOGUE = {g.name: g for g in [
                                    _TF + ", Google Compute Engine K80, synthetic data, 1 GPU")},
         gpus_per_board=2, base_fp32_flops=5.6 * TFLOPS / 2),
     GPU("P100-PCIe", 16 * GiB, 9.3 * TFLOPS, *_PCIE3, *_PCIE3_PEER,
-        "NVIDIA Tesla P100 datasheet, 2016 (P100 for PCIe-based servers, 16 GB)"),
+        "NVIDIA Tesla P100 datasheet, 2016 (P100 for PCIe-based servers, 16 GB)",
+        assume_like="P100"),
     GPU("P100", 16 * GiB, 10.6 * TFLOPS, *_PCIE3, "NVLink 1.0 (4 links)", 160 * GB / 2,
         "NVIDIA Tesla P100 datasheet, 2016 (P100 for NVLink-optimized servers, SXM2)",
         calibration={"fp32": _rn50(219, 64,
@@ -210,7 +216,8 @@ CATALOGUE = {g.name: g for g in [
     GPU("H100", 80 * GiB, 67 * TFLOPS, *_PCIE5, "NVLink 4.0 (18 links)", 900 * GB / 2,
         "NVIDIA H100 Tensor Core GPU datasheet, 2022 (H100 SXM5, 80 GB)",
         tensor_flops={"tf32": 989 / 2 * TFLOPS, "bf16": 1979 / 2 * TFLOPS,
-                      "fp16": 1979 / 2 * TFLOPS}),
+                      "fp16": 1979 / 2 * TFLOPS},
+        assume_like="A100-80GB"),
 ]}
 
 # The kinds the book's tables and figures show (one per generation).
