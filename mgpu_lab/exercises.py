@@ -65,6 +65,17 @@ def _tree_beats_ring_below(n=8, bw=25e9, latency=10e-6):
     return (tree(0) - ring(0)) / ((ring(1e9) - ring(0)) - (tree(1e9) - tree(0))) * 1e9
 
 
+def _digits_memory_line(lo=10, hi=20):
+    """Exercise 7.3: the digits CNN's memory estimate is affine in n from n = 2 on (at
+    n = 1 the activations and the backward temporaries are a few bytes off that line), so
+    its slope between two larger n is the cost of one more sample, and the line's value at
+    n = 0 is what comes before the first sample."""
+    net = digits_model("cnn")
+    low, high = estimate(net, lo)["total"], estimate(net, hi)["total"]
+    per_sample = (high - low) // (hi - lo)
+    return [per_sample, low - lo * per_sample]
+
+
 def _gpus_for_adam_state(n_params, stage):
     """Exercise 9.3: the fewest V100s whose usable memory holds ``n_params`` parameters'
     Adam model state at ZeRO ``stage`` (activations and the gathered layer left out)."""
@@ -129,12 +140,10 @@ ANSWERS = {
                    "each GPU's share of 256 is cut into micro-batches of at most 12."),
     "7.2": Answer(_gpus_for_512, 0, "a list of 2 integers: V100s, A100s",
                   "per-GPU limit from memory.max_batch_size, then divide 512 by it and round up."),
-    "7.3": Answer(lambda: [estimate(digits_model("cnn"), 2)["total"]
-                           - estimate(digits_model("cnn"), 1)["total"],
-                           2 * estimate(digits_model("cnn"), 1)["total"]
-                           - estimate(digits_model("cnn"), 2)["total"]], 0,
-                  "a list of 2 byte counts: per extra sample, before the first sample",
-                  "memory.estimate(digits, n)['total'] is affine in n: take n = 1 and n = 2."),
+    "7.3": Answer(_digits_memory_line, 0,
+                  "a list of 2 byte counts: per extra sample, the line's value at n = 0",
+                  "memory.estimate(digits, n)['total'] is affine in n from n = 2 on (n = 1 lies "
+                  "a little off the line): take two larger n, e.g. 10 and 20."),
 }
 
 
