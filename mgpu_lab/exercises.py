@@ -58,11 +58,13 @@ def _gpus_for_512():
             for g in ("V100", "A100")]
 
 
-def _tree_beats_ring_below(n=8, bw=25e9, latency=10e-6):
-    """Exercise 8.3: the size where the tree's and the ring's times cross (both affine)."""
+def _doubling_beats_ring_below(n=8, bw=25e9, latency=10e-6):
+    """Exercise 8.3: the size where recursive doubling's and the ring's times cross (both
+    affine in the size)."""
     ring = lambda s: costmodel.ring_allreduce_seconds(s, n, bw, latency)  # noqa: E731
-    tree = lambda s: costmodel.tree_allreduce_seconds(s, n, bw, latency)  # noqa: E731
-    return (tree(0) - ring(0)) / ((ring(1e9) - ring(0)) - (tree(1e9) - tree(0))) * 1e9
+    doubling = lambda s: costmodel.recursive_doubling_seconds(s, n, bw, latency)  # noqa: E731
+    return ((doubling(0) - ring(0))
+            / ((ring(1e9) - ring(0)) - (doubling(1e9) - doubling(0))) * 1e9)
 
 
 def _digits_memory_line(lo=10, hi=20):
@@ -108,8 +110,9 @@ ANSWERS = {
     "8.1": Answer(lambda: ring_bytes_per_device(25.6e6, 8), 0.01,
                   "a number: bytes each GPU sends in one ring all-reduce",
                   "2(N - 1) steps, each sending one chunk of P/N numbers, 4 bytes each."),
-    "8.3": Answer(_tree_beats_ring_below, 0.02, "a number: the gradient size in bytes",
-                  "ring: 2(N-1)/N S/b + 2(N-1) a; tree: log2(N) (S/b + a); set them equal."),
+    "8.3": Answer(_doubling_beats_ring_below, 0.02, "a number: the gradient size in bytes",
+                  "ring: 2(N-1)/N S/b + 2(N-1) a; recursive doubling: log2(N) (S/b + a); "
+                  "set them equal."),
     "9.1": Answer(lambda: [8 * 138_357_544, 8 * max(shard_sizes(138_357_544, 8))], 0,
                   "a list of 2 byte counts: stage 0, stage 1",
                   "Adam keeps 2 float32 numbers per parameter; at stage 1 a GPU keeps them for "
