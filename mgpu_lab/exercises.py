@@ -58,11 +58,24 @@ def _gpus_for_512():
             for g in ("V100", "A100")]
 
 
-def _tree_beats_ring_below(n=8, bw=25e9, latency=10e-6):
-    """Exercise 8.3: the size where the tree's and the ring's times cross (both affine)."""
+def _doubling_beats_ring_below(n=8, bw=25e9, latency=10e-6):
+    """Exercise 8.3: the size where recursive doubling's and the ring's times cross (both
+    affine in the size)."""
     ring = lambda s: costmodel.ring_allreduce_seconds(s, n, bw, latency)  # noqa: E731
-    tree = lambda s: costmodel.tree_allreduce_seconds(s, n, bw, latency)  # noqa: E731
-    return (tree(0) - ring(0)) / ((ring(1e9) - ring(0)) - (tree(1e9) - tree(0))) * 1e9
+    doubling = lambda s: costmodel.recursive_doubling_seconds(s, n, bw, latency)  # noqa: E731
+    return ((doubling(0) - ring(0))
+            / ((ring(1e9) - ring(0)) - (doubling(1e9) - doubling(0))) * 1e9)
+
+
+def _digits_memory_line(lo=10, hi=20):
+    """Exercise 7.3: the digits CNN's memory estimate is affine in n from n = 2 on (at
+    n = 1 the activations and the backward temporaries are a few bytes off that line), so
+    its slope between two larger n is the cost of one more sample, and the line's value at
+    n = 0 is what comes before the first sample."""
+    net = digits_model("cnn")
+    low, high = estimate(net, lo)["total"], estimate(net, hi)["total"]
+    per_sample = (high - low) // (hi - lo)
+    return [per_sample, low - lo * per_sample]
 
 
 def _gpus_for_adam_state(n_params, stage):
@@ -97,8 +110,9 @@ ANSWERS = {
     "8.1": Answer(lambda: ring_bytes_per_device(25.6e6, 8), 0.01,
                   "a number: bytes each GPU sends in one ring all-reduce",
                   "2(N - 1) steps, each sending one chunk of P/N numbers, 4 bytes each."),
-    "8.3": Answer(_tree_beats_ring_below, 0.02, "a number: the gradient size in bytes",
-                  "ring: 2(N-1)/N S/b + 2(N-1) a; tree: log2(N) (S/b + a); set them equal."),
+    "8.3": Answer(_doubling_beats_ring_below, 0.02, "a number: the gradient size in bytes",
+                  "ring: 2(N-1)/N S/b + 2(N-1) a; recursive doubling: log2(N) (S/b + a); "
+                  "set them equal."),
     "9.1": Answer(lambda: [8 * 138_357_544, 8 * max(shard_sizes(138_357_544, 8))], 0,
                   "a list of 2 byte counts: stage 0, stage 1",
                   "Adam keeps 2 float32 numbers per parameter; at stage 1 a GPU keeps them for "
@@ -129,12 +143,10 @@ ANSWERS = {
                    "each GPU's share of 256 is cut into micro-batches of at most 12."),
     "7.2": Answer(_gpus_for_512, 0, "a list of 2 integers: V100s, A100s",
                   "per-GPU limit from memory.max_batch_size, then divide 512 by it and round up."),
-    "7.3": Answer(lambda: [estimate(digits_model("cnn"), 2)["total"]
-                           - estimate(digits_model("cnn"), 1)["total"],
-                           2 * estimate(digits_model("cnn"), 1)["total"]
-                           - estimate(digits_model("cnn"), 2)["total"]], 0,
-                  "a list of 2 byte counts: per extra sample, before the first sample",
-                  "memory.estimate(digits, n)['total'] is affine in n: take n = 1 and n = 2."),
+    "7.3": Answer(_digits_memory_line, 0,
+                  "a list of 2 byte counts: per extra sample, the line's value at n = 0",
+                  "memory.estimate(digits, n)['total'] is affine in n from n = 2 on (n = 1 lies "
+                  "a little off the line): take two larger n, e.g. 10 and 20."),
 }
 
 

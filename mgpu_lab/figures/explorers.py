@@ -348,7 +348,11 @@ def throughput(measured=None, net="ResNet-50-like", gpu="V100", n_gpus=4, strate
             f'the same global batch, scaling efficiency {f("scaling_efficiency")} '
             "(predicted). One step: "
             f'{f("step_s")} ms; compute {f("compute_s")} ms, communication {f("comm_s")} ms'
-            "; with overlap the step is the longer of the two.</p>")
+            ". Without overlap the step is their sum. With overlap the gradients leave while "
+            "the backward pass makes them: a ring's step is the forward pass plus the longer "
+            "of the backward pass and the exchange, while the host gather's update and its "
+            "return of the parameters wait for every gradient and add to that (the return "
+            "can hide only under the next forward pass).</p>")
     g = d["gpus"][gpu]
     efficiency = f"{100 * g['efficiency']:.1f} %"
     prov = ("predicted by mgpu_lab.predict.costmodel: FLOPs from each network's graph, "

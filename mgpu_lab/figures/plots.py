@@ -278,8 +278,10 @@ _MEMORY_SOURCE = ("predicted by mgpu_lab.predict.memory from the graph; GPU memo
 
 def batch_limits(rows, title="Largest batch that fits on 1..N GPUs (predicted)", claim=12):
     """Largest global batch vs number of GPUs, one line per GPU kind, one panel per model.
-    ``rows``: :func:`mgpu_lab.predict.memory.predicted_limits`. ``claim``: marks the chapter's
-    "about a dozen images" on one GPU (None: no mark)."""
+    ``rows``: :func:`mgpu_lab.predict.memory.predicted_limits`. ``claim``: marks the "about a
+    dozen images" on one GPU that Bourez (2017), the chapter this book started from, gives
+    for networks of a few hundred layers at 224 px: a reference point, not a measurement of
+    the network drawn (None: no mark)."""
     names = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(names), squeeze=False, figsize=(0.8 + 3.6 * len(names), 3.9))
     for ax, name in zip(axes[0], names):
@@ -291,7 +293,7 @@ def batch_limits(rows, title="Largest batch that fits on 1..N GPUs (predicted)",
                     label=f"{gpu} ({mem:.0f} GiB)")  # styles differ: equal memory overlaps
         if claim:
             ax.plot([1], [claim], marker="*", ms=12, color="k", ls="none",
-                    label=f"chapter: ~{claim} images on 1 GPU")
+                    label=f"Bourez 2017: ~{claim} images on 1 GPU\n(nets of a few hundred layers)")
         ax.set(title=name, xlabel="number of GPUs", ylabel="largest global batch (images)")
         ax.set_xticks(sorted({r["n_gpus"] for r in mine}))
         ax.set_ylim(bottom=0)

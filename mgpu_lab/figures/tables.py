@@ -6,6 +6,8 @@ a terminal or in print.
     bench_table(result)                      the measured table of mgpu_lab.measure.bench.run
 """
 import html
+import math
+import numbers
 from dataclasses import dataclass
 
 from ..engines.base import Timings
@@ -26,9 +28,13 @@ class Column:
     fmt: object = ""
 
     def text(self, row):
+        """The cell's text: "-" for a missing value, "—" for a number that is not one (a
+        mean over no rows is NaN, which would otherwise print as "nan%")."""
         v = self.value(row) if callable(self.value) else row.get(self.value)
         if v is None:
             return "-"
+        if isinstance(v, numbers.Real) and math.isnan(v):
+            return "—"
         return self.fmt(v) if callable(self.fmt) else format(v, self.fmt)
 
 
