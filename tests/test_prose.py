@@ -87,6 +87,7 @@ ALLOWED = {
     ],
     "11_cost_model": [
         "8.74 TFLOPS for the board", "instead of 19.5 TFLOPS",  # datasheet peaks, cited
+        "(2,039 GB/s on", "3.35 TB/s on the H100",  # datasheet memory bandwidths, cited
         "= 5.34 TFLOP/s, which is", "speed: 5.34 TFLOP/s / 92.8",  # solution 11.1's arithmetic
     ],
 }
