@@ -8,8 +8,10 @@ stopping the hub leaves nothing behind. The students are removed at the end, als
 check fails. Bad input (class list, port, certificate) must fail with one clear line and
 create nothing.
 """
+import grp
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -79,6 +81,16 @@ def students(tmp_path_factory, reachable):
         for n in names:
             subprocess.run(["userdel", "--remove", "--force", n], capture_output=True)
         subprocess.run(["groupdel", group], capture_output=True)
+        left = [n for n in names if _known(pwd.getpwnam, n)] + [group] * _known(grp.getgrnam, group)
+        assert left == [], f"the test's accounts outlived it: {left}"  # a teardown error
+
+
+def _known(lookup, name):
+    try:
+        lookup(name)
+        return True
+    except KeyError:
+        return False
 
 
 @pytest.fixture(scope="module")
