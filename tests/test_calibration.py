@@ -31,13 +31,13 @@ def test_every_gpu_and_precision_is_calibrated_or_says_it_is_not(name, mlp, line
         assert p.calibrated == c["calibrated"] and p.efficiency == pytest.approx(c["efficiency"])
         if c["calibrated"]:
             assert p.label.startswith("calibrated (") and "uncalibrated" not in p.label
-        else:  # a calibrated sibling's efficiency at the same precision, or the default
-            like = get_gpu(name).assume_like
-            sibling = like and calibration_for(like, precision)
-            if sibling and sibling["calibrated"]:
-                assert p.efficiency == pytest.approx(sibling["efficiency"])
+        else:  # a calibrated relative's efficiency (costmodel.borrowed_calibration), or the default
+            like, like_precision = c["assumed_like"], c["assumed_precision"]
+            if like:
+                lender = calibration_for(like, like_precision)
+                assert lender["calibrated"] and p.efficiency == pytest.approx(lender["efficiency"])
                 assert p.label == (f"uncalibrated (assumed efficiency {p.efficiency:.0%}, the "
-                                   f"{like}'s calibrated {c['peak_precision']} figure)")
+                                   f"{like}'s calibrated {like_precision} figure)")
             else:
                 assert p.label == "uncalibrated (assumed efficiency 50%)"
                 assert p.efficiency == costmodel.DEFAULT_EFFICIENCY
@@ -54,20 +54,31 @@ def test_which_gpus_are_calibrated():
     assert got == expect  # H100, P100-PCIe and bf16 are uncalibrated, and labelled so
 
 
-def test_uncalibrated_gpus_borrow_a_calibrated_siblings_efficiency():
-    """The P100 PCIe is the P100's chip; the H100 borrows the A100 80GB's Tensor Core
-    figures (an assumption, labelled): not the 50 % default, which calibrated Tensor Core
-    GPUs reach nowhere near (10-23 %, chapter 11)."""
-    for name, like, prec in (("P100-PCIe", "P100", "fp32"), ("H100", "A100-80GB", "fp16"),
-                             ("H100", "A100-80GB", "fp32")):
-        c, s = calibration_for(name, prec), calibration_for(like, prec)
-        assert not c["calibrated"] and s["calibrated"] and c["assumed_like"] == like
-        assert c["efficiency"] == pytest.approx(s["efficiency"])
-        assert c["efficiency"] < costmodel.DEFAULT_EFFICIENCY
-        assert c["label"].startswith(f"uncalibrated (assumed efficiency {c['efficiency']:.0%}, "
-                                     f"the {like}'s calibrated")
-    bf16 = calibration_for("H100", "bf16")  # the A100 80GB has no bf16 calibration either
-    assert bf16["efficiency"] == costmodel.DEFAULT_EFFICIENCY and bf16["assumed_like"] == ""
+@pytest.mark.parametrize("name, precision, like, like_precision", [
+    ("P100-PCIe", "fp32", "P100", "fp32"),  # the same GP100 chip
+    ("H100", "fp32", "A100-80GB", "tf32"), ("H100", "fp16", "A100-80GB", "fp16"),
+    ("H100", "bf16", "A100-80GB", "fp16"),  # BF16: the same Tensor Cores and peak as FP16
+    ("A100", "bf16", "A100", "fp16"), ("A100-80GB", "bf16", "A100-80GB", "fp16")])
+def test_uncalibrated_gpus_borrow_a_calibrated_relatives_efficiency(name, precision, like,
+                                                                     like_precision):
+    """An assumption, labelled, and not the 50 % default, which calibrated Tensor Core GPUs
+    reach nowhere near (10-23 %, chapter 11)."""
+    c, lender = calibration_for(name, precision), calibration_for(like, like_precision)
+    assert not c["calibrated"] and lender["calibrated"]
+    assert (c["assumed_like"], c["assumed_precision"]) == (like, like_precision)
+    assert c["efficiency"] == pytest.approx(lender["efficiency"])
+    assert c["efficiency"] < costmodel.DEFAULT_EFFICIENCY
+    assert c["label"].startswith(f"uncalibrated (assumed efficiency {c['efficiency']:.0%}, "
+                                 f"the {like}'s calibrated {like_precision} figure)")
+
+
+def test_a_gpu_without_a_calibrated_relative_assumes_the_default():
+    bare = SimpleNamespace(name="bare", fp32_flops=1e12, host_bw=1e9, peer_bw=1e10,
+                           tensor_flops={"bf16": 2e12}, calibration={}, assume_like=None)
+    for precision in ("fp32", "bf16"):
+        c = calibration_for(bare, precision)
+        assert c["efficiency"] == costmodel.DEFAULT_EFFICIENCY and c["assumed_like"] == ""
+        assert c["label"] == "uncalibrated (assumed efficiency 50%)"
 
 
 def test_a100_40gb_carries_the_80gb_figure_over():

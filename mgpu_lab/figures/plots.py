@@ -351,12 +351,12 @@ def critical_batch(rows, links=("host link", "NVLink / peer link", "network")):
     names = [r["gpu"] + ("" if r["label"].startswith("calibrated") else "\n(uncalibrated)")
              for r in rows]
     ax.set_xticks(range(len(rows)), names, fontsize=7)
-    ax.set(yscale="log", ylabel="critical batch per device b* (samples)",
-           title="Below b* a step communicates longer than it computes (predicted)")
+    ax.set(yscale="log", title="Below b* a step communicates longer than it computes (predicted)",
+           ylabel="critical batch per device b*\n(samples of an MLP, tokens of a transformer)")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     net = rows[0]["network_name"]
     return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.critical, b* = (4/3) x "
-                   "sustained FLOP/s / link bytes/s (6P FLOPs per sample, 2 x 4P bytes per step); "
-                   "sustained FLOP/s = datasheet peak x efficiency (calibrated, or uncalibrated: "
-                   f"assumed, hatched); links from the datasheets; network: {net}")
+                   "sustained FLOP/s / link bytes/s (6P FLOPs per sample or token, 2 x 4P "
+                   "bytes per step); sustained FLOP/s = datasheet peak x efficiency (calibrated, "
+                   f"or uncalibrated: assumed, hatched); links from the datasheets; network: {net}")

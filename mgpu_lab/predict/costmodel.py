@@ -53,7 +53,8 @@ from .memory import OPTIMIZER_SLOTS
 __all__ = ["Prediction", "ALGORITHMS", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
            "DEFAULT_HOST_MEMORY_BW", "WINOGRAD_F2", "WINOGRAD_F4", "DEFAULT_WINOGRAD",
            "gradient_bytes", "largest_split", "winograd_flops", "effective_flops",
-           "efficiency_for", "calibration_for", "uncalibrated_label", "compute_seconds",
+           "efficiency_for", "calibration_for", "borrowed_calibration", "SAME_UNITS",
+           "uncalibrated_label", "compute_seconds",
            "host_gather_seconds", "host_update_seconds", "mpi_host_seconds",
            "ring_allreduce_seconds", "halving_doubling_seconds", "recursive_doubling_seconds",
            "tree_allreduce_seconds", "double_tree_seconds", "sharded_seconds",
@@ -110,13 +111,14 @@ class Prediction:
     scaling: str = "strong"  # 'strong': 1 GPU with the same batch; 'weak': with batch_per_gpu
     batch_per_gpu: int | None = None
     assumed_like: str = ""  # uncalibrated: the calibrated GPU whose efficiency it borrows
+    assumed_precision: str = ""  # ... and at which precision
 
     @property
     def label(self):
         """'calibrated (source)' or 'uncalibrated (assumed efficiency 11%, ...)'."""
         if self.calibrated:
             return f"calibrated ({self.efficiency_source})"
-        return uncalibrated_label(self.efficiency, self.assumed_like, self.peak_precision)
+        return uncalibrated_label(self.efficiency, self.assumed_like, self.assumed_precision)
 
     def as_dict(self):
         return {**asdict(self), "label": self.label}
@@ -173,22 +175,26 @@ def calibration_for(gpu, precision="fp32", winograd=None):
     """How ``gpu`` at ``precision`` is predicted: a dict with ``efficiency``,
     ``calibrated`` (bool), ``source`` (the published figure, or why it is assumed),
     ``peak_precision`` (the peak charged: "fp32" on Ampere and later runs as "tf32") and
-    ``label`` ('calibrated (...)' or 'uncalibrated (assumed efficiency 11%, ...)') and
-    ``assumed_like`` (the calibrated GPU an uncalibrated one borrows its efficiency from,
-    ``GPU.assume_like``; "" when it borrows none and :data:`DEFAULT_EFFICIENCY` is assumed)."""
+    ``label`` ('calibrated (...)' or 'uncalibrated (assumed efficiency 11%, ...)'),
+    ``assumed_like`` and ``assumed_precision`` (the calibrated GPU and precision an
+    uncalibrated one borrows its efficiency from, :func:`borrowed_calibration`; "" when it
+    borrows none and :data:`DEFAULT_EFFICIENCY` is assumed)."""
     gpu = _gpu(gpu)
     winograd = DEFAULT_WINOGRAD if winograd is None else winograd
     run, why = (gpu.framework_precision(precision) if hasattr(gpu, "framework_precision")
                 else (precision, "as requested"))
     cal = getattr(gpu, "calibration", {}).get(run)
-    like = getattr(gpu, "assume_like", None) or ""
-    sibling = like and _gpu(like).calibration.get(run)
-    like = like if sibling else ""
+    like, like_precision = "", ""
     if cal is None:
-        eff = sibling.efficiency(_peak(_gpu(like), run), winograd) if sibling else DEFAULT_EFFICIENCY
+        lent = borrowed_calibration(gpu, run)
+        if lent:
+            lender, like_precision, lent_cal = lent
+            like, eff = lender.name, lent_cal.efficiency(_peak(lender, like_precision), winograd)
+        else:
+            eff = DEFAULT_EFFICIENCY
         source = (f"no published single-GPU figure for {gpu.name} at {run}; assumed"
-                  + (f" equal to the {like}'s ({sibling.source})" if sibling else ""))
-        label = uncalibrated_label(eff, like, run)
+                  + (f" equal to the {like}'s at {like_precision} ({lent_cal.source})" if like else ""))
+        label = uncalibrated_label(eff, like, like_precision)
     else:
         eff, source = cal.efficiency(_peak(gpu, run), winograd), cal.source
         label = f"calibrated ({source})"
@@ -196,7 +202,26 @@ def calibration_for(gpu, precision="fp32", winograd=None):
         source, label = f"{source}; {why}", f"{label}; {why}"
     return {"efficiency": eff, "calibrated": cal is not None, "source": source,
             "peak_precision": run, "label": label,
-            "assumed_like": "" if cal is not None else like}
+            "assumed_like": like, "assumed_precision": like_precision}
+
+
+# BF16 runs on the same Tensor Cores at the same dense peak as FP16 (the A100 and H100
+# datasheets): without a figure of its own, BF16 borrows the FP16 efficiency.
+SAME_UNITS = {"bf16": "fp16"}
+
+
+def borrowed_calibration(gpu, precision):
+    """(lender GPU, its precision, its Calibration) whose efficiency an uncalibrated ``gpu``
+    at ``precision`` assumes: the same GPU's FP16 for BF16, else the ``GPU.assume_like``
+    sibling's at the same precision (or its FP16 for BF16); None if none is calibrated."""
+    like = getattr(gpu, "assume_like", None)
+    own = [(gpu, SAME_UNITS[precision])] if precision in SAME_UNITS else []
+    sibling = [(_gpu(like), p) for p in [precision] + [q for _, q in own]] if like else []
+    for lender, p in own + sibling:
+        cal = getattr(lender, "calibration", {}).get(p)
+        if cal is not None:
+            return lender, p, cal
+    return None
 
 
 def efficiency_for(gpu, precision="fp32", winograd=1.0):
@@ -363,7 +388,8 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
                       None if buckets is None else int(buckets), host, calibrated, source,
                       cal["peak_precision"], mode,
                       None if batch_per_gpu is None else int(batch_per_gpu),
-                      cal["assumed_like"] if efficiency_given is None else "")
+                      *((cal["assumed_like"], cal["assumed_precision"]) if efficiency_given is None
+                        else ("", "")))
 
 
 def scaling(model, gpus, n_range, batch_size=None, strategies=("host", "ring"), **kwargs):

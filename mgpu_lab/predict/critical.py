@@ -40,7 +40,7 @@ def critical_batch(rate, bw, flops_per_sample=None, n_params=None, n_gpus=None):
 
 def _rate(gpu, precision):
     c = calibration_for(gpu, precision)
-    return gpu.peak(c["peak_precision"]) * c["efficiency"], c["label"]
+    return gpu.peak(c["peak_precision"]) * c["efficiency"], c
 
 
 def critical_batch_table(network="IB-EDR", precision="fp32", gpus=None):
@@ -51,10 +51,11 @@ def critical_batch_table(network="IB-EDR", precision="fp32", gpus=None):
     out = []
     for name in gpus or CATALOGUE:
         g = get_gpu(name)
-        rate, label = _rate(g, precision)
+        rate, cal = _rate(g, precision)
         bws = {"host link": g.host_bw, "NVLink / peer link": g.peer_or_host_bw(),
                "network": net.bw}
-        out.append({"gpu": g.name, "precision": precision, "rate": rate, "label": label,
+        out.append({"gpu": g.name, "precision": precision, "rate": rate, "label": cal["label"],
+                    "assumed_like": cal["assumed_like"],
                     "peer_link": g.peer_link, "network_name": net.name,
                     **{link: critical_batch(rate, bw) for link, bw in bws.items()},
                     **{f"bw[{link}]": bw for link, bw in bws.items()}})
