@@ -228,7 +228,8 @@ def save(result, out_dir="results"):
 
 def format_table(result):
     """The measured table, one line per N, size and strategy, with the prediction (ms)."""
-    ms = lambda r, k: 1e3 * r[k] if r.get(k) is not None else np.nan  # noqa: E731
+    def ms(r, k, width, digits=2):  # a phase the strategy does not have prints as '-'
+        return f"{1e3 * r[k]:{width}.{digits}f}" if r.get(k) is not None else f"{'-':>{width}}"
     lines = [f"measured on {result['machine']['cpu']}, {result['machine']['cores']} cores "
              f"(ranks > cores are oversubscribed): MPIEngine steps, ms, medians; "
              f"pred = cost model",
@@ -237,9 +238,9 @@ def format_table(result):
     for r in result["rows"]:
         lines.append(
             f"{r['n_ranks']:>2} {r['bytes'] / 1e6:6.1f} {r['strategy']:>12} | "
-            f"{ms(r, 'comm_s'):8.2f} {ms(r, 'predicted_comm_s'):7.2f} "
-            f"{ms(r, 'comm_gather_s'):7.2f} {ms(r, 'comm_stack_s'):7.2f} "
-            f"{ms(r, 'comm_broadcast_s'):7.2f} | {ms(r, 'step_update_s'):7.2f} {ms(r, 'step_s'):8.1f}")
+            f"{ms(r, 'comm_s', 8)} {ms(r, 'predicted_comm_s', 7)} "
+            f"{ms(r, 'comm_gather_s', 7)} {ms(r, 'comm_stack_s', 7)} "
+            f"{ms(r, 'comm_broadcast_s', 7)} | {ms(r, 'step_update_s', 7)} {ms(r, 'step_s', 8, 1)}")
     for n, link in result["links"].items():
         if link:
             lines.append(f"link (ping-pong, N={n}): latency {1e6 * link['latency_s']:.1f} us, "
