@@ -24,7 +24,8 @@ optionally with 3x3 stride-1 convolutions divided by a ``winograd`` factor (fast
 algorithms do fewer multiplications than the direct count). Peak FLOP/s, link bandwidths
 and the efficiency come from the GPU catalogue (:mod:`mgpu_lab.predict.gpus`). The
 efficiency is *calibrated* (on one cited, published single-GPU throughput of that GPU at
-that precision) or *uncalibrated* (:data:`DEFAULT_EFFICIENCY`, assumed); every
+that precision) or *uncalibrated* (assumed: a calibrated relative's efficiency,
+:func:`borrowed_calibration`, else :data:`DEFAULT_EFFICIENCY`); every
 :class:`Prediction` says which in ``calibrated`` and ``efficiency_source``, and
 ``Prediction.label`` says it in words. "fp32" on Ampere and later is charged at the TF32
 peak, as frameworks run it (:meth:`mgpu_lab.predict.gpus.GPU.framework_precision`).
@@ -65,10 +66,10 @@ __all__ = ["Prediction", "ALGORITHMS", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
 ALGORITHMS = _ALGORITHMS + tuple(ALIASES)
 
 # Assumption, not a measurement: the fraction of peak FLOP/s a CNN's training step sustains
-# on a GPU and precision the catalogue has no calibration for and no calibrated sibling to
-# borrow from (``GPU.assume_like``: the P100 PCIe and the H100 borrow theirs). Every
-# prediction that uses an assumed efficiency is labelled "uncalibrated (assumed efficiency
-# ..)". Pass ``efficiency=`` to explore.
+# on a GPU and precision with no calibration and no calibrated relative to borrow one from
+# (:func:`borrowed_calibration`; no catalogue GPU is left without one). Every prediction
+# that uses an assumed efficiency is labelled "uncalibrated (assumed efficiency ..)". Pass
+# ``efficiency=`` to explore.
 DEFAULT_EFFICIENCY = 0.5
 
 # Winograd's minimal filtering (Lavin & Gray 2016): F(m x m, 3 x 3) computes an m x m tile
@@ -357,7 +358,7 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
     same batch: strong scaling) or ``batch_per_gpu=b`` (global N b; speed-up against 1
     GPU with b: weak scaling, as every published source runs). ``strategy``: one of
     :data:`ALGORITHMS`. ``efficiency``: None takes :func:`calibration_for` (calibrated, or
-    :data:`DEFAULT_EFFICIENCY`, labelled uncalibrated). ``precision``: 'fp32' (as the
+    assumed and labelled uncalibrated). ``precision``: 'fp32' (as the
     framework runs it: TF32 on Ampere and later), 'tf32', 'bf16', 'fp16'. ``winograd``:
     divide 3x3 stride-1 conv FLOPs by it (None: :data:`DEFAULT_WINOGRAD`; 1: the direct
     count). ``buckets``: send the gradient in that many pieces. ``optimizer``: the host's
@@ -371,7 +372,7 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
     model, gpu = build(model), _gpu(gpu)
     winograd = float(DEFAULT_WINOGRAD if winograd is None else winograd)
     cal = calibration_for(gpu, precision, winograd)
-    efficiency_given = efficiency
+    borrowed = (cal["assumed_like"], cal["assumed_precision"]) if efficiency is None else ("", "")
     calibrated = cal["calibrated"] and efficiency is None
     source = cal["source"] if efficiency is None else "given by the caller (assumed)"
     efficiency = cal["efficiency"] if efficiency is None else efficiency
@@ -387,9 +388,7 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
                       batch_size / step, speedup, speedup / n_gpus, precision, winograd,
                       None if buckets is None else int(buckets), host, calibrated, source,
                       cal["peak_precision"], mode,
-                      None if batch_per_gpu is None else int(batch_per_gpu),
-                      *((cal["assumed_like"], cal["assumed_precision"]) if efficiency_given is None
-                        else ("", "")))
+                      None if batch_per_gpu is None else int(batch_per_gpu), *borrowed)
 
 
 def scaling(model, gpus, n_range, batch_size=None, strategies=("host", "ring"), **kwargs):

@@ -30,7 +30,9 @@ are the datasheet's, not measurements of ours). Conventions, so the numbers can 
   The assumption is a calibrated sibling's efficiency where there is one (``assume_like``):
   the P100 SXM2's for the P100 PCIe (the same GP100 chip at lower clocks), the A100
   80GB's for the H100 (the newest calibrated Tensor Core GPU: that the H100 reaches the
-  same fraction of its peak is an assumption, and labelled as one).
+  same fraction of its peak is an assumption, and labelled as one). BF16, on the same
+  Tensor Cores at the same dense peak as FP16, borrows the FP16 figure
+  (:func:`mgpu_lab.predict.costmodel.borrowed_calibration`).
 * Precision as frameworks run it (:meth:`GPU.framework_precision`): on Ampere and later,
   "fp32" convolutions run on TF32 Tensor Cores by default (PyTorch's CUDA semantics notes,
   "TensorFloat-32 (TF32) on Ampere devices": ``torch.backends.cudnn.allow_tf32`` defaults
