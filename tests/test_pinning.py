@@ -75,7 +75,7 @@ def test_chapter_1_set_up_and_exercise_1_2_run_unpinned(no_pinning, capsys):
             namespace["pool"].close()
     out = capsys.readouterr().out
     assert "cannot pin a process to a core" in out
-    assert "cores None" in out  # affinity() says it cannot tell, instead of failing
+    assert "CPUs None" in out  # affinity() says it cannot tell, instead of failing
 
 
 def test_shared_cores_are_said_next_to_every_measurement(monkeypatch):
@@ -86,3 +86,79 @@ def test_shared_cores_are_said_next_to_every_measurement(monkeypatch):
     monkeypatch.setenv("MGPU_CORES_SHARED", "1")
     info = machine_info()
     assert info["cores_shared"] and ", shared with other students (" in machine_label(info)
+
+
+# -- hardware threads (SMT): a fake /sys tree, not this machine's ------------------------
+def _fake_sysfs(tmp_path, monkeypatch, cores_of_cpus, allowed=None, files=("core_cpus_list",)):
+    """A /sys/devices/system/cpu tree where ``cores_of_cpus`` lists each physical core's
+    logical CPUs, and this process allowed on ``allowed`` (default: all of them)."""
+    for sibs in cores_of_cpus:
+        text = ",".join(map(str, sibs)) + "\n"
+        for cpu in sibs:
+            topo = tmp_path / f"cpu{cpu}" / "topology"
+            topo.mkdir(parents=True)
+            for name in files:
+                (topo / name).write_text(text)
+    every = sorted(c for sibs in cores_of_cpus for c in sibs)
+    monkeypatch.setattr(pinning, "SYS_CPU", str(tmp_path))
+    monkeypatch.delenv("MGPU_NO_PINNING", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(allowed or every), raising=False)
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: None, raising=False)
+
+
+def test_the_cpu_list_format_is_read_as_linux_writes_it():
+    assert pinning._parse_cpu_list("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert pinning._parse_cpu_list("5") == [5]
+
+
+def test_hyperthreads_numbered_as_linux_on_intel_four_cores_two_threads(tmp_path, monkeypatch):
+    _fake_sysfs(tmp_path, monkeypatch, [(0, 4), (1, 5), (2, 6), (3, 7)])
+    assert pinning.smt_known()
+    assert pinning.cores() == [0, 1, 2, 3, 4, 5, 6, 7]  # 8 logical CPUs: threads
+    assert pinning.physical_cores() == [0, 1, 2, 3] and pinning.physical_core_count() == 4
+    assert pinning.sharing_a_core(4) == []
+    assert pinning.sharing_a_core(6) == [(0, 4), (1, 5)]  # devices 4, 5 on CPUs 4, 5
+    note = pinning.topology_note(6)
+    assert note.startswith("8 logical CPUs on 4 physical cores (4 are second threads")
+    assert "devices 0 and 4 share one core's hardware threads (CPUs 0, 4)" in note
+    assert "shared" in note and "4 device(s), each on a core of its own" in pinning.topology_note(4)
+    assert "8 logical CPUs on 4 physical cores" in pinning.pinning()
+
+
+def test_adjacent_siblings_are_used_one_per_core_first(tmp_path, monkeypatch):
+    """Where a core's threads are numbered next to each other (0-1, 2-3, ...), sorted CPUs
+    would put devices 0 and 1 on one core; the pool's order puts them on two."""
+    _fake_sysfs(tmp_path, monkeypatch, [(0, 1), (2, 3), (4, 5)],
+                files=("thread_siblings_list",))  # the name before Linux 5.7
+    assert pinning.cores() == [0, 2, 4, 1, 3, 5]
+    assert pinning.physical_cores() == [0, 2, 4]
+    assert pinning.sharing_a_core(3) == []
+    assert pinning.sharing_a_core(4) == [(0, 3)]
+    assert pinning.sharing_a_core(7) == [(0, 3, 6), (1, 4), (2, 5)]
+
+
+def test_an_affinity_mask_counts_only_the_cores_it_allows(tmp_path, monkeypatch):
+    """A class server gives a student CPUs {1, 2, 5}: 5 is 1's second thread."""
+    _fake_sysfs(tmp_path, monkeypatch, [(0, 4), (1, 5), (2, 6), (3, 7)], allowed={1, 2, 5})
+    assert pinning.cores() == [1, 2, 5]
+    assert pinning.physical_cores() == [1, 2] and pinning.physical_core_count() == 2
+    assert pinning.sharing_a_core(3) == [(0, 2)]
+
+
+def test_without_a_topology_every_cpu_is_taken_for_a_core_and_the_note_says_so(
+        tmp_path, monkeypatch):
+    _fake_sysfs(tmp_path, monkeypatch, [])  # an empty /sys: a container that hides it
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert not pinning.smt_known() and pinning.core_of() is None
+    assert pinning.cores() == pinning.physical_cores() == [0, 1, 2, 3]
+    assert pinning.sharing_a_core(3) is None  # cannot be told
+    assert pinning.physical_core_count() == psutil.cpu_count(logical=False)
+    assert "does not say which CPUs are threads of one core" in pinning.topology_note(3)
+
+
+def test_unpinned_the_pool_order_is_plain_and_sharing_cannot_be_told(no_pinning, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setattr(pinning, "SYS_CPU", str(tmp_path / "missing"))  # macOS: no /sys
+    assert pinning.cores() == list(range(os.cpu_count()))
+    assert pinning.sharing_a_core(2) is None
+    assert "does not say which CPUs are threads of one core" in pinning.topology_note()
