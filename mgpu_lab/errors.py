@@ -1,7 +1,7 @@
 """The errors the engines raise, each carrying what a user needs to act on it."""
 
 __all__ = ["DeviceOutOfMemory", "DeviceError", "WorkerDied", "EngineClosed",
-           "NonFiniteGradient", "CheckpointError"]
+           "NonFiniteGradient", "CheckpointError", "DeviceStateLost"]
 
 
 class DeviceOutOfMemory(MemoryError):
@@ -46,3 +46,13 @@ class NonFiniteGradient(FloatingPointError):
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt, or from another model."""
+
+
+class DeviceStateLost(RuntimeError):
+    """The devices' parameters or optimizer state are no longer those of a whole step (a
+    device died with its state, or an update overflowed part-way); the trainer restarts
+    from its last consolidated snapshot. ``steps_lost``: the steps since that snapshot."""
+
+    def __init__(self, message, steps_lost=None):
+        self.steps_lost = steps_lost
+        super().__init__(message)

@@ -1,17 +1,22 @@
 """The whole data-parallel step, a fit loop and its history; checkpoints via checkpoint.py.
 
     loss = trainer.step(x, y):
-        values = host params                          (the one shared variable per param)
-        result = engine.step(values, x, y, update)    split -> N devices -> exchange -> update
-        host params <- result.new_values              (all at once, only if all is finite)
+        host gather:  result = engine.step(host params, x, y, Update(opt, state, t))
+                      host params, state <- result's (all at once, only if all is finite)
+        the others:   result = engine.step(None, x, y, Update(opt, None, t))
+                      the devices keep their replicas and state; the host's copy is stale
 
 One device is N=1 of the same path; every engine follows the same protocol
-(:class:`mgpu_lab.engines.base.Engine`). The trainer keeps the optimizer's state (plain
-arrays) and t; each step hands them to the engine in an
-:class:`~mgpu_lab.engines.update.Update` and takes the new state back from the result,
-wherever the strategy ran the update (the host, every device, or every device's shard).
+(:class:`mgpu_lab.engines.base.Engine`). Under the host gather the trainer holds the
+parameters and the optimizer's state (plain arrays), as the chapter's host does. Under
+the strategies that update on the devices, the devices own them between steps (as in
+PyTorch DDP and DeepSpeed ZeRO): ``trainer.model`` and ``trainer.opt_state`` consolidate
+them on demand (``engine.state_dict()``), and every ``snapshot_every`` steps the trainer
+keeps a consolidated snapshot. A device that dies takes its state with it: the next step
+restarts the devices from that snapshot, and the error says how many steps were lost.
 """
 import time
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -22,7 +27,7 @@ from .engines.local import DevicePool
 from .engines.mpi import MPIEngine
 from .engines.serial import SerialEngine
 from .engines.update import Update
-from .errors import CheckpointError
+from .errors import CheckpointError, DeviceStateLost, WorkerDied
 from .optim import SGD, state_dict
 
 __all__ = ["DataParallelTrainer", "ENGINES", "batch_indices"]
@@ -47,21 +52,31 @@ def batch_indices(step, n_samples, batch_size, seed):
 class DataParallelTrainer:
     """Train ``model`` (a Model or a ModelSpec) on ``n_devices`` with ``engine`` ('local',
     'serial' or 'mpi') and ``strategy`` (a name in ``engines.strategies.STRATEGIES`` or a
-    strategy object; ``devices_per_node`` for 'hierarchical')."""
+    strategy object; ``devices_per_node`` for 'hierarchical'). ``snapshot_every``: steps
+    between consolidated snapshots of the devices' state (what a lost device costs)."""
 
     def __init__(self, model, n_devices=1, optimizer=None, engine="local",
-                 memory_bytes=None, seed=0, strategy="host", devices_per_node=None):
+                 memory_bytes=None, seed=0, strategy="host", devices_per_node=None,
+                 snapshot_every=10):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be a whole number of steps >= 1, got {snapshot_every!r}")
         # the engine's own checks, now rather than at the first step (the engine starts then)
-        self.model, self.n_devices, self.strategy = ENGINES[engine].configure(
+        self._model, self.n_devices, self.strategy = ENGINES[engine].configure(
             model, n_devices, memory_bytes, strategy, devices_per_node)
-        self.spec = self.model.spec  # the host copy: the parameters live here
+        self.spec = self._model.spec  # the host copy
         self.optimizer = optimizer or SGD(0.1)
-        self.opt_state = self.optimizer.init_state(self.model.get_values())  # plain arrays
+        self._opt_state = self.optimizer.init_state(self._model.get_values())  # plain arrays
         self.opt_t = 0  # updates applied so far
         self.engine_name, self.memory_bytes, self.seed = engine, memory_bytes, seed
         self.history, self.step_count, self._engine = [], 0, None
+        self.snapshot_every = snapshot_every
+        self._on_devices = not self.strategy.updates_on_host  # where the state lives
+        self._devices_current = False  # the devices hold the host's parameters and state
+        self._host_current = True  # the host's copy is that of the last step
+        self._snapshot = None
+        self._take_snapshot()
 
     # -- engines ------------------------------------------------------------------
     def _make_engine(self):
@@ -73,22 +88,95 @@ class DataParallelTrainer:
         """The engine, (re)started on demand: after a crash the next step starts afresh."""
         if self._engine is None or self._engine.closed:
             self._engine = self._make_engine()
+            self._devices_current = False
         return self._engine
+
+    # -- the host's view of the state -----------------------------------------------
+    def _consolidate(self, gather=False):
+        """The devices' parameters and state, copied to the host if it is behind."""
+        if self._host_current or self._engine is None or self._engine.closed:
+            return
+        kw = {"gather": gather} if self.engine_name == "mpi" else {}
+        sd = self._engine.state_dict(slots=self.optimizer.slots, **kw)
+        self._model.set_values(sd["values"])
+        self._opt_state = sd["state"] if self.optimizer.slots else []
+        self._host_current = self._opt_state is not None
+
+    @property
+    def model(self):
+        """The host's model, with the parameters of the last whole step."""
+        self._consolidate()
+        return self._model
+
+    @property
+    def opt_state(self):
+        """The optimizer state of the last whole step ([slot][param] arrays), or None on an
+        MPI rank that does not hold it (a sharded optimizer's ranks but 0, between
+        snapshots; a host gather's ranks but 0)."""
+        self._consolidate()
+        return self._opt_state
+
+    @opt_state.setter
+    def opt_state(self, state):
+        self._opt_state, self._devices_current = state, False
+
+    def _take_snapshot(self):
+        """Copies of the last whole step's parameters, state, t, step and history length."""
+        if self._on_devices:
+            self._consolidate(gather=True)
+        state = None if self._opt_state is None else [[a.copy() for a in s] for s in self._opt_state]
+        self._snapshot = (self.step_count, [v.copy() for v in self._model.get_values()], state,
+                          self.opt_t, len(self.history))
+
+    def _restore_snapshot(self, error):
+        """After a device died (or its state was lost): back to the snapshot; say the cost."""
+        step, values, state, t, n_hist = self._snapshot
+        lost = self.step_count - step
+        self._model.set_values(values)
+        self._opt_state = None if state is None else [[a.copy() for a in s] for s in state]
+        self.opt_t, self.step_count, self.history = t, step, self.history[:n_hist]
+        self._host_current, self._devices_current = True, False
+        error.steps_lost = lost
+        error.args = (f"{error.args[0]}; the devices held the parameters and optimizer state, "
+                      f"so the trainer went back to its snapshot of step {step}: {lost} "
+                      f"step(s) lost (snapshot_every={self.snapshot_every})",)
 
     # -- training -------------------------------------------------------------------
     def step(self, x, y):
         """One data-parallel step on the batch ``(x, y)``; returns the batch's mean loss."""
         t0 = time.perf_counter()
-        update = Update(self.optimizer, self.opt_state, self.opt_t, f"step {self.step_count}")
-        result = self.engine.step(self.model.get_values(), x, y, update)
-        self.model.set_values(result.new_values)
-        if result.new_state is not None:  # None on MPI ranks that do not hold the state
-            self.opt_state = result.new_state
+        label = f"step {self.step_count}"
+        if self._on_devices and not self._host_current and (self._engine is None or self._engine.closed):
+            lost = self.step_count - self._snapshot[0]  # the engine went with the devices' state
+            warnings.warn(f"the engine was closed while its devices held the state of the last "
+                          f"{lost} step(s): going back to the snapshot of step {self._snapshot[0]}")
+            self._restore_snapshot(RuntimeError("engine closed"))
+        try:
+            if self._on_devices:
+                engine = self.engine
+                if not self._devices_current:
+                    self._consolidate(gather=True)
+                    engine.load_state_dict({"values": self._model.get_values(),
+                                            "state": self._opt_state if self.optimizer.slots else None})
+                    self._devices_current = True
+                result = engine.step(None, x, y, Update(self.optimizer, None, self.opt_t, label))
+                self._host_current = False
+            else:
+                update = Update(self.optimizer, self._opt_state, self.opt_t, label)
+                result = self.engine.step(self._model.get_values(), x, y, update)
+                self._model.set_values(result.new_values)
+                self._opt_state = result.new_state  # None on MPI ranks that do not hold it
+        except (WorkerDied, DeviceStateLost) as e:
+            if self._on_devices:
+                self._restore_snapshot(e)
+            raise
         self.opt_t += 1
         seconds = time.perf_counter() - t0
         self.history.append({"step": self.step_count, "loss": result.loss, "seconds": seconds,
                              "images_per_s": len(x) / seconds, "timings": result.timings})
         self.step_count += 1
+        if self._on_devices and self.step_count % self.snapshot_every == 0:
+            self._take_snapshot()
         return result.loss
 
     def fit(self, x, y, batch_size=64, steps=None, epochs=None, progress=True, data_seed=0):
@@ -118,8 +206,9 @@ class DataParallelTrainer:
 
     def evaluate(self, x, y, batch_size=512):
         """(mean loss, accuracy) of the current parameters, computed on the host."""
-        x, y = self.model.check_batch(x, y)
-        f = self.model.loss_and_accuracy_function()
+        model = self.model
+        x, y = model.check_batch(x, y)
+        f = model.loss_and_accuracy_function()
         totals = np.zeros(2)
         for a in range(0, len(x), batch_size):
             loss, acc = f(x[a:a + batch_size], y[a:a + batch_size])
@@ -129,9 +218,12 @@ class DataParallelTrainer:
     # -- checkpoints (mgpu_lab.checkpoint) ------------------------------------------------
     def save(self, path):
         """Write params, optimizer state, step and history atomically; returns the path."""
+        self._consolidate(gather=True)  # on MPI every rank must call save; rank 0 writes
+        if self._opt_state is None:
+            return None  # an MPI rank that does not hold the whole state
         history = [{**h, "timings": h["timings"].as_dict()} for h in self.history]
-        return save_checkpoint(path, self.spec, self.model.get_values(),
-                               state_dict(self.optimizer, self.opt_state, self.opt_t),
+        return save_checkpoint(path, self.spec, self._model.get_values(),
+                               state_dict(self.optimizer, self._opt_state, self.opt_t),
                                self.step_count, history)
 
     def load(self, path):
@@ -147,7 +239,7 @@ class DataParallelTrainer:
             raise CheckpointError(f"{path} holds the state of optimizer "
                                   f"{ck.optimizer_state['name']!r}, but this trainer uses "
                                   f"{self.optimizer.name!r}")
-        names, shapes = [p.name for p in self.model.params], self.model.param_shapes
+        names, shapes = [p.name for p in self._model.params], self._model.param_shapes
         if not ck.optimizer_state["state"] and ck.optimizer_state["t"] == 0:  # saved before any
             ck.optimizer_state["state"] = self.optimizer.init_state(ck.values)  # update: zeros
         if len(ck.optimizer_state["state"]) != self.optimizer.slots:
@@ -163,14 +255,19 @@ class DataParallelTrainer:
                     raise CheckpointError(f"{path} does not match this model: parameter {name} "
                                           f"is {shape} here but {a.shape} in the file")
         history = [{**h, "timings": Timings(**h["timings"])} for h in ck.history]
-        self.opt_state = [list(slot) for slot in ck.optimizer_state["state"]]
+        self._opt_state = [list(slot) for slot in ck.optimizer_state["state"]]
         self.opt_t = int(ck.optimizer_state["t"])
-        self.model.set_values(ck.values)
+        self._model.set_values(ck.values)
         self.step_count, self.history = ck.step, history
+        self._host_current, self._devices_current = True, False  # loaded at the next step
+        self._take_snapshot()
         return self
 
     def close(self):
-        if self._engine is not None:
+        """Consolidate what the devices hold (so ``model`` and ``opt_state`` stay readable),
+        then stop the engine."""
+        if self._engine is not None and not self._engine.closed:
+            self._consolidate(gather=True)
             self._engine.close()
 
     def __enter__(self):

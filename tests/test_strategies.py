@@ -23,17 +23,22 @@ from mgpu_lab.trainer import DataParallelTrainer
 
 # -- a third transport, for the tests: threads and queues ---------------------------------
 class ThreadLink:
-    """Device ``rank``'s end of an in-process transport; counts the bytes it sends."""
+    """Device ``rank``'s end of an in-process transport; counts the bytes it moves."""
 
     def __init__(self, rank, boxes):
-        self.rank, self.size, self.boxes, self.sent = rank, len(boxes), boxes, 0
+        self.rank, self.size, self.boxes, self.sent, self.received = rank, len(boxes), boxes, 0, 0
 
-    def sendrecv(self, send, dest, recv, source):
+    def sendrecv(self, send, dest, recv, source, add=False):
         if send is not None:
             self.boxes[dest][self.rank].put(send.copy())
             self.sent += send.nbytes
         if recv is not None:
-            recv[...] = self.boxes[self.rank][source].get(timeout=10)
+            got = self.boxes[self.rank][source].get(timeout=10)
+            if add:
+                recv += got
+            else:
+                recv[...] = got
+            self.received += recv.nbytes
 
 
 def run_on_threads(n, work):
@@ -64,7 +69,7 @@ def arrays(n, P, seed=0):
 def test_ring_allreduce_is_the_simulated_ring_bit_for_bit(n, P):
     data = arrays(n, P)
     bufs = [a.copy() for a in data]
-    links = run_on_threads(n, lambda link: S.ring_allreduce(link, bufs[link.rank], np.empty(P, np.float32)))
+    links = run_on_threads(n, lambda link: S.ring_allreduce(link, bufs[link.rank]))
     sim = C.simulate_ring_allreduce(data)
     for r in range(n):
         assert np.array_equal(bufs[r], sim.result[r])
@@ -81,11 +86,11 @@ def test_reduce_scatter_then_all_gather_moves_the_rings_bytes(n, P):
     chunks = C.ring_chunks(P, n)
 
     def work(link):
-        buf, scratch = bufs[link.rank], np.empty(P, np.float32)
-        S.reduce_scatter(link, buf, scratch)
+        buf = bufs[link.rank]
+        S.reduce_scatter(link, buf)
         a, b = chunks[S.owned_chunk(link.rank, n)]
         np.testing.assert_allclose(buf[a:b], total[a:b], rtol=1e-6, atol=1e-6)
-        S.all_gather(link, buf, scratch)
+        S.all_gather(link, buf)
     links = run_on_threads(n, work)
     for r in range(n):
         np.testing.assert_allclose(bufs[r], total, rtol=1e-6, atol=1e-6)
@@ -93,22 +98,41 @@ def test_reduce_scatter_then_all_gather_moves_the_rings_bytes(n, P):
         assert all(link.sent == C.ring_bytes_per_device(P, n) for link in links)
 
 
-@pytest.mark.parametrize("n, G", [(4, 2), (6, 2), (6, 3), (4, 1), (4, 4)])
-def test_hierarchical_sums_on_every_device(n, G):
-    class Dev:  # what a strategy's on_device needs, without an update
-        def __init__(self, grad):
-            self.grad, self.weight, self.scratch = grad, np.float32(1), np.empty_like(grad)
-            self.n_params, self.has_update = grad.size, False
+class Dev:
+    """What a strategy's on_device needs of a device, without an update."""
 
-        def update_range(self, a, b, check=True):
-            return None
-    data = arrays(n, 50, seed=20)
+    def __init__(self, grad):
+        self.grad, self.n_params, self.has_update = grad, grad.size, False
+
+    def scale_gradient(self):
+        pass
+
+    def finite(self, a, b):
+        return bool(np.isfinite(self.grad[a:b]).all())
+
+    def refuse_if_not_finite(self, a, b):
+        assert self.finite(a, b)
+
+    def update_range(self, a, b):
+        pass
+
+
+@pytest.mark.parametrize("n, G", [(4, 2), (6, 2), (6, 3), (4, 1), (4, 4), (8, 2)])
+def test_hierarchical_sums_on_every_device_and_moves_the_models_bytes(n, G):
+    """Reduce-scatter in the node, one ring per local rank across the nodes, all-gather in
+    the node: every device ends with the sum, and sends (and receives) what the cost model
+    charges, 2(G-1)/G * 4P inside the node plus 2(K-1)/K * 4P/G across (K = N/G nodes)."""
+    P = 240  # divisible by every G and G*K here: the formula is exact
+    data = arrays(n, P, seed=20)
     devs = [Dev(a.copy()) for a in data]
     strategy = S.HierarchicalAllReduce(devices_per_node=G)
-    run_on_threads(n, lambda link: strategy.on_device(link, devs[link.rank]))
+    links = run_on_threads(n, lambda link: strategy.on_device(link, devs[link.rank]))
     total = np.sum(data, axis=0, dtype=np.float32)
     for d in devs:
         np.testing.assert_allclose(d.grad, total, rtol=1e-6, atol=1e-6)
+    K = n // G
+    expected = 2 * (G - 1) / G * 4 * P + 2 * (K - 1) / K * 4 * P / G
+    assert all(link.sent == link.received == expected for link in links)
 
 
 def test_split_weights_are_written_once_and_agree():
@@ -254,6 +278,46 @@ def test_a_worker_killed_mid_step_stops_the_step_and_the_next_one_starts_afresh(
         assert all(max_abs_diff(a, b) == 0.0 for a, b in zip(tr.opt_state, state))
         assert np.isfinite(tr.step(x, y)) and tr.opt_t == 2  # a fresh pool, and it works
         assert not set(tr.engine.pids()) & set(pids)
+
+
+def expected_bytes(strategy, P, n, G=None):
+    """Bytes each device sends (= receives) in one step, from the algorithms' formulas:
+    host 4P up (and 4P down); ring 2(N-1)/N * 4P; sharded the ring's plus N one-float
+    flags around a ring (8(N-1) bytes); hierarchical 2(G-1)/G * 4P + 2(K-1)/K * 4P/G."""
+    if strategy == "host":
+        return {4 * P}
+    if strategy == "ring":
+        return {4 * P * 2 * (n - 1) / n}
+    if strategy == "sharded":
+        return {4 * P * 2 * (n - 1) / n + 8 * (n - 1)}
+    K = n // G
+    return {2 * (G - 1) / G * 4 * P + 2 * (K - 1) / K * 4 * P / G}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strategy, n, G", [("host", 3, None), ("ring", 4, None),
+                                            ("sharded", 4, None), ("hierarchical", 4, 2)])
+def test_the_bytes_that_cross_per_step_are_the_algorithms(flat_digits, strategy, n, G):
+    """Counted by the pool's transport, per device and per step: what the algorithm moves
+    and nothing else (no parameters or optimizer state travel under the device strategies)."""
+    model = mlp(hidden=(18,), seed=0)  # P = 64*18 + 18 + 18*10 + 10 = 1,360: 4 * 340, exact chunks
+    P = model.n_params
+    assert P % 4 == 0
+    x, y = flat_digits[0][:61], flat_digits[1][:61]
+    extra = {"devices_per_node": G} if G else {}
+    with DataParallelTrainer(model.spec, n, Adam(0.01), strategy=strategy, **extra) as tr:
+        tr.step(x, y)  # loads the devices once
+        result = tr.engine.step(tr.model.get_values() if strategy == "host" else None, x, y,
+                                S_update(tr, strategy))
+    sent = {b["sent"] for b in result.bytes}
+    received = {b["received"] for b in result.bytes}
+    assert sent == received == expected_bytes(strategy, P, n, G), result.bytes
+    assert sum(b["batch"] for b in result.bytes) == x.nbytes + y.nbytes  # every sample once
+
+
+def S_update(tr, strategy):
+    from mgpu_lab.engines.update import Update
+    return Update(tr.optimizer, tr.opt_state if strategy == "host" else None, tr.opt_t)
 
 
 @pytest.mark.integration

@@ -4,17 +4,22 @@ An engine is N devices and a :mod:`strategy <mgpu_lab.engines.strategies>`. Ever
 engine's step is the same moves:
 
     check the batch; split bounds from split.py; memory check   Engine.step (here, once)
-    each device: loss and gradient of its split, then what the  engine._run_devices
-      strategy does on a device (strategy.on_device, over the
-      engine's transport)
-    the host: stack and update, or read back (strategy.on_host)  engine._run_devices
+    each device (a long-lived engines/device.py Device): loss   engine._run_devices
+      and gradient of its split, then strategy.on_device over
+      the engine's transport (exchange; update where the
+      devices update)
+    the host gather's host: stack and update (strategy.on_host) Engine.step (here)
     batch loss = sum_i (n_i / B) loss_i                          Engine.step (here)
 
-The base class owns the first and the last line; an engine supplies ``_run_devices`` and
-a transport, never a branch on the strategy. ``update`` is an :class:`Update`: the
-optimizer (a pure rule, :mod:`mgpu_lab.optim`), its state arrays and t. The state comes
-back in the :class:`StepResult`: engines pass it along, shard it and return it, and never
-open the optimizer.
+The base class owns the checks and the host's part; an engine supplies ``_run_devices``,
+a transport and the on-demand view of the devices' state (``state_dict`` /
+``load_state_dict``). Where the state lives is the strategy's to say
+(``updates_on_host``, ``state_range``), not the engine's: under the host gather the host
+holds the parameters and the optimizer state and the result carries the new ones; under
+the others each device keeps its replica and its part of the state between steps, and the
+result carries neither (``new_values`` and ``new_state`` are None): ask ``state_dict()``.
+``update`` is an :class:`Update`: the optimizer (a pure rule, :mod:`mgpu_lab.optim`), its
+state arrays (None: the devices' own) and t.
 """
 import numbers
 import time
@@ -37,18 +42,19 @@ __all__ = ["Timings", "StepResult", "Engine", "check_fits", "check_memory_bytes"
 class Timings:
     """Where one step's time went, in seconds; a phase an engine does not have stays 0.
 
-    On N devices each device phase is its slowest device's, as on real GPUs.
+    What each phase times, the same on every engine and transport (written here once). On
+    N devices each device phase is its slowest device's, as on real GPUs.
     """
 
     split: float = 0.0  # host: check the batch, cut it into splits
-    scatter: float = 0.0  # host: parameters and batch out to the devices (the broadcast's send)
-    set_params: float = 0.0  # device: copy the parameters in (the broadcast's receive)
+    scatter: float = 0.0  # host: write the batch (and the host gather's parameters) where devices read
+    set_params: float = 0.0  # device: new parameters into its replica (MPI host gather: the Bcast)
     compute: float = 0.0  # device: the compiled loss-and-gradient function
-    fetch: float = 0.0  # device: hand its gradient over (the transfer back to the host)
-    sync: float = 0.0  # waiting on devices and messages, beyond the device phases above
-    exchange: float = 0.0  # collectives between devices: gather, reduce, all-reduce, broadcast
-    stack: float = 0.0  # sum_i (n_i / B) g_i
-    update: float = 0.0  # the optimizer's update rule
+    fetch: float = 0.0  # device: its gradient out of Theano into the flat buffer that travels
+    sync: float = 0.0  # waiting: on peers' messages, on the slowest device, on the host's verdict
+    exchange: float = 0.0  # moving gradients (or shards) between processes, waits excluded
+    stack: float = 0.0  # host gather: sum_i (n_i / B) g_i
+    update: float = 0.0  # the optimizer's rule, where it runs (host or devices)
     total: float = 0.0  # the whole step
 
     @classmethod
@@ -65,12 +71,15 @@ class StepResult:
     """One step's outcome, the same from every engine."""
 
     loss: float  # batch mean loss, sum_i (n_i / B) loss_i
-    grads: list  # arrays shaped like the params: gradient of the batch mean loss
-    new_values: list  # parameters after the update (None when no update was asked for)
-    new_state: list  # the optimizer's state after it ([slot][param]; None without update)
+    grads: list  # arrays shaped like the params: gradient of the batch mean loss (None where
+    #              no process holds it whole: after a device-side update)
+    new_values: list  # parameters after the host's update (None: no update, or the devices hold them)
+    new_state: list  # the optimizer's state after it ([slot][param]; None likewise)
     split_sizes: list  # n_i, samples per device
     device_seconds: list  # compute seconds of each device
     timings: Timings
+    bytes: list = None  # per device {"sent", "received", "batch"}: bytes that crossed
+    #                     between processes in this step (counted by the transport)
 
 
 def check_memory_bytes(memory_bytes):
@@ -156,12 +165,20 @@ class Engine:
         bounds = split_bounds(len(x), self.n_devices)
         sizes = [b - a for a, b in bounds]
         check_fits(self.model, sizes, self.memory_bytes)  # before any work: nothing half-done
+        if values is None and self.strategy.updates_on_host:
+            raise ValueError(f"strategy {self.strategy.name!r} updates on the host: pass the "
+                             f"parameters to step from (values=None means the devices' own)")
         t = Timings(split=time.perf_counter() - t0)
         losses, device_seconds, view = self._run_devices(values, x, y, bounds, update, t)
         loss = stack_losses(losses, sizes)
-        grads, new_values, new_state = self._run_host(view, sizes, values, update, loss, t)
+        if self.strategy.updates_on_host:
+            grads, new_values, new_state = self._run_host(view, sizes, values, update, loss, t)
+        else:  # the devices hold the result; the gradient alone is read back when asked for
+            grads = self.step_gradient() if update is None else None
+            new_values = new_state = None
         t.total = time.perf_counter() - t0
-        return StepResult(loss, grads, new_values, new_state, sizes, list(device_seconds), t)
+        return StepResult(loss, grads, new_values, new_state, sizes, list(device_seconds), t,
+                          getattr(self, "last_bytes", None))
 
     def gradients(self, values, x, y):
         """The gradient of the batch's mean loss: a list of arrays shaped like the params."""
@@ -181,9 +198,22 @@ class Engine:
         t.update += time.perf_counter() - t0 - t.stack
         return out
 
+    def step_gradient(self):
+        """After a step without update on the devices: the batch gradient they hold."""
+        raise NotImplementedError
+
+    def state_dict(self, slots=None):
+        """The devices' parameters and ``slots`` arrays of optimizer state per parameter,
+        consolidated on the host: ``{"values", "state"}`` (None where the host holds them)."""
+        raise NotImplementedError
+
+    def load_state_dict(self, sd):
+        """Give the devices ``sd["values"]`` and their parts of ``sd["state"]``."""
+        raise NotImplementedError
+
     def device_memory(self):
-        """Bytes each device holds: a list of ``{"parameters", "gradients", "optimizer"}``,
-        counted from the arrays the devices hold after the last step."""
+        """Bytes each device holds: a list of ``{"parameters", "gradients", "optimizer",
+        "scratch"}``, counted from the arrays the devices hold."""
         raise NotImplementedError
 
     # -- lifetime -------------------------------------------------------------------------

@@ -6,11 +6,13 @@ GPU would (the worker's side: :mod:`mgpu_lab.engines.worker`). Data moves throug
 memory, not pickles; only tiny control messages go through pipes. Workers die with the
 pool: on ``close()``, on any error, on Ctrl-C, and (pipe EOF) if the parent itself dies.
 
-One step: the host writes the parameters and the batch (and the optimizer state, when the
-devices update); each device computes its split and runs ``strategy.on_device`` over its
-:class:`~mgpu_lab.engines.worker.ShmLink`; the host runs ``strategy.on_host`` on what the
-devices left in shared memory. The host's parameters and optimizer state are the ones a
-checkpoint saves, and a failed step changes neither.
+One step: the host writes the batch (and, for the host gather, the parameters every
+replica views); each device computes its split and runs ``strategy.on_device`` over its
+:class:`~mgpu_lab.engines.worker.ShmLink`; the host gather's host then stacks and updates.
+Under the other strategies the devices keep their parameters and optimizer state between
+steps (:class:`~mgpu_lab.engines.device.Device`): the host sees them only when it asks
+(:meth:`DevicePool.state_dict`), and loads them only when given (``values``, or an
+update's ``state``, or :meth:`DevicePool.load_state_dict`).
 """
 import contextlib
 import multiprocessing as mp
@@ -25,10 +27,11 @@ import numpy as np
 
 from .._theano import floatX
 from ..errors import DeviceError, NonFiniteGradient, WorkerDied
-from .base import Engine, flatten
+from ..errors import DeviceStateLost
+from .base import Engine, flatten, unflatten
 from .pinning import PIN_ENV, cores
 from .strategies import HostView
-from .worker import Buffer, worker_main
+from .worker import Buffer, mailbox_floats, worker_main
 
 __all__ = ["DevicePool"]
 
@@ -90,33 +93,34 @@ class DevicePool(Engine):
             raise
 
     # -- set-up ---------------------------------------------------------------------
-    def _allocate(self, batch_capacity=None, slots=None):
-        """(Re)allocate the batch buffers for ``batch_capacity`` samples, or the optimizer
-        state buffers for ``slots`` slots; the others are kept. True if any block is new."""
-        P, D, N = self.model.n_params, _floats_per_sample(self.model), self.n_devices
-        shapes = {"params": (P,), "grads": (N, P)}
-        if self.strategy.needs_links:  # the devices exchange and update
-            shapes.update(new=(N, P), outbox=(N, P))
-        if batch_capacity is not None:
-            shapes.update(x=(batch_capacity * D,), y=(batch_capacity,))
-            self.capacity = batch_capacity
-        if slots:
-            shapes.update(state=(slots, P), state_out=(N, slots, P))
-        changed = False
+    def _static(self):
+        """The blocks that live as long as the pool: what the strategy moves through
+        shared memory (the host gather's parameters and gradients, or the mailboxes)."""
+        P, N = self.model.n_params, self.n_devices
+        if self.strategy.updates_on_host:
+            shapes = {"params": (P,), "grads": (N, P)}
+        else:
+            shapes = {"outbox": (N, max(1, mailbox_floats(self.strategy, N, P)))}
         for key, shape in shapes.items():
+            self._bufs[key] = Buffer(shape, floatX)
+        return {k: self._bufs[k].spec for k in shapes}
+
+    def _allocate(self, batch_capacity):
+        """(Re)allocate the batch buffers for ``batch_capacity`` samples."""
+        D = _floats_per_sample(self.model)
+        for key, shape, dtype in (("x", (batch_capacity * D,), floatX), ("y", (batch_capacity,), np.int32)):
             old = self._bufs.get(key)
-            if old is None or old.array.shape != shape:
-                self._bufs[key], changed = Buffer(shape, np.int32 if key == "y" else floatX), True
-                if old is not None:
-                    old.close(unlink=True)
-        return changed
+            self._bufs[key] = Buffer(shape, dtype)
+            if old is not None:
+                old.close(unlink=True)
+        self.capacity = batch_capacity
 
     def _attach_message(self):
-        return ("attach", {k: b.spec for k, b in self._bufs.items()})
+        return ("attach", {k: self._bufs[k].spec for k in ("x", "y")})
 
     def _start_workers(self, timeout):
         ctx = mp.get_context("spawn")  # a clean interpreter: no inherited BLAS threads or locks
-        N = self.n_devices
+        N, static = self.n_devices, self._static()
         mesh = {}  # a pipe per pair of devices, only where devices talk to each other
         if self.strategy.needs_links:
             for i in range(N):
@@ -128,7 +132,8 @@ class DevicePool(Engine):
                 core = self.cores[d % len(self.cores)]
                 pipes = {j: mesh[d, j] for j in range(N) if (d, j) in mesh}
                 p = ctx.Process(target=worker_main, name=f"mgpu-device-{d}", daemon=True,
-                                args=(d, N, self.model.spec, child, core, self.strategy, pipes))
+                                args=(d, N, self.model.spec, child, core, self.strategy, pipes,
+                                      static))
                 p.start()
                 child.close()
                 self.workers.append(p)
@@ -188,7 +193,10 @@ class DevicePool(Engine):
                     except (EOFError, OSError):  # a dead worker's pipe reads as EOF
                         raise self._died(d) from None
                     pending.discard(d)
-                    (errors if reply[0] == "error" else replies)[d] = reply
+                    (errors if reply[0] in ("error", "lost") else replies)[d] = reply
+                    if reply[0] == "lost":  # its replica is of no whole step: nor is the pool's
+                        self.close()
+                        raise DeviceStateLost(reply[1])
                     if reply[0] == "error" and pending and self.strategy.needs_links:
                         self.close()  # the others may wait on it mid-exchange: stop them all
                         raise DeviceError(d, reply[1])
@@ -206,80 +214,135 @@ class DevicePool(Engine):
     # -- the step -------------------------------------------------------------------
     def _run_devices(self, values, x, y, bounds, update, t):
         t0 = time.perf_counter()
-        job = self._devices_update(update)
-        self._put_batch(x, y, attach=job.pop("attach"))
-        flatten(values, out=self._bufs["params"].array)  # broadcast: one copy, all devices read it
+        self._put_batch(x, y)
+        on_host = self.strategy.updates_on_host
+        if on_host:
+            flatten(values, out=self._bufs["params"].array)  # broadcast: one copy, all read it
+        elif values is not None or (update is not None and update.state is not None):
+            self.load_state_dict({"values": values, "state": update and update.state})
+        job = None if update is None or on_host else update.for_devices()
         weights = self.strategy.weights([b - a for a, b in bounds])
         t1 = time.perf_counter()
         try:
             for d, ((a, b), w) in enumerate(zip(bounds, weights)):
-                self._send(d, ("step", a, b, float(w), job["update"], job["slots"]))
+                self._send(d, ("step", a, b, float(w), job))
             replies = self._collect(range(self.n_devices))
         except (KeyboardInterrupt, OSError):
             self.close()  # workers are mid-step: the only safe state is no workers at all
             raise
         t.scatter, t.sync = t1 - t0, time.perf_counter() - t1
-        return self._read_replies([replies[d] for d in range(self.n_devices)], job["slots"], t)
+        return self._read_replies([replies[d] for d in range(self.n_devices)], t)
 
-    def _put_batch(self, x, y, attach=False):
+    def _put_batch(self, x, y):
         """The batch into shared memory (grown first if it does not fit)."""
-        if (len(x) > self.capacity and self._allocate(batch_capacity=len(x))) or attach:
+        if len(x) > self.capacity:
+            self._allocate(batch_capacity=len(x))
             self._broadcast(self._attach_message())
         self._bufs["x"].array[:x.size] = x.ravel()
         self._bufs["y"].array[:len(y)] = y
 
     def probe(self, kind, *args, x=None, y=None):
         """A measurement on every device's own loop and links: ``"bare"`` (batch, steps:
-        seconds of bare calls on the batch ``x, y``), ``"copy"`` (bytes/s into shared
-        memory), ``"ping"`` (a round trip). One result per device."""
+        seconds of bare calls on the batch ``x, y``), ``"copy"`` (bytes/s of the fetch's
+        copy), ``"rss"`` (resident bytes, psutil), ``"ping"`` (a round trip). One result
+        per device."""
         if x is not None:
             self._put_batch(x, y)
         replies = self._broadcast((kind,) + args)
         return [replies[d][1] for d in range(self.n_devices)]
 
-    def _devices_update(self, update):
-        """What the devices need of ``update`` when they run it: the optimizer with this
-        step's rate (picklable) and the state, copied into shared memory."""
-        job = {"update": None, "slots": 0, "attach": False}
-        if update is None or self.strategy.updates_on_host:
-            return job
-        slots = update.optimizer.slots
-        job.update(update=update.for_devices(), slots=slots,
-                   attach=bool(slots) and self._allocate(slots=slots))
-        for k, slot in enumerate(update.state):
-            flatten(slot, out=self._bufs["state"].array[k])
-        return job
-
-    def _read_replies(self, replies, slots, t):
+    def _read_replies(self, replies, t):
         """Losses, compute seconds and the host's view; the slowest device's phases."""
-        per_dev = [r[2] for r in replies]
+        refused = [r[1] for r in replies if r[0] == "refused"]
+        if refused:  # every device refused before changing anything
+            raise NonFiniteGradient(refused[0])
+        per_dev, waited = [r[2] for r in replies], t.sync
         for phase in per_dev[0]:  # the slowest device's, as on GPUs
             setattr(t, phase, max(p[phase] for p in per_dev))
-        t.sync = max(0.0, t.sync - sum(getattr(t, p) for p in per_dev[0]))
-        refused = [r[3] for r in replies if r[3]]
-        if refused:  # nothing was committed: parameters and optimizer state are as before
-            raise NonFiniteGradient(refused[0])
-        b = self._bufs
-        view = HostView(self.n_devices, self.shapes, slots, grad=b["grads"].array.__getitem__,
-                        new=b["new"].array.__getitem__ if "new" in b else None,
-                        state=(b["state_out"].array.__getitem__ if slots else
-                               lambda r: np.empty((0, self.model.n_params), floatX)))
+        # all the waiting: the host's wait beyond the devices' working phases, which
+        # includes the devices' waits on each other
+        t.sync = max(0.0, waited - sum(getattr(t, p) for p in per_dev[0] if p != "sync"))
+        self.last_bytes = [r[3] for r in replies]
+        view = HostView(self.n_devices, self.shapes, grad=self._bufs["grads"].array.__getitem__) \
+            if self.strategy.updates_on_host else None
         return [r[1] for r in replies], [p["compute"] for p in per_dev], view
 
+    # -- the devices' state, on demand ------------------------------------------------
+    def _block(self, floats):
+        return Buffer((max(1, floats),), floatX)  # made for one request, freed after it
+
+    def load_state_dict(self, sd):
+        """Give every device ``sd["values"]`` (a parameter list, or None: kept) and its part
+        of ``sd["state"]`` ([slot][param], or None: kept), through one block made for it."""
+        values, state = sd.get("values"), sd.get("state")
+        if self.strategy.updates_on_host or (values is None and not state):
+            return
+        P, S = self.model.n_params, len(state) if state else 0
+        block = self._block(P * (1 + S))
+        try:
+            if values is not None:
+                flatten(values, out=block.array[:P])
+            for k, slot in enumerate(state or []):
+                flatten(slot, out=block.array[P * (1 + k):P * (2 + k)])
+            self._broadcast(("load", block.spec, S, values is not None))
+        finally:
+            block.close(unlink=True)
+
+    def _gather(self, what, rows=1, devices=None):
+        """``what`` ("params", "state" or "grad") from the devices that hold a part of it,
+        consolidated on the host: a flat (rows * P,) array."""
+        P, N = self.model.n_params, self.n_devices
+        block = self._block(rows * P)
+        try:
+            if devices is None:
+                devices = [d for d in range(N) if self.strategy.host_range(d, N, P)[1] >
+                           self.strategy.host_range(d, N, P)[0]]
+            self._broadcast(("export", block.spec, what), devices)
+            return block.array[:rows * P].copy()
+        finally:
+            block.close(unlink=True)
+
+    def state_dict(self, slots=None):
+        """The devices' parameters and optimizer state (``slots`` arrays per parameter),
+        gathered to the host: ``{"values": [...], "state": [[...]] or None}``. The host
+        gather's devices keep no state of their own: ``None`` for both."""
+        if self.strategy.updates_on_host:
+            return {"values": None, "state": None}
+        values = unflatten(self._gather("params"), self.shapes)
+        state = None
+        if slots:
+            flat = self._gather("state", rows=slots).reshape(slots, -1)
+            state = [unflatten(row, self.shapes) for row in flat]
+        return {"values": values, "state": state}
+
+    def step_gradient(self):
+        """The batch gradient the devices hold after a step without update (device 0's, or
+        the shards' owners')."""
+        return unflatten(self._gather("grad"), self.shapes)
+
     def device_memory(self):
-        """Bytes each device held at the last step: parameters, gradients, optimizer state
-        (counted by each worker from the arrays it used)."""
-        held = self.probe("held")
-        if None in held:
-            raise ValueError("no step has run yet: device_memory() counts what a step used")
-        return held
+        """Bytes each device holds between steps: parameters, gradient, optimizer state, the
+        mailbox (counted by each worker from its arrays)."""
+        return self.probe("held")
+
+    def device_rss(self):
+        """Each worker's resident memory in bytes (psutil): measured, not counted."""
+        return self.probe("rss")
 
     def device_parameters(self):
-        """(N, P) copy: every device's parameters after the last step that updated on them."""
-        if "new" not in self._bufs:
+        """(N, P) copy: every device's own replica."""
+        if self.strategy.updates_on_host:
             raise ValueError(f"strategy {self.strategy.name!r} updates on the host: the devices "
                              f"keep no parameters of their own")
-        return self._bufs["new"].array.copy()
+        rows = []
+        for d in range(self.n_devices):
+            block = self._block(self.model.n_params)
+            try:
+                self._broadcast(("export", block.spec, "replica"), [d])
+                rows.append(block.array.copy())
+            finally:
+                block.close(unlink=True)
+        return np.stack(rows)
 
     def pids(self):
         return [p.pid for p in self.workers]

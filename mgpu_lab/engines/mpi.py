@@ -34,8 +34,8 @@ from ..errors import DeviceError, NonFiniteGradient
 from ..validate import check_n_devices
 from .base import Engine, flatten, unflatten
 from .pinning import PIN_ENV
+from .device import Device
 from .strategies import HostView
-from .update import DeviceStep
 
 __all__ = ["ROOT", "MPIEngine", "MPILink", "mpiexec_path", "mpiexec_command", "world", "mpi",
            "install_abort_hook", "node_size"]
@@ -121,21 +121,36 @@ def install_abort_hook(comm=None):
 
 # -- the transport ------------------------------------------------------------------------
 class MPILink:
-    """One rank's end of the MPI transport, as strategies use it."""
+    """One rank's end of the MPI transport, as strategies use it. Its scratch holds one
+    message (sized once by the strategy); it counts the bytes it sends and receives."""
 
-    def __init__(self, comm, n_params):
+    waited = 0.0  # MPI's blocking calls do not say how long they waited: see MPIEngine
+
+    def __init__(self, comm, scratch_floats, n_params, host_rows=False):
         self.comm, self.rank, self.size = comm, comm.rank, comm.size
-        self.rows = np.empty((self.size, n_params), floatX) if self.rank == ROOT else None
+        self.scratch = np.empty(scratch_floats, floatX)
+        self.scratch_bytes = self.scratch.nbytes
+        # the host's receive buffer of the host gather: the host's memory, not a device's
+        self.rows = np.empty((self.size, n_params), floatX) if host_rows and self.rank == ROOT else None
+        self.reset()
 
-    def sendrecv(self, send, dest, recv, source):
+    def reset(self):
+        self.sent, self.received = 0, 0
+
+    def sendrecv(self, send, dest, recv, source, add=False):
         F = mpi().FLOAT
-        if send is not None and recv is not None:  # both at once: no rank waits on a blocked send
-            self.comm.Sendrecv([send, F], dest=dest, sendtag=0, recvbuf=[recv, F], source=source,
+        into = None if recv is None else (self.scratch[:recv.size] if add else recv)
+        if send is not None and into is not None:  # both at once: no rank waits on a blocked send
+            self.comm.Sendrecv([send, F], dest=dest, sendtag=0, recvbuf=[into, F], source=source,
                                recvtag=0)
         elif send is not None:
             self.comm.Send([send, F], dest=dest, tag=0)
-        elif recv is not None:
-            self.comm.Recv([recv, F], source=source, tag=0)
+        elif into is not None:
+            self.comm.Recv([into, F], source=source, tag=0)
+        if add and recv is not None:
+            recv += into
+        self.sent += 0 if send is None else send.nbytes
+        self.received += 0 if recv is None else recv.nbytes
 
     def to_host(self, flat):
         """Gatherv: rank i's ``flat`` (P,) lands in row i of rank 0's ``rows`` (N, P)."""
@@ -143,6 +158,8 @@ class MPILink:
         recv = [self.rows, [P] * self.size, [i * P for i in range(self.size)], F] \
             if self.rank == ROOT else None
         self.comm.Gatherv([flat, F], recv, root=ROOT)
+        if self.rank != ROOT:  # rank 0 is the host: its own row does not cross
+            self.sent += flat.nbytes
         return self.rows
 
     def gather_ranges(self, flat, ranges, out):
@@ -177,10 +194,13 @@ def node_size(comm):
 class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with the process
     """N devices = the N ranks of ``comm`` (``MPI.COMM_WORLD`` by default).
 
-    ``step`` runs on every rank with the same batch; each rank computes its own split.
-    With 'host' the optimizer state lives on rank 0 alone, as on the chapter's host; with
-    'sharded' each rank keeps its own shard current and rank 0 gathers all of them: save
-    from rank 0.
+    ``step`` runs on every rank with the same batch; each rank is one long-lived
+    :class:`~mgpu_lab.engines.device.Device` and computes its own split. With 'host' rank 0
+    is also the host: it holds the optimizer state, stacks, updates and broadcasts the new
+    parameters into every replica. With the others each rank keeps its replica and its
+    part of the state; ``state_dict()`` consolidates them (rank 0 gathers the sharded
+    optimizer's shards; every rank holds the parameters). Every rank's result is right
+    or absent (None), never partial.
     """
 
     links = True
@@ -195,14 +215,12 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
                 f"rank(s); each rank is one device: pass n_devices={self.size}, or launch "
                 f"with mpiexec -n {n_devices}")
         super().__init__(model, n_devices, memory_bytes, strategy, devices_per_node)
-        self._fn = self.model.loss_and_gradients_function()  # every rank compiles its own
         self.shapes, P = self.model.param_shapes, self.model.n_params
-        self.link = MPILink(self.comm, P)
-        self._grad = np.empty(P, dtype=floatX)  # this rank's gradient, then its work buffer
-        self._new = np.empty(P, dtype=floatX)  # its parameters after its update
-        self._out = np.empty(P, dtype=floatX)  # rank 0's outcome, broadcast (host gather)
-        self._stats = np.empty((self.size, 2), dtype=np.float64)  # (loss, compute s) per rank
-        self._state, self._synced, self._held = {}, False, None
+        self.link = MPILink(self.comm, self.strategy.message_floats(self.size, P), P,
+                            host_rows=self.strategy.updates_on_host)
+        self.device = Device(self.rank, self.size, self.model, self.strategy, self.link)
+        self._stats = np.empty((self.size, 4), dtype=np.float64)  # loss, compute s, bytes out, in
+        self._synced = False
         if self.size > 1:
             install_abort_hook(self.comm)
 
@@ -211,84 +229,57 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         return node_size(world())
 
     def _run_devices(self, values, x, y, bounds, update, t):
+        dev, link, on_host = self.device, self.link, self.strategy.updates_on_host
         t0 = time.perf_counter()
-        values = self._sync(values)
-        self.model.set_values(values)
+        if on_host:
+            self._host_params(values)
+        elif values is not None:
+            self.load_state_dict({"values": values})
+        link.reset()
         a, b = bounds[self.rank]
         t1 = time.perf_counter()
-        loss, *grads = self._fn(x[a:b], y[a:b])
+        loss, times = dev.compute(x[a:b], y[a:b])
         t2 = time.perf_counter()
-        flatten(grads, out=self._grad)
-        self.comm.Allgather(np.array([float(loss), t2 - t1]), self._stats)  # every rank: all losses
-        t.set_params, t.compute, t.sync = t1 - t0, t2 - t1, time.perf_counter() - t2
-        dev = self._device(values, update, [d - c for c, d in bounds], float(loss))
-        t3 = time.perf_counter()
+        self.comm.Allgather(np.array([loss, times["compute"], 0, 0], np.float64), self._stats)
+        t.set_params, t.compute, t.fetch = t1 - t0, times["compute"], times["fetch"]
+        t.sync = time.perf_counter() - t2  # every rank waits here for the slowest device
+        w = self.strategy.weights([d - c for c, d in bounds])[self.rank]
         refused = None
         try:
-            self.strategy.on_device(self.link, dev)
-        except NonFiniteGradient as e:
+            times = dev.exchange(w, None if on_host else update)
+            t.exchange, t.update = times["exchange"], times["update"]
+        except NonFiniteGradient as e:  # every rank decides alike (strategies.py)
             refused = e
-        spent = time.perf_counter() - t3
-        if self.strategy.updates_on_host:
-            t.fetch = spent  # the Gatherv: the gradients travel to the host
-        else:
-            t.exchange, t.update = spent - dev.seconds_update, dev.seconds_update
-        self._agree(refused)
-        self._held = dev.held(self.model.params)
-        return list(self._stats[:, 0]), list(self._stats[:, 1]), self._host_view(dev)
+        self._count_bytes()
+        if refused:
+            raise refused
+        view = HostView(self.size, self.shapes, grad=lambda r: link.rows[r]) if on_host else None
+        return list(self._stats[:, 0]), list(self._stats[:, 1]), view
 
-    def _device(self, values, update, sizes, loss):
-        """This rank's :class:`DeviceStep`; the update and state only where devices update."""
-        P, rule, state = self.model.n_params, None, None
-        if update is not None and not self.strategy.updates_on_host:
-            S = update.optimizer.slots
-            if self._state.get("in", np.empty((0, P))).shape != (S, P):
-                self._state = {"in": np.empty((S, P), floatX), "out": np.empty((S, P), floatX)}
-            for k, slot in enumerate(update.state):
-                flatten(slot, out=self._state["in"][k])
-            rule, state = update, self._state
-        return DeviceStep(self._grad, flatten(values), rule,
-                          self.strategy.weights(sizes)[self.rank], loss,
-                          self.strategy.state_range(self.rank, self.size, P), new=self._new,
-                          state_in=state and state["in"], state_out=state and state["out"])
+    def _count_bytes(self):
+        mine = np.array([self.link.sent, self.link.received], np.float64)
+        both = np.empty((self.size, 2), np.float64)
+        self.comm.Allgather(mine, both)  # every rank's counts, on every rank
+        self.last_bytes = [{"sent": int(s), "received": int(r), "batch": 0} for s, r in both]
 
-    def _agree(self, refused):
-        """Every rank refuses the step if any did (or the ranks' parameters would part)."""
-        flag = self.comm.allreduce(int(refused is not None), op=mpi().MAX)
-        if flag:
-            raise refused or NonFiniteGradient("another rank refused this step: its gradient or "
-                                               "update was NaN or infinite; parameters left untouched")
-
-    def _host_view(self, dev):
-        """Rank 0 sees the gathered rows (host gather), or every rank's host range of the
-        gradient and state (gathered here); the other ranks see their own buffers."""
-        S = 0 if dev.update is None else dev.update.optimizer.slots
-        if self.strategy.updates_on_host:
-            rows = self.link.rows
-            return HostView(self.size, self.shapes, 0, grad=lambda r: rows[r])
-        grad, state = self._grad, self._state.get("out", np.empty((0, self._grad.size), floatX))
-        ranges = [self.strategy.host_range(r, self.size, self._grad.size) for r in range(self.size)]
-        if any(b > a for a, b in ranges[1:]):  # shards: rank 0 gathers the others' ranges
-            full_g = np.empty_like(self._grad) if self.rank == ROOT else None
-            full_s = np.empty((S, self._grad.size), floatX) if self.rank == ROOT else None
-            self.link.gather_ranges(self._grad, ranges, full_g)
-            for k in range(S):
-                self.link.gather_ranges(state[k], ranges, None if full_s is None else full_s[k])
-            if self.rank == ROOT:
-                grad, state = full_g, full_s
-        return HostView(self.size, self.shapes, S, grad=lambda r: grad, new=lambda r: self._new,
-                        state=lambda r: state)
+    def _host_params(self, values):
+        """The host gather: rank 0's parameters in rank 0's replica (the others' replicas
+        hold them since the last step's broadcast; on first use rank 0's win)."""
+        if self.rank == ROOT:
+            flatten(values, out=self.device.params)
+        if not self._synced:
+            self.comm.Bcast([self.device.params, mpi().FLOAT], root=ROOT)
+            self._synced = True
 
     def _run_host(self, view, sizes, values, update, loss, t):
-        if not self.strategy.updates_on_host:  # every rank reads its own view
-            grads, new, state = super()._run_host(view, sizes, values, update, loss, t)
-            return [g.copy() for g in grads], new and [v.copy() for v in new], \
-                state and [[a.copy() for a in slot] for slot in state]
+        """Rank 0 stacks and updates; every rank waits for its verdict, then receives the
+        new parameters (or the gradient) into its replica by ``Bcast``."""
         verdict, error, grads, state = _OK, None, None, None
+        out = self.device.params if update is not None else self.device.grad
         if self.rank == ROOT:
             try:
                 grads, new, state = super()._run_host(view, sizes, values, update, loss, t)
-                flatten(grads if update is None else new, out=self._out)
+                flatten(grads if update is None else new, out=out)
             except NonFiniteGradient as e:
                 verdict, error = _NON_FINITE, e
             except Exception as e:  # noqa: BLE001 - passed on to every rank, then re-raised
@@ -296,22 +287,66 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         t0 = time.perf_counter()
         self._share_verdict(verdict, error)  # the others wait here for rank 0's update
         t1 = time.perf_counter()
-        self.comm.Bcast([self._out, mpi().FLOAT], root=ROOT)  # new parameters (or gradient)
-        received = [v.copy() for v in unflatten(self._out, self.shapes)]
+        self.comm.Bcast([out, mpi().FLOAT], root=ROOT)  # into every replica (or gradient)
+        if self.rank != ROOT:
+            self.last_bytes[self.rank]["received"] += out.nbytes
+        received = [v.copy() for v in unflatten(out, self.shapes)]
         t.sync += t1 - t0
         t.scatter = time.perf_counter() - t1  # the parameters travel back to the devices
         if update is None:
             return received, None, None
-        return grads, received, state
+        return (grads if self.rank == ROOT else None), received, state
 
-    def _sync(self, values):
-        """On first use, rank 0's parameters win: every rank starts from the same point."""
-        if self._synced:
-            return values
-        flat = flatten(values)
-        self.comm.Bcast([flat, mpi().FLOAT], root=ROOT)
+    def step_gradient(self):
+        return [g.copy() for g in unflatten(self.device.grad, self.shapes)]  # every rank: whole
+
+    # -- the devices' state, on demand --------------------------------------------------
+    def load_state_dict(self, sd):
+        """Collective: rank 0's ``sd["values"]`` and ``sd["state"]`` (None: kept) reach every
+        rank, which keeps its part of the state."""
+        if self.strategy.updates_on_host:
+            return
+        P = self.model.n_params
+        has = np.array([sd.get("values") is not None, len(sd.get("state") or [])], np.int64)
+        self.comm.Bcast(has, root=ROOT)  # rank 0 decides what is loaded
+        if has[0]:
+            if self.rank == ROOT:
+                flatten(sd["values"], out=self.device.params)
+            self.comm.Bcast([self.device.params, mpi().FLOAT], root=ROOT)
+        if has[1]:
+            flat = np.empty((int(has[1]), P), floatX)  # once per load, not per step
+            if self.rank == ROOT:
+                for k, slot in enumerate(sd["state"]):
+                    flatten(slot, out=flat[k])
+            self.comm.Bcast([flat, mpi().FLOAT], root=ROOT)
+            self.device.load(state=flat)
         self._synced = True
-        return [v.copy() for v in unflatten(flat, self.shapes)]
+
+    def state_dict(self, slots=None, gather=True):
+        """The parameters (every rank holds them all) and the optimizer state: every rank's
+        own where each holds all of it; the sharded optimizer's shards gathered to rank 0
+        when ``gather`` (collective: every rank must call it), else None there."""
+        if self.strategy.updates_on_host:
+            return {"values": None, "state": None}
+        dev, P = self.device, self.model.n_params
+        values = [v.copy() for v in unflatten(dev.params, self.shapes)]
+        if not slots or dev.state is None:
+            return {"values": values, "state": None}
+        if dev.state_range == (0, P):
+            return {"values": values, "state": [[a.copy() for a in unflatten(row, self.shapes)]
+                                                for row in dev.state]}
+        if not gather:
+            return {"values": values, "state": None}
+        full = np.zeros((slots, P), floatX) if self.rank == ROOT else None
+        ranges = [self.strategy.state_range(r, self.size, P) for r in range(self.size)]
+        for k in range(slots):
+            c = dev.state_range[0]
+            shard = np.zeros(P, floatX)
+            shard[dev.state_range[0]:dev.state_range[1]] = dev.state[k]
+            self.link.gather_ranges(shard, ranges, None if full is None else full[k])
+            del c
+        state = [unflatten(row, self.shapes) for row in full] if self.rank == ROOT else None
+        return {"values": values, "state": state}
 
     def _share_verdict(self, verdict, error):
         """Broadcast rank 0's verdict; on failure every rank raises (rank 0 its own error)."""
@@ -329,10 +364,13 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         raise NonFiniteGradient(text) if flag[0] == _NON_FINITE else DeviceError(ROOT, text)
 
     def device_memory(self):
-        """Every rank's bytes (parameters, gradients, optimizer state), on every rank."""
-        if self._held is None:
-            raise ValueError("no step has run yet: device_memory() counts what a step used")
-        return self.comm.allgather(self._held)
+        """Every rank's bytes (parameters, gradient, optimizer state, scratch), on every rank."""
+        return self.comm.allgather(self.device.held())
+
+    def device_rss(self):
+        """Every rank's resident memory in bytes (psutil), on every rank."""
+        import psutil
+        return self.comm.allgather(psutil.Process().memory_info().rss)
 
     def __repr__(self):
         return (f"<MPIEngine {self.model.spec.describe()} rank {self.rank} of {self.size}, "

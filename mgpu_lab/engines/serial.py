@@ -35,11 +35,17 @@ class SerialEngine(Engine):
             losses.append(float(loss))
             flatten(g, out=self._rows[d])  # Theano may reuse its output buffers: copy out
         t.compute = sum(secs)
-        view = HostView(self.n_devices, self.model.param_shapes, 0, grad=self._rows.__getitem__)
+        view = HostView(self.n_devices, self.model.param_shapes, grad=self._rows.__getitem__)
         return losses, secs, view
+
+    def state_dict(self, slots=None):
+        return {"values": None, "state": None}  # the host gather: the host holds both
+
+    def load_state_dict(self, sd):
+        pass  # nothing lives on these devices between steps
 
     def device_memory(self):
         params = sum(p.get_value(borrow=True).nbytes for p in self.model.params)
         grads = 0 if self._rows is None else self._rows[0].nbytes
-        return [{"parameters": params, "gradients": grads, "optimizer": 0}
+        return [{"parameters": params, "gradients": grads, "optimizer": 0, "scratch": 0}
                 for _ in range(self.n_devices)]  # the host gather keeps the state on the host

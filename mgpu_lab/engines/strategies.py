@@ -1,33 +1,41 @@
 """How N gradients become one update: one class per way, one registry of names.
 
-A strategy owns four things, and an engine asks it for each:
+A strategy is an algorithm that a long-lived :class:`~mgpu_lab.engines.device.Device` runs
+on its own buffers, over a *link* the engine supplies. It owns:
 
-    weights(sizes)        the split weights n_i / B (gradients.split_weights, once)
-    on_device(link, dev)  what a device does after computing its gradient, talking to the
-                          other devices only through ``link`` (a transport, below)
-    updates_on_host       where the update runs: on the host, or on the devices
-    on_host(view, ...)    what the host does afterwards: stack and update, or read back
+    weights(sizes)          the split weights n_i / B (gradients.split_weights, once)
+    state_range(r, N, P)    the part [a, b) of the flat optimizer state device r owns
+    host_range(r, N, P)     what the host reads from device r when it consolidates
+    message_floats(N, P)    the largest message a device receives (its scratch, sized once)
+    on_device(link, dev)    what a device does after computing its gradient
+    updates_on_host         where the update runs: on the host, or on the devices
+    on_host(view, ...)      the host's part of a step (the host gather: stack and update)
 
     HostGather            devices hand their gradients to the host, which stacks
-                          sum_i (n_i/B) g_i and runs the update (the chapter's way)
+                          sum_i (n_i/B) g_i and runs the update (the chapter's way); the
+                          devices hold only their replica, received every step
     RingAllReduce         devices scale by n_i/B, reduce-scatter + all-gather around a ring,
-                          and every device runs the same update on its own copy
+                          and every device runs the same update on its own replica and state
     ShardedOptimizer      ZeRO stage 1: reduce-scatter, each device updates only its 1/N
-                          shard with only its shard of the optimizer state, all-gather
-    HierarchicalAllReduce nodes of G devices: reduce inside a node to its leader, ring
-                          across the leaders, broadcast inside the node
+                          shard with its 1/N of the optimizer state, all-gather the shards
+    HierarchicalAllReduce nodes of G devices: reduce-scatter inside a node, one ring per
+                          local rank across the nodes on its 1/G shard, all-gather inside
+                          the node (NCCL's and Horovod's way; the cost model's algorithm)
 
 A *link* is one device's end of a transport. Engines supply it; strategies use only:
 
     link.rank, link.size              this device, and how many there are
-    link.sendrecv(send, dest, recv, source)   float32 arrays; either side may be None
-    link.to_host(flat) -> rows|None   hand a gradient to the host (gathered on the host)
+    link.sendrecv(send, dest, recv, source, add=False)
+                                      float32 arrays, either side may be None; the received
+                                      floats are written into ``recv``, or added to it
+    link.to_host(flat)                hand a gradient to the host (the host gather's fetch)
 
-:class:`Group` makes a sub-link of some ranks out of any link (a node, the leaders), so
-every algorithm below is written once and runs on the pool's shared-memory links and on
-MPI ranks alike. Like PyTorch DDP's communication hooks, a strategy sees a flat gradient
-buffer and a process group; like Horovod, each transport lives in its own file
-(the pool's shared-memory links in engines/worker.py, MPI's in engines/mpi.py).
+and every link counts the bytes it sends and receives. :class:`Group` makes a sub-link of
+some ranks out of any link (a node, the ranks of one local rank across nodes), so every
+algorithm below is written once and runs on the pool's shared-memory links and on MPI
+ranks alike. Like PyTorch DDP's communication hooks, a strategy sees a flat gradient
+buffer and a process group; like Horovod, each transport lives in its own file (the
+pool's shared-memory links in engines/worker.py, MPI's in engines/mpi.py).
 """
 import time
 
@@ -40,23 +48,20 @@ from .update import apply_update, unflatten
 
 __all__ = ["Strategy", "HostGather", "RingAllReduce", "ShardedOptimizer",
            "HierarchicalAllReduce", "STRATEGIES", "get_strategy", "Group",
-           "ring_allreduce", "reduce_scatter", "all_gather", "owned_chunk", "HostView"]
+           "ring_allreduce", "reduce_scatter", "all_gather", "owned_chunk", "HostView",
+           "agree"]
 
 
 # -- the algorithms, on any link --------------------------------------------------------
-def _ring_phase(link, buf, steps, scratch):
-    """Run some of ``device_steps``: send one chunk right, receive one from the left."""
+def _ring_phase(link, buf, steps):
+    """Run some of ``device_steps``: send one chunk right, receive one from the left
+    (added to mine in the reduce-scatter, copied in the all-gather)."""
     N, r = link.size, link.rank
     chunks = ring_chunks(buf.size, N)
     right, left = (r + 1) % N, (r - 1) % N
     for op, send, recv in steps:
         (a, b), (c, d) = chunks[send], chunks[recv]
-        got = scratch[:d - c]
-        link.sendrecv(buf[a:b], right, got, left)
-        if op == "add":
-            buf[c:d] += got  # reduce-scatter: left's partial sum onto mine
-        else:
-            buf[c:d] = got  # all-gather: left's finished chunk
+        link.sendrecv(buf[a:b], right, buf[c:d], left, add=op == "add")
     return buf
 
 
@@ -66,21 +71,29 @@ def owned_chunk(rank, size):
     return (rank + 1) % size
 
 
-def reduce_scatter(link, buf, scratch):
+def reduce_scatter(link, buf):
     """In place: afterwards chunk ``owned_chunk(rank)`` of ``buf`` is the sum over devices."""
-    return _ring_phase(link, buf, device_steps(link.rank, link.size)[:link.size - 1], scratch)
+    return _ring_phase(link, buf, device_steps(link.rank, link.size)[:link.size - 1])
 
 
-def all_gather(link, buf, scratch):
+def all_gather(link, buf):
     """In place: each device starts with its owned chunk; afterwards all have every chunk."""
-    return _ring_phase(link, buf, device_steps(link.rank, link.size)[link.size - 1:], scratch)
+    return _ring_phase(link, buf, device_steps(link.rank, link.size)[link.size - 1:])
 
 
-def ring_allreduce(link, buf, scratch):
+def ring_allreduce(link, buf):
     """In place: ``buf`` becomes the sum over devices (Patarasuk & Yuan 2009), 2(N-1) steps
     of :func:`mgpu_lab.collectives.device_steps`; the float32 sums equal
     :func:`mgpu_lab.collectives.simulate_ring_allreduce` bit for bit."""
-    return _ring_phase(link, buf, device_steps(link.rank, link.size), scratch)
+    return _ring_phase(link, buf, device_steps(link.rank, link.size))
+
+
+def agree(link, refuse):
+    """True on every device if ``refuse`` is true on any: a ring all-reduce of N flags (one
+    float each, 8(N-1) bytes per device). Devices that update only their own shard see
+    only their shard's gradient, so they must agree before any of them changes its state."""
+    flags = np.full(link.size, float(bool(refuse)), floatX)
+    return bool(ring_allreduce(link, flags).sum() > 0)
 
 
 class Group:
@@ -90,26 +103,27 @@ class Group:
         self.link, self.ranks = link, list(ranks)
         self.rank, self.size = self.ranks.index(link.rank), len(self.ranks)
 
-    def sendrecv(self, send, dest, recv, source):
+    def sendrecv(self, send, dest, recv, source, add=False):
         self.link.sendrecv(send, None if dest is None else self.ranks[dest],
-                           recv, None if source is None else self.ranks[source])
+                           recv, None if source is None else self.ranks[source], add=add)
 
 
 class HostView:
-    """What the host sees of the devices after their part of a step, for ``on_host``: per
-    device ``r``, ``grad(r)`` (its gradient, or its work buffer after an exchange),
-    ``new(r)`` (its parameters after its update) and ``state(r)`` ((slots, P) optimizer
-    state), all flat. Engines fill it from their buffers."""
+    """What the host gather's host sees after the devices' part of a step: ``grad(r)``,
+    device r's flat gradient. Engines fill it from their buffers."""
 
-    def __init__(self, n_devices, shapes, slots, grad, new=None, state=None):
-        self.n_devices, self.shapes, self.slots = n_devices, shapes, slots
-        self.n_params = int(sum(np.prod(s, dtype=np.int64) for s in shapes))
-        self.grad, self.new, self.state = grad, new, state
+    def __init__(self, n_devices, shapes, grad):
+        self.n_devices, self.shapes, self.grad = n_devices, shapes, grad
+
+
+def _max_chunk(P, N):
+    return max((b - a for a, b in ring_chunks(P, N)), default=0)
 
 
 # -- the strategies ---------------------------------------------------------------------
 class Strategy:
-    """Base: see the module docstring. ``needs_links``: devices talk to each other."""
+    """Base: see the module docstring. ``needs_links``: devices talk to each other. This
+    base class is a ring of N devices that all hold all of the optimizer state."""
 
     name, updates_on_host, needs_links = "?", False, True
 
@@ -125,31 +139,23 @@ class Strategy:
         return self
 
     def host_range(self, rank, size, P):
-        """The part [a, b) of the flat result (gradient, parameters, optimizer state) the
-        host reads from device ``rank`` afterwards: device 0 has all of it by default."""
+        """The part [a, b) of the flat parameters and optimizer state the host reads from
+        device ``rank`` when it consolidates: device 0 has all of it by default."""
         return (0, P) if rank == 0 else (0, 0)
 
     def state_range(self, rank, size, P):
         """The part of the optimizer state device ``rank`` holds: all of it by default."""
         return (0, P)
 
+    def message_floats(self, size, P):
+        """The most floats a device receives in one message: a ring chunk."""
+        return _max_chunk(P, size)
+
     def on_device(self, link, dev):
         raise NotImplementedError
 
     def on_host(self, view, sizes, values, update, loss, t):
-        """``(grads, new_values, new_state)`` from what the devices left in ``view`` (a
-        :class:`HostView`): by default, each device's host_range."""
-        P = view.n_params
-        grads, new, state = np.empty(P, floatX), np.empty(P, floatX), np.empty((view.slots, P), floatX)
-        for r in range(len(sizes)):
-            a, b = self.host_range(r, len(sizes), P)
-            grads[a:b], new[a:b] = view.grad(r)[a:b], view.new(r)[a:b]
-            state[:, a:b] = view.state(r)[:, a:b]
-        shapes = view.shapes
-        if update is None:
-            return unflatten(grads, shapes), None, None
-        return (unflatten(grads, shapes), unflatten(new, shapes),
-                [unflatten(s, shapes) for s in state])
+        raise NotImplementedError(f"{self.name}: the devices update, the host does nothing")
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -160,8 +166,14 @@ class HostGather(Strategy):
 
     name, updates_on_host, needs_links = "host", True, False
 
+    def state_range(self, rank, size, P):
+        return (0, 0)  # the state lives on the host
+
+    def message_floats(self, size, P):
+        return 0  # devices never receive from each other
+
     def on_device(self, link, dev):
-        return link.to_host(dev.grad)  # the host's rows (N, P) where the host is, else None
+        link.to_host(dev.grad)  # 4P bytes up; the host stacks them
 
     def on_host(self, view, sizes, values, update, loss, t):
         t0 = time.perf_counter()  # stacked flat: one multiply-add per device over all P
@@ -180,8 +192,9 @@ class RingAllReduce(Strategy):
     name = "ring"
 
     def on_device(self, link, dev):
-        dev.grad *= dev.weight  # (n_i / B) g_i, as stack_gradients weighs it
-        ring_allreduce(link, dev.grad, dev.scratch)
+        dev.scale_gradient()
+        ring_allreduce(link, dev.grad)
+        dev.refuse_if_not_finite(0, dev.n_params)  # the same bits on every device
         dev.update_range(0, dev.n_params)
 
 
@@ -190,9 +203,10 @@ class ShardedOptimizer(Strategy):
 
     Reduce-scatter leaves device r the summed gradient of its shard (chunk
     ``owned_chunk(r, N)`` of :func:`~mgpu_lab.collectives.ring_chunks`; uneven when N does
-    not divide P); it runs the rule on that shard with that shard's state, the only state
-    it holds; an all-gather of the updated shards gives every device all parameters. The
-    bytes moved are the ring all-reduce's. Without an update it all-gathers the gradient.
+    not divide P). The devices agree that every shard is finite (:func:`agree`), then
+    each runs the rule on its shard with its shard of the state, the only state it holds;
+    an all-gather of the updated shards gives every device all parameters. The bytes moved
+    are the ring all-reduce's, plus the flags. Without an update it all-gathers the gradient.
     """
 
     name = "sharded"
@@ -203,23 +217,27 @@ class ShardedOptimizer(Strategy):
     host_range = state_range = _shard
 
     def on_device(self, link, dev):
-        dev.grad *= dev.weight
-        reduce_scatter(link, dev.grad, dev.scratch)
+        dev.scale_gradient()
+        reduce_scatter(link, dev.grad)
         a, b = self._shard(link.rank, link.size, dev.n_params)
+        if agree(link, not dev.finite(a, b)):
+            dev.refuse()
         if not dev.has_update:
-            all_gather(link, dev.grad, dev.scratch)
+            all_gather(link, dev.grad)
             return
-        new = dev.update_range(a, b, check=False)  # refuse only once all shards are back
-        all_gather(link, new, dev.scratch)
-        dev.check_finite(new)
+        dev.update_range(a, b)
+        all_gather(link, dev.params)  # every device's replica: all the updated shards
 
 
 class HierarchicalAllReduce(Strategy):
     """Two levels (as multi-node runs do): nodes of ``devices_per_node`` = G devices.
 
-    1. inside each node, every device sends its scaled gradient to the node's leader
-       (its first device), which adds them; 2. the N/G leaders run the ring all-reduce;
-    3. each leader sends the sum to the devices of its node; all apply the update.
+    1. inside each node, a ring reduce-scatter: local rank l holds the node's sum of its
+       1/G shard; 2. across the N/G nodes, the devices of local rank l run a ring
+       all-reduce of that shard (G rings at once, one per local rank); 3. inside each node,
+       a ring all-gather. Every device then holds the whole sum and applies the update.
+    Bytes per device: 2(G-1)/G * 4P inside the node, 2(K-1)/K * 4P/G across (K = N/G
+    nodes); with G = 1 it is the flat ring, with G = N the ring inside one node.
     ``devices_per_node=None`` takes G from the engine (MPI: the ranks sharing a machine).
     """
 
@@ -251,22 +269,32 @@ class HierarchicalAllReduce(Strategy):
                              "one node; N must be a multiple of G): pass devices_per_node=G")
         return HierarchicalAllReduce(G)
 
-    def on_device(self, link, dev):
+    def groups(self, rank, size):
+        """``(node, across)``: the ranks of this device's node, and the ranks of its local
+        rank on every node (in node order)."""
         G = self.devices_per_node
-        leader = link.rank - link.rank % G
-        members = range(leader, leader + G)
-        dev.grad *= dev.weight
-        if link.rank == leader:
-            for m in members[1:]:  # 1. reduce inside the node, in member order
-                link.sendrecv(None, None, dev.scratch, m)
-                dev.grad += dev.scratch
-            leaders = Group(link, range(0, link.size, G))
-            ring_allreduce(leaders, dev.grad, dev.scratch)  # 2. across the nodes
-            for m in members[1:]:  # 3. broadcast inside the node
-                link.sendrecv(dev.grad, m, None, None)
-        else:
-            link.sendrecv(dev.grad, leader, None, None)
-            link.sendrecv(None, None, dev.grad, leader)
+        first, local = rank - rank % G, rank % G
+        return range(first, first + G), range(local, size, G)
+
+    def shard(self, rank, P):
+        """The 1/G shard [a, b) device ``rank`` carries across the nodes."""
+        G = self.devices_per_node
+        return ring_chunks(P, G)[owned_chunk(rank % G, G)]
+
+    def message_floats(self, size, P):
+        G = self.devices_per_node
+        shards = [b - a for a, b in ring_chunks(P, G)]
+        return max([_max_chunk(P, G)] + [_max_chunk(s, size // G) for s in shards])
+
+    def on_device(self, link, dev):
+        node, across = self.groups(link.rank, link.size)
+        dev.scale_gradient()
+        node_link = Group(link, node)
+        reduce_scatter(node_link, dev.grad)  # 1. the node's sum of my shard
+        a, b = self.shard(link.rank, dev.n_params)
+        ring_allreduce(Group(link, across), dev.grad[a:b])  # 2. across the nodes
+        all_gather(node_link, dev.grad)  # 3. every shard back inside the node
+        dev.refuse_if_not_finite(0, dev.n_params)
         dev.update_range(0, dev.n_params)
 
     def __repr__(self):

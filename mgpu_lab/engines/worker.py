@@ -1,20 +1,26 @@
 """One simulated GPU: the worker process of :class:`~mgpu_lab.engines.local.DevicePool`.
 
-A worker rebuilds the model from its spec, compiles its own gradient function, and then
-answers the pool's messages. Its data lives in shared memory blocks the pool created:
+A worker rebuilds the model from its spec and makes one long-lived
+:class:`~mgpu_lab.engines.device.Device`, which compiles its own gradient function and
+holds its replica, gradient and optimizer state for the worker's whole life. It then
+answers the pool's messages. What crosses between processes lives in shared memory blocks
+the pool created:
 
-    params     floatX[P]        the host's parameters (the broadcast: one copy, all read it)
     x, y       the batch        device i reads samples [a_i, b_i) (split_bounds)
-    grads      floatX[N, P]     device i writes its gradient to row i (the fetch); with a
-                                strategy that reduces on the devices, row i is its work buffer
-    new        floatX[N, P]     device i's parameters after its own update
-    state      floatX[S, P]     the host's optimizer state (S slots), read by the devices
-    state_out  floatX[N, S, P]  device i's optimizer state after its update (its range)
-    outbox     floatX[N, P]     device i's mailbox: what it sends another device
+    params     floatX[P]        host gather only: the host's parameters, which every
+                                device's replica views (the broadcast: one copy, all read it)
+    grads      floatX[N, P]     host gather only: device i's gradient is row i (the fetch)
+    outbox     floatX[N, M]     the other strategies: device i's mailbox, one packet of
+                                M <= PACKET floats (a ring chunk travels in packets)
 
-:class:`ShmLink` is this transport's end of a link: ``sendrecv`` copies into the
+Loading and consolidating (``load`` / ``export``) use a block made for that one request
+and freed after it: nothing of size P is shared between steps except where the algorithm
+moves it.
+
+:class:`ShmLink` is this transport's end of a link: ``sendrecv`` copies a packet into the
 mailbox and exchanges one signal byte with the peer over a pipe ("s": ready to read,
-"r": read). The strategy (:mod:`mgpu_lab.engines.strategies`) does the rest.
+"r": read); the receiver adds (or copies) straight out of the sender's mailbox, so a
+device needs no scratch buffer of its own. The strategy does the rest.
 """
 import os
 import signal
@@ -26,12 +32,19 @@ from multiprocessing.connection import wait
 import numpy as np
 
 from .._theano import floatX
-from ..errors import NonFiniteGradient
+from ..errors import DeviceStateLost, NonFiniteGradient
 from ..models import build
+from .device import Device
 from .pinning import pin
-from .update import DeviceStep, flatten, unflatten
 
-__all__ = ["Buffer", "ShmLink", "compute_split", "worker_main"]
+__all__ = ["Buffer", "ShmLink", "worker_main", "PACKET", "mailbox_floats"]
+
+PACKET = 2 ** 18  # floats in one mailbox packet (1 MiB): a chunk travels in packets
+
+
+def mailbox_floats(strategy, size, P):
+    """M: a device's mailbox, one packet or one whole message if smaller."""
+    return min(PACKET, strategy.message_floats(size, P))
 
 
 class Buffer:
@@ -60,25 +73,46 @@ class _PeerGone(Exception):
 
 class ShmLink:
     """This device's end of the pool's links: a pipe to every other device, mailboxes in
-    shared memory. ``waited``: seconds of the step's first wait (a peer still computing)."""
+    shared memory. Counts what it moves: ``sent`` and ``received`` bytes, and ``waited``
+    (seconds blocked on a peer's signal)."""
 
     def __init__(self, rank, size, pipes, parent):
         self.rank, self.size, self.pipes, self.parent = rank, size, pipes, parent
-        self.outbox, self.waited = None, None
+        self.outbox, self.scratch_bytes = None, 0
+        self.reset()
+
+    def reset(self):
+        self.sent, self.received, self.waited = 0, 0, 0.0
 
     def to_host(self, flat):
-        return None  # the gradient is already in shared memory, where the host reads it
+        self.sent += flat.nbytes  # the gradient is already in its row of shared memory
 
-    def sendrecv(self, send, dest, recv, source):
-        if send is not None:
-            self.outbox[self.rank, :send.size] = send
-            self._signal(dest, b"s")
-        if recv is not None:
-            self._expect(source, b"s")
-            recv[...] = self.outbox[source, :recv.size]
-            self._signal(source, b"r")
-        if send is not None:
-            self._expect(dest, b"r")  # dest has read it: my mailbox is free again
+    def sendrecv(self, send, dest, recv, source, add=False):
+        """Packet by packet: my packet into my mailbox, "s" to ``dest``; wait for "s" from
+        ``source``, add (or copy) its packet out of its mailbox, "r" back; wait for "r"."""
+        ns = 0 if send is None else send.size
+        nr = 0 if recv is None else recv.size
+        M, box = self.outbox.shape[1] if self.outbox is not None else 0, self.outbox
+        i = j = 0
+        while i < ns or j < nr:
+            k = min(M, ns - i)
+            if k:
+                box[self.rank, :k] = send[i:i + k]
+                self._signal(dest, b"s")
+            if j < nr:
+                m = min(M, nr - j)
+                self._expect(source, b"s")
+                if add:
+                    recv[j:j + m] += box[source, :m]
+                else:
+                    recv[j:j + m] = box[source, :m]
+                self._signal(source, b"r")
+                j += m
+            if k:
+                self._expect(dest, b"r")  # dest has read it: my mailbox is free again
+                i += k
+        self.sent += 4 * ns
+        self.received += 4 * nr
 
     def _signal(self, peer, byte):
         try:
@@ -92,8 +126,7 @@ class ShmLink:
         t0 = time.perf_counter()
         if self.pipes[peer] not in wait([self.pipes[peer], self.parent]):
             raise _Stop
-        if self.waited is None:
-            self.waited = time.perf_counter() - t0
+        self.waited += time.perf_counter() - t0
         try:
             got = self.pipes[peer].recv_bytes()
         except (EOFError, OSError):
@@ -102,98 +135,117 @@ class ShmLink:
             raise RuntimeError(f"device {self.rank}: expected {byte!r} from device {peer}, got {got!r}")
 
 
-def compute_split(device, model, fn, bufs, start, stop):
-    """Set params, run the gradient of samples [start, stop), write grads row ``device``.
-    ``model`` is the worker's own: its params, their shapes and the input shape."""
-    t0 = time.perf_counter()
-    for p, v in zip(model.params, unflatten(bufs["params"].array, model.shapes)):
-        p.get_value(borrow=True)[...] = v  # one copy out of shared memory, into Theano's own array
-    x = bufs["x"].array.reshape((-1,) + model.input_shape)[start:stop]  # (n_i, *input_shape), a view
-    y = bufs["y"].array[start:stop]
-    t1 = time.perf_counter()
-    loss, *grads = fn(x, y)
-    t2 = time.perf_counter()
-    flatten(grads, out=bufs["grads"].array[device])  # the fetch back to the host
-    t3 = time.perf_counter()
-    return float(loss), {"set_params": t1 - t0, "compute": t2 - t1, "fetch": t3 - t2}
+class _Worker:
+    """The worker's state: its device, its link and the shared blocks it has attached."""
+
+    def __init__(self, device, n_devices, spec, conn, strategy, pipes, static):
+        built = build(spec)
+        self.link = ShmLink(device, n_devices, pipes, conn)
+        self.static = {k: Buffer(s[1], s[2], name=s[0]) for k, s in static.items()}
+        params = self.static["params"].array if "params" in self.static else None
+        grad = self.static["grads"].array[device] if "grads" in self.static else None
+        if "outbox" in self.static:
+            self.link.outbox = self.static["outbox"].array
+            self.link.scratch_bytes = 4 * self.link.outbox.shape[1]  # its mailbox
+        self.device = Device(device, n_devices, built, strategy, self.link, params, grad)
+        self.batch = {}
+
+    def attach(self, specs):
+        """New batch blocks (the batch grew)."""
+        for b in self.batch.values():
+            b.close()
+        self.batch = {k: Buffer(s[1], s[2], name=s[0]) for k, s in specs.items()}
+
+    def step(self, start, stop, weight, update):
+        """One step on samples [start, stop): ``(status, loss, phases, bytes)`` where
+        status is "ok" or why the step was refused."""
+        dev, link = self.device, self.link
+        link.reset()
+        x = self.batch["x"].array.reshape((-1,) + dev.input_shape)[start:stop]  # a view
+        y = self.batch["y"].array[start:stop]
+        if self.device.strategy.updates_on_host:
+            link.received += dev.params.nbytes  # the host's parameters, read in place
+        try:
+            loss, times = dev.step(x, y, weight, update)
+        except NonFiniteGradient as e:
+            return "refused", str(e), None, None
+        except DeviceStateLost as e:
+            return "lost", str(e), None, None
+        moved = {"sent": link.sent, "received": link.received, "batch": x.nbytes + y.nbytes}
+        return "ok", loss, times, moved
+
+    def load(self, spec, slots, has_params):
+        """Parameters and state from the host's block (made for this one request)."""
+        block = Buffer(spec[1], spec[2], name=spec[0])
+        try:
+            flat = block.array
+            P = self.device.n_params
+            self.device.load(flat[:P] if has_params else None,
+                             flat[P:].reshape(slots, P) if slots else None)
+        finally:
+            block.close()
+
+    def export(self, spec, what):
+        """This device's host range of ``what`` ("params", "state" or "grad") into the
+        host's block; the host asks each device that holds a part."""
+        block = Buffer(spec[1], spec[2], name=spec[0])
+        try:
+            dev, out = self.device, block.array
+            if what == "params":
+                dev.export(params_out=out)
+            elif what == "replica":
+                out[:dev.n_params] = dev.params
+            elif what == "grad":
+                a, b = dev.strategy.host_range(dev.rank, dev.size, dev.n_params)
+                out[a:b] = dev.grad[a:b]
+            elif dev.state is not None:
+                dev.export(state_out=out.reshape(-1, dev.n_params))
+        finally:
+            block.close()
 
 
-class _Model:
-    """What a worker's step needs of its model: the shared variables and the shapes."""
-
-    def __init__(self, params, shapes, input_shape):
-        self.params, self.shapes, self.input_shape = params, shapes, input_shape
-        self.last_step = None
-
-
-def _step(device, model, fn, bufs, strategy, link, start, stop, weight, update, slots):
-    """Compute, then the strategy's part on this device. Returns (loss, seconds per phase,
-    why the update was refused or None); what it held stays in ``model.last_step``."""
-    loss, times = compute_split(device, model, fn, bufs, start, stop)
-    arr = {k: v.array for k, v in bufs.items()}
-    state = strategy.state_range(device, link.size, len(arr["params"])) if update else (0, 0)
-    dev = DeviceStep(arr["grads"][device], arr["params"], update, weight, loss, state,
-                     new=arr["new"][device] if "new" in arr else None,
-                     state_in=arr["state"] if slots else None,
-                     state_out=arr["state_out"][device] if slots else None)
-    link.outbox, link.waited = bufs["outbox"].array if "outbox" in bufs else None, None
-    t0, refused = time.perf_counter(), None
-    try:
-        strategy.on_device(link, dev)
-    except NonFiniteGradient as e:
-        refused = str(e)
-    spent = time.perf_counter() - t0
-    times.update(exchange=max(0.0, spent - dev.seconds_update - (link.waited or 0.0)),
-                 update=dev.seconds_update)
-    model.last_step = dev  # what the device holds, counted on request ("held")
-    return loss, times, refused
-
-
-def _bare(model, fn, bufs, batch_size, steps):
+def _bare(w, batch_size, steps):
     """Seconds of ``steps`` bare calls of the compiled function on the first samples of the
     batch in shared memory: the device's compute with nothing around it."""
-    x = bufs["x"].array.reshape((-1,) + model.input_shape)[:batch_size]
-    y, times = bufs["y"].array[:batch_size], []
+    x = w.batch["x"].array.reshape((-1,) + w.device.input_shape)[:batch_size]
+    y, times = w.batch["y"].array[:batch_size], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        fn(x, y)  # the result is dropped here, inside the timing, as a device does
+        w.device.fn(x, y)  # the result is dropped here, inside the timing, as a device does
         times.append(time.perf_counter() - t0)
     return times
 
 
-def _copy(model, fn, bufs, repeats=50):
-    """Bytes/s of copying P floats into shared memory (this device's gradient row)."""
-    row, src, times = bufs["grads"].array[0], np.ones(bufs["grads"].array.shape[1], floatX), []
+def _copy(w, repeats=50):
+    """Bytes/s of copying P floats (the fetch: Theano's output into the flat gradient)."""
+    dst, src, times = w.device.grad, np.ones(w.device.n_params, floatX), []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        np.copyto(row, src)
+        np.copyto(dst, src)
         times.append(time.perf_counter() - t0)
-    return row.nbytes / float(np.median(times))
+    return dst.nbytes / float(np.median(times))
 
 
-def _held(model, fn, bufs):
-    """Bytes this device held at its last step (parameters, gradient, optimizer state)."""
-    return model.last_step.held(model.params) if model.last_step else None
+def _rss(w):
+    """This process's resident memory, bytes (psutil): what the device really holds."""
+    import psutil
+    return psutil.Process().memory_info().rss
 
 
-_PROBES = {"bare": _bare, "copy": _copy, "held": _held, "ping": lambda model, fn, bufs: None}
+_PROBES = {"bare": _bare, "copy": _copy, "held": lambda w: w.device.held(), "rss": _rss,
+           "ping": lambda w: None}
 
 
-def worker_main(device, n_devices, spec, conn, core, strategy, pipes):
+def worker_main(device, n_devices, spec, conn, core, strategy, pipes, static):
     """The worker's loop: compile, say "ready", answer messages until "stop" or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     pin(core)  # where the system allows it
     try:
-        built = build(spec)
-        fn = built.loss_and_gradients_function()
-        # the few things a step reads of the model, looked up once
-        model = _Model(built.params, built.param_shapes, built.input_shape)
-        link = ShmLink(device, n_devices, pipes, conn)
+        w = _Worker(device, n_devices, spec, conn, strategy, pipes, static)
         conn.send(("ready", os.getpid()))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
-    bufs = {}
     while True:
         try:
             msg = conn.recv()
@@ -202,15 +254,19 @@ def worker_main(device, n_devices, spec, conn, core, strategy, pipes):
         try:
             if msg[0] == "stop":
                 return
-            if msg[0] == "attach":  # new shared blocks (the batch grew, state buffers appeared)
-                for b in bufs.values():
-                    b.close()
-                bufs = {k: Buffer(s[1], s[2], name=s[0]) for k, s in msg[1].items()}
+            if msg[0] == "attach":
+                w.attach(msg[1])
                 conn.send(("ok",))
             elif msg[0] == "step":
-                conn.send(("ok",) + _step(device, model, fn, bufs, strategy, link, *msg[1:]))
+                conn.send(w.step(*msg[1:]))
+            elif msg[0] == "load":
+                w.load(*msg[1:])
+                conn.send(("ok",))
+            elif msg[0] == "export":
+                w.export(*msg[1:])
+                conn.send(("ok",))
             elif msg[0] in _PROBES:  # the benchmark's baseline, on this same loop
-                conn.send(("ok", _PROBES[msg[0]](model, fn, bufs, *msg[1:])))
+                conn.send(("ok", _PROBES[msg[0]](w, *msg[1:])))
         except _Stop:
             return
         except _PeerGone:

@@ -37,8 +37,9 @@ def _max_over_ranks(comm, seconds):
     return out
 
 
-# phases of Timings that are communication (or the host's work on it), per step
-_COMM = ("fetch", "stack", "scatter", "exchange")
+# phases of Timings that are communication (or the host's work on it), per step: the host
+# gather's Gatherv (exchange), stack and Bcast (scatter); the others' exchange
+_COMM = ("exchange", "stack", "scatter")
 
 
 def bench_engine(sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, repeats=5, warmup=2,
@@ -59,10 +60,17 @@ def bench_engine(sizes_bytes=(1e6, 1e7, 1e8), strategies=STRATEGIES, repeats=5, 
             opt, times = SGD(lr), []
             with MPIEngine(model, comm.size, strategy=strategy, comm=comm) as engine:
                 values = model.get_values()
+                on_host = engine.strategy.updates_on_host
+                if not on_host:  # the devices own their parameters from here on
+                    engine.load_state_dict({"values": values})
                 for i in range(warmup + repeats):
                     comm.Barrier()
                     t0 = time.perf_counter()
-                    tm = engine.step(values, x, y, Update(opt, [], i)).timings
+                    result = engine.step(values if on_host else None, x, y,
+                                         Update(opt, [] if on_host else None, i))
+                    if on_host:
+                        values = result.new_values  # the host's parameters, as a trainer keeps them
+                    tm = result.timings
                     times.append([time.perf_counter() - t0, tm.compute, tm.update]
                                  + [getattr(tm, k) for k in _COMM])
             t = _max_over_ranks(comm, times)[warmup:]
