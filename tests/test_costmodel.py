@@ -237,12 +237,20 @@ def test_one_bucket_without_overlap_is_the_old_formula(mlp, linear_flops):
 def test_k80_one_convention_for_the_host_link_and_a_board_ordered_ring(mlp, linear_flops):
     k80 = costmodel.get_gpu("K80")
     kw = dict(efficiency=0.5, latency=0, host_memory_bw=1e30)
-    # the host gather uses host_bw (half a board's link) in predict() as in chapter 10's figure
+    # the host gather queues its transfers, each at the board's whole x16 link (host_bw),
+    # in predict() as in chapter 10's figure
     assert predict(mlp, "K80", 2, 64, strategy="host", **kw).comm_s == \
         pytest.approx(host_gather_seconds(19240, 2, k80.host_bw, 0))
-    # the ring, ordered board by board, has a board's whole x16 link per direction
+    # the ring, ordered board by board, has a board's whole x16 link per direction too
     assert predict(mlp, "K80", 2, 64, strategy="ring", **kw).comm_s == pytest.approx(19240 / k80.peer_bw)
-    assert k80.peer_bw == 2 * k80.host_bw
+    assert k80.peer_bw == k80.host_bw == 16e9
+
+
+def test_k80_host_gather_of_100_mb_on_8_gpus_is_serial_at_the_full_link():
+    # 16 transfers of 100 MB, one after another, each at 16 GB/s: 100 ms (+ 16 latencies)
+    k80 = costmodel.get_gpu("K80")
+    assert host_gather_seconds(100e6, 8, k80.host_bw, 0) == pytest.approx(0.100)
+    assert host_gather_seconds(100e6, 8, k80.host_bw) == pytest.approx(0.100 + 16 * 10e-6)
 
 
 # -- the published figures ---------------------------------------------------------------

@@ -37,10 +37,11 @@ def test_generations_get_faster_and_links_wider():
     assert get_gpu("V100").host_bw == 16 * GB and get_gpu("H100").host_bw == 4 * 16 * GB
 
 
-def test_a_k80_gpu_gets_half_of_its_boards_link():
+def test_a_k80_transfer_has_its_boards_whole_link_in_the_serial_queue():
     k80 = get_gpu("K80")
     assert k80.gpus_per_board == 2 and "shared by the board's 2 GPUs" in k80.host_link
-    assert k80.host_bw == get_gpu("P100-PCIe").host_bw / 2 == 8 * GB  # PCIe 3.0 x16: 16 GB/s per direction
+    # the host gather's transfers go one at a time: each has the x16 link, 16 GB/s per direction
+    assert k80.host_bw == get_gpu("P100-PCIe").host_bw == 16 * GB
     assert k80.peer_bw == 16 * GB  # the ring ordered board by board: a whole x16 link per direction
     assert k80.base_fp32_flops == pytest.approx(2.8e12)  # 5.6 TFLOPS per board at base clock
 
@@ -89,3 +90,17 @@ def test_usable_bytes():
     assert DEFAULT_RESERVED == 512 * 2 ** 20
     assert usable_bytes("K80") == 12 * GiB - 512 * 2 ** 20
     assert usable_bytes("K80", reserved=0) == 12 * GiB
+
+
+def test_one_ring_of_v100s_in_a_dgx1_gets_the_links_of_its_slowest_pair():
+    v100 = get_gpu("V100")
+    assert v100.peer_bw == 150 * GB  # all six NVLinks together, per direction (datasheet)
+    assert v100.link_bw == 25 * GB  # one NVLink 2.0, per direction
+    assert v100.ring_bw(2) == 50 * GB  # a pair joined by two links
+    assert v100.ring_bw(4) == 25 * GB  # every ring of 4 in the cube-mesh has a one-link pair
+    assert v100.ring_bw(8) == 50 * GB  # the two-link cycle through all 8
+    assert v100.ring_bw(16) == v100.peer_bw  # past one DGX-1: the NVSwitch assumption
+    assert get_gpu("V100-32GB").ring_bw(4) == 25 * GB
+    # GPUs without a topology in the catalogue: one ring gets the peer figure
+    assert get_gpu("A100").ring_bw(4) == get_gpu("A100").peer_bw
+    assert get_gpu("K80").ring_bw(8) == get_gpu("K80").peer_bw == 16 * GB

@@ -5,9 +5,11 @@ latency per transfer or collective step; F and B the forward and backward comput
 
     compute  = FLOPs of the largest split / (peak FLOP/s * efficiency)     (per device)
     comm     = one exchange of the 4P-byte gradient (mgpu_lab.predict.algorithms):
-               host gather 2 N (4P / host_bw + alpha) + the host's stacking and update
+               host gather 2 N (4P / host_bw + alpha), its transfers queued one after
+               another at the host (a pessimistic bound), + the host's stacking and update
                (N + 4 + 2 s) 4P / host_memory_bw (s optimizer slots); ring and sharded
-               2 (N - 1) / N * 4P / peer_bw + 2 (N - 1) alpha; halving-doubling, recursive
+               2 (N - 1) / N * 4P / peer_bw + 2 (N - 1) alpha (peer_bw: all of a GPU's
+               links, as several rings reach them at best); halving-doubling, recursive
                doubling, NCCL's double binary tree: see that module
     step     = compute + comm without overlap. With ``overlap`` the gradient leaves while
                the backward pass makes it: in k ``buckets``,
@@ -309,15 +311,18 @@ def _gpu(gpu):
 
 
 def _host_side_bw(gpu):
-    """The host gather's bandwidth per transfer. Its transfers queue at the host, one at a
-    time, so each has a GPU's whole host link, as the datasheet gives it per GPU; for a
-    K80 that is half the board's x16 link (``host_bw``), the same convention chapter 10's
-    figure and table use (one convention everywhere: issue 18, A5)."""
+    """The host gather's bandwidth per transfer: its transfers queue at the host, one at a
+    time (the model's pessimistic bound), so each has the GPU's whole host link,
+    ``host_bw`` (for a K80, the board's whole x16 link: in the queue the board's other GPU
+    is not sending). Chapter 10's figure and table use the same figure."""
     return gpu.host_bw
 
 
 def _peer_bw(gpu):
-    """GPU-to-GPU bandwidth: the peer link, or the host link for a GPU without one."""
+    """GPU-to-GPU bandwidth: the peer links, or the host link for a GPU without them.
+    ``peer_bw`` is all of a GPU's links at once, what several rings over a whole server
+    reach at best (NCCL's channels); one ring through fewer GPUs may get less
+    (:meth:`mgpu_lab.predict.gpus.GPU.ring_bw`)."""
     return gpu.host_bw if getattr(gpu, "peer_bw", None) is None else gpu.peer_bw
 
 

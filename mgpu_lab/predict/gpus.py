@@ -3,20 +3,38 @@
 Every hardware figure is copied from the vendor's datasheet named in ``source`` (figures
 are the datasheet's, not measurements of ours). Conventions, so the numbers can be compared:
 
-* ``memory_bytes``: the datasheet's "GB" of GPU memory read as GiB (2**30 bytes), which
-  is what ``nvidia-smi`` reports, less nothing: the CUDA context and ECC take a few
-  hundred MiB that a real run does not get (see :func:`usable_bytes`).
+* ``memory_bytes``: the datasheet's "GB" of GPU memory read as GiB (2**30 bytes). That is
+  a rounding, stated here because ``nvidia-smi`` reports other totals, which also depend on
+  the driver (:data:`NVIDIA_SMI_MIB`, cited): recent drivers report exactly these 40 and
+  80 GiB for the A100s but 81,559 MiB (0.4 % less than 80 GiB) for the H100; driver 470
+  reported 40,536 MiB for the A100 40GB; one GPU of a K80 reports 11,441 MiB, 7 % less
+  than the 12 GiB used here. The CUDA context and the framework take a few hundred MiB
+  more that a run never gets (:func:`usable_bytes`). For the K80 that reserve does not
+  cover the 847 MiB ``nvidia-smi`` already withholds, so its usable memory here is about
+  8 % too large.
 * ``fp32_flops``: peak float32 FLOP/s (FMA counted as 2) at boost clock, without Tensor
   Cores (the book's Theano code runs plain float32). ``tensor_flops``: the datasheet's
   dense Tensor Core peaks by precision ("tf32", "bf16", "fp16"); datasheets print the
   figures "with sparsity" too, which are twice these. :meth:`GPU.peak` picks one.
-* ``host_bw`` / ``peer_bw``: bytes/s **per direction, per GPU, with every GPU busy**.
-  Datasheets quote links as the sum of both directions ("PCIe 32 GB/s", "NVLink 300
-  GB/s"); we halve that. A board with two GPUs behind one PCIe link (the K80) gives each
-  GPU half of it again (``gpus_per_board``). A GPU without NVLink talks to its peers over
-  PCIe: its ``peer_link`` says so and its ``peer_bw`` is the PCIe figure (``peer_bw`` may
-  be ``None`` only for a GPU a user describes without any peer path;
-  :meth:`GPU.peer_or_host_bw` then falls back to PCIe).
+* ``host_bw``: bytes/s **per direction** of one transfer between the GPU and the host
+  with the GPU's host link to itself. Datasheets quote links as the sum of both directions
+  ("PCIe 32 GB/s"); we halve that. The host gather charges its 2N transfers one after
+  another at this figure: the model's pessimistic bound, in which no two transfers ever
+  share a link (or overlap). For the K80 this is the board's whole x16 link, although the
+  board's two GPUs sit behind it (``gpus_per_board``): in the serial queue only one of them
+  uses it at a time.
+* ``peer_bw``: bytes/s per direction of **all** the GPU's peer links together (for NVLink,
+  the datasheet's total over every link, halved): what a GPU can move to all its peers at
+  once, which several rings over all the GPUs of a server (NCCL's channels) reach at
+  best. One ring between particular GPUs gets only the links that join them:
+  :meth:`GPU.ring_bw`. A GPU without NVLink talks to its peers over PCIe: its
+  ``peer_link`` says so and its ``peer_bw`` is the PCIe figure (``peer_bw`` may be ``None``
+  only for a GPU a user describes without any peer path; :meth:`GPU.peer_or_host_bw` then
+  falls back to PCIe).
+* ``ring_links`` and ``link_bw``: for a GPU whose reference server joins its GPUs by
+  direct links of unequal multiplicity (the V100 in a DGX-1), how many links join the
+  slowest neighbouring pair of the best single ring through n of its GPUs, and one link's
+  bytes/s per direction. :meth:`GPU.ring_bw` multiplies them.
 * ``calibration``: {precision: :class:`Calibration`}, one published single-GPU training
   throughput of ResNet-50 that fixes the GPU's sustained efficiency (the fraction of
   :meth:`GPU.peak` a training step reaches). Only single-GPU figures are used: the
@@ -45,6 +63,7 @@ are the datasheet's, not measurements of ours). Conventions, so the numbers can 
 from dataclasses import dataclass, field
 
 __all__ = ["GPU", "Calibration", "CATALOGUE", "BOOK_GPUS", "PRECISIONS", "DEFAULT_RESERVED",
+           "NVIDIA_SMI_MIB",
            "get_gpu", "gpu_names", "usable_bytes", "offered_precisions"]
 
 GiB = 2 ** 30
@@ -60,6 +79,18 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # with the GPU, the driver and the framework; users report a few hundred MiB to ~0.8 GB for
 # a bare PyTorch process (e.g. github.com/pytorch/pytorch/issues/34323: 781 MB in nvidia-smi).
 DEFAULT_RESERVED = 512 * 2 ** 20
+
+# Total memory as nvidia-smi reports it (MiB), beside which the catalogue's GiB are a
+# rounding: (GPU, MiB, where it was reported). Not used by any prediction.
+NVIDIA_SMI_MIB = [
+    ("K80", 11441, "github.com/rcgsheffield/sheffield_hpc/pull/1030 (nvidia-smi 396.37, "
+                   "one GPU of a K80 board)"),
+    ("A100", 40536, "github.com/nanopool/phoenix-miner/issues/17 (nvidia-smi 470.82.01, "
+                    "A100-SXM4 40GB)"),
+    ("A100", 40960, "github.com/modal-labs/modal-client/pull/2797 (recent drivers, A100 40GB)"),
+    ("A100-80GB", 81920, "github.com/modal-labs/modal-client/pull/2797 (recent drivers)"),
+    ("H100", 81559, "github.com/modal-labs/modal-client/pull/2797 (recent drivers)"),
+]
 
 
 @dataclass(frozen=True)
@@ -104,6 +135,8 @@ class GPU:
     gpus_per_board: int = 1  # GPUs sharing one host link (K80: 2)
     base_fp32_flops: float | None = None  # at base clock, where the datasheet gives it
     assume_like: str | None = None  # a calibrated GPU whose efficiency is assumed here
+    ring_links: dict = field(default_factory=dict, hash=False)  # {n GPUs: links, slowest hop}
+    link_bw: float | None = None  # one peer link, bytes/s per direction (with ring_links)
 
     @property
     def memory_gib(self):
@@ -112,6 +145,16 @@ class GPU:
     def peer_or_host_bw(self):
         """Bandwidth between two GPUs: the peer link if there is one, else PCIe."""
         return self.peer_bw if self.peer_bw is not None else self.host_bw
+
+    def ring_bw(self, n_gpus):
+        """Bytes/s per direction that ONE ring through ``n_gpus`` of these GPUs gets: the
+        links joining its slowest neighbouring pair (``ring_links``) times one link's
+        bandwidth, where the catalogue knows the server's topology; otherwise (no such
+        entry, or more GPUs than the server holds) :meth:`peer_or_host_bw`."""
+        links = self.ring_links.get(int(n_gpus))
+        if links is None or self.link_bw is None:
+            return self.peer_or_host_bw()
+        return links * self.link_bw
 
     def peak(self, precision="fp32"):
         """Peak FLOP/s at ``precision``: float32 units, or the Tensor Cores' dense peak."""
@@ -136,16 +179,28 @@ _PCIE4 = ("PCIe 4.0 x16", 64 * GB / 2)
 _PCIE5 = ("PCIe 5.0 x16", 128 * GB / 2)
 _PCIE3_PEER = ("PCIe 3.0 x16 peer-to-peer (no NVLink)", 32 * GB / 2)
 # K80: the board's two GPUs sit behind an on-board PCIe switch and share its one x16 link
-# to the host. With both GPUs sending to the host, each gets half of it (host_bw; the host
-# gather uses this figure everywhere, in chapter 10's figure and in predict()). The ring is
-# modelled ordered board by board, as NCCL orders rings by topology: the step inside a board
-# stays on the board's switch, and each board's x16 link carries one ring flow per
-# direction (in from the previous board, out to the next), so a ring step runs at the
-# link's full 16 GB/s per direction. (Ordered at random, two flows could share a board's
-# link, and half of it would be the figure.)
-_K80_LINK = ("PCIe 3.0 x16, shared by the board's 2 GPUs", 32 * GB / 2 / 2)
+# to the host. The host gather queues its transfers at the host, one at a time (the
+# model's pessimistic bound), so a transfer never shares the link: each has the board's
+# whole 16 GB/s per direction (host_bw; one convention in chapter 10's figure and in
+# predict()). The ring is modelled ordered board by board, as NCCL orders rings by
+# topology: the step inside a board stays on the board's switch, and each board's x16 link
+# carries one ring flow per direction (in from the previous board, out to the next), so a
+# ring step also runs at the link's full 16 GB/s per direction. (Ordered at random, two
+# flows could share a board's link, and half of it would be the figure.)
+_K80_LINK = ("PCIe 3.0 x16, shared by the board's 2 GPUs (one transfer at a time)", 32 * GB / 2)
 _K80_PEER = ("PCIe 3.0 ring ordered board by board: on-board switch, then one flow per "
              "direction on each board's x16 link (no NVLink)", 32 * GB / 2)
+
+# V100 SXM2 in a DGX-1 (hybrid cube-mesh): six NVLinks per GPU, 25 GB/s per direction each;
+# some pairs are joined by two links, some by one, some by none; the pairs joined by two
+# form one cycle through all 8 GPUs, and no shorter one. So one ring of 2 GPUs (a pair
+# joined by two links) gets 50 GB/s per direction, a ring of 3 to 7 GPUs has a pair joined
+# by a single link (25 GB/s), and a ring of all 8 can follow the two-link cycle (50 GB/s).
+# The datasheet's 150 GB/s per direction is all six links at once: several rings over the
+# 8 GPUs together (NVIDIA DGX-1 with Tesla V100 System Architecture white paper, 2017;
+# NVIDIA Tesla V100 GPU Architecture white paper, 2017, "hybrid cube-mesh" figure).
+_DGX1_V100_RING_LINKS = {2: 2, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 2}
+_NVLINK2 = 25 * GB  # one NVLink 2.0 link, per direction
 
 _TF = "TensorFlow benchmarks (tensorflow.org/performance/benchmarks, tested May 2017)"
 _DLE = ("NVIDIA DeepLearningExamples, PyTorch ResNet50 v1.5 README, 'Training performance' "
@@ -194,6 +249,7 @@ CATALOGUE = {g.name: g for g in [
     GPU("V100", 16 * GiB, 15.7 * TFLOPS, *_PCIE3, "NVLink 2.0 (6 links)", 300 * GB / 2,
         "NVIDIA Tesla V100 GPU Accelerator datasheet, 2018 (V100 SXM2, 16 GB)",
         tensor_flops={"fp16": 125 * TFLOPS},
+        ring_links=_DGX1_V100_RING_LINKS, link_bw=_NVLINK2,
         calibration={"fp32": _rn50(367, 112,
                                    _DLE + ", DGX-1 16GB, FP32, 1 GPU"),
                      "fp16": _rn50(1200, 256,
@@ -201,6 +257,7 @@ CATALOGUE = {g.name: g for g in [
     GPU("V100-32GB", 32 * GiB, 15.7 * TFLOPS, *_PCIE3, "NVLink 2.0 (6 links)", 300 * GB / 2,
         "NVIDIA Tesla V100 GPU Accelerator datasheet, 2018 (V100 SXM2, 32 GB)",
         tensor_flops={"fp16": 125 * TFLOPS},
+        ring_links=_DGX1_V100_RING_LINKS, link_bw=_NVLINK2,
         calibration={"fp32": _rn50(356, 112,
                                    _DLE + ", DGX-1 32GB, FP32, 1 GPU"),
                      "fp16": _rn50(1156, 256,
