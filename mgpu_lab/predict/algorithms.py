@@ -3,8 +3,11 @@ seconds out). Notation: P parameters, so the gradient is ``n_bytes`` = 4P bytes 
 N devices; ``bw`` bytes/s per direction per link; ``latency`` (alpha) seconds per transfer
 or per step of a collective.
 
-    host gather (chapter 6):  every device sends 4P to the host, gets 4P back, the 2N
-                              transfers queue at the host: 2 N (4P / bw + alpha)
+    host gather (chapter 6):  every device sends 4P to the host, gets 4P back; the model
+                              queues the 2N transfers at the host, one after another:
+                              2 N (4P / bw + alpha). That is a pessimistic bound: PCIe
+                              switches, several host links and sharded parameter servers
+                              let transfers proceed together
     host gather under MPI:    rank 0 is a device, so 2 (N - 1) transfers, plus the stacking
                               rank 0 does itself (reads N gradients, writes one)
     ring:                     2 (N - 1) steps of 4P / N: 2 (N - 1) / N * 4P / bw + 2 (N - 1) alpha
@@ -14,8 +17,8 @@ or per step of a collective.
     recursive doubling:       log2 N steps, each swapping the whole 4P with one partner:
                               log2 N (4P / bw + alpha)  (latency-optimal, bandwidth-poor)
     double binary tree        (NCCL >= 2.4, Jeaugey 2019): two trees each carry half the
-                              data, pipelined in chunks: bandwidth term about 4P / bw, latency
-                              about 2 log2 N steps
+                              data, pipelined in chunks: the ring's bandwidth term,
+                              2 (N - 1) / N * 4P / bw, and about 2 log2 N latencies
     sharded (ZeRO-1):         reduce-scatter + all-gather = the ring's bytes and steps
 
 Recursive doubling is *not* "the tree" of NCCL: halving-doubling reaches the ring's bandwidth
@@ -53,7 +56,8 @@ def _log2(n):
 
 def host_gather_seconds(n_bytes, n_gpus, host_bw, latency=DEFAULT_LATENCY):
     """Every GPU sends ``n_bytes`` (4P) to the host and receives ``n_bytes`` back: 2N
-    transfers, one after another at the host, each paying ``latency``."""
+    transfers, each paying ``latency``, queued one after another at the host: the model's
+    pessimistic bound (transfers over separate links or PCIe switches can overlap)."""
     return 2 * n_gpus * (n_bytes / host_bw + latency)
 
 
