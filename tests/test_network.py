@@ -19,9 +19,28 @@ def test_networks_are_cited():
 def test_hierarchical_by_hand():
     v100, net = get_gpu("V100"), network.NETWORKS["IB-EDR"]
     t = network.cluster_comm_seconds("hierarchical", S, 32, 8, "V100", "IB-EDR", latency=0)
-    inside = 2 * 7 / 8 * S / v100.peer_bw
-    across = 2 * 3 / 4 * S / net.bw + 2 * 3 * net.latency
+    # reduce-scatter and all-gather inside a node of 8, each 7/8 S over NVLink; across the
+    # 4 nodes, 8 rings (one per local rank) on S/8 each, sharing the node's port
+    inside = 7 / 8 * S / v100.peer_bw
+    across = 2 * 3 / 4 * (S / 8) / (net.bw / 8) + 2 * 3 * net.latency
     assert t == pytest.approx(2 * inside + across)
+
+
+def test_hierarchical_moves_a_node_ordered_flat_rings_network_bytes_in_fewer_latencies():
+    net = network.NETWORKS["IB-EDR"]
+    fast_inside = get_gpu("H100")  # NVLink far faster than the network: the network decides
+    n, g = 64, 8
+    hier = network.cluster_comm_seconds("hierarchical", S, n, g, fast_inside, net, latency=0)
+    flat = network.cluster_comm_seconds("ring", S, n, g, fast_inside, net, latency=0)
+    inside = 2 * (g - 1) / g * S / fast_inside.peer_bw
+    # the network terms without latency: flat 2 (N-1)/N S/bw, hierarchical 2 (M-1)/M S/bw
+    flat_bytes = 2 * (n - 1) / n * S / net.bw
+    hier_bytes = 2 * (n // g - 1) / (n // g) * S / net.bw
+    assert flat == pytest.approx(flat_bytes + 2 * (n - 1) * net.latency)
+    assert hier == pytest.approx(inside + hier_bytes + 2 * (n // g - 1) * net.latency)
+    # about the same network bytes per node's port (both tend to 2 S: here 1.75 S and 1.97 S)
+    assert hier_bytes == pytest.approx(flat_bytes, rel=0.15)
+    assert 2 * (n // g - 1) < 2 * (n - 1) / 4  # ... in far fewer network latencies
 
 
 def test_flat_ring_is_bound_by_the_network_and_pays_its_latency():

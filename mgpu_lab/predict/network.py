@@ -9,12 +9,16 @@ own bandwidth ``bw`` (bytes/s per direction) and latency. With S = 4P gradient b
     halving-doubling across all N:      step k pairs GPUs 2^k apart and moves S / 2^(k+1);
         steps inside a node use its links, the others the network, where the node's G
         GPUs share its one port (net_bw / G each); 2 log2 N latencies
-    hierarchical (the engines' HierarchicalAllReduce):
-        reduce inside each node to its first GPU (a reduce-scatter, then the leader gathers
-        the G - 1 other shards): 2 (G - 1) / G * S / peer_bw + 2 (G - 1) alpha
-        + ring across the M leaders on the network: 2 (M - 1) / M * S / net_bw
-          + 2 (M - 1) alpha_net
-        + broadcast inside each node (the mirror image of the reduce)
+    hierarchical (the engines' HierarchicalAllReduce runs the same algorithm; NCCL's and
+        Horovod's way): a ring reduce-scatter inside each node, so that local rank j holds
+        the node's sum of shard j (S / G bytes): (G - 1) / G * S / peer_bw + (G - 1) alpha
+        + across the nodes, one ring per local rank j through the M GPUs of rank j, each
+          all-reducing its S / G shard; the G rings of a node share its one port
+          (net_bw / G each): 2 (M - 1) / M * S / net_bw + 2 (M - 1) alpha_net
+        + a ring all-gather inside each node (the mirror image of the reduce-scatter).
+        Bytes per GPU: 2 (G - 1) / G * S inside and 2 (M - 1) / (M G) * S on the network;
+        per node, the same network bytes as a flat ring ordered node by node, in
+        2 (M - 1) network latencies instead of 2 (N - 1).
     host gather (a parameter server in one node's host): the G local GPUs over PCIe,
         the N - G others over that host's network port, all queued at the host:
         2 G (S / host_bw + alpha) + 2 (N - G) (S / net_bw + alpha_net)
@@ -104,8 +108,10 @@ def cluster_comm_seconds(strategy, n_bytes, n_gpus, gpus_per_node, gpu, network,
     if strategy == "host":
         return (algorithms.host_gather_seconds(n_bytes, G, gpu.host_bw, latency)
                 + algorithms.host_gather_seconds(n_bytes, N - G, net.bw, net.latency))
-    inside = 2 * (G - 1) / G * n_bytes / peer + 2 * (G - 1) * latency  # reduce or broadcast
-    across = algorithms.ring_allreduce_seconds(n_bytes, N // G, net.bw, net.latency)
+    # reduce-scatter inside the node, then (mirror image) all-gather: each (G-1)/G S
+    inside = (G - 1) / G * n_bytes / peer + (G - 1) * latency
+    # G rings (one per local rank) of S/G bytes each, sharing the node's port: bw/G each
+    across = algorithms.ring_allreduce_seconds(n_bytes / G, N // G, net.bw / G, net.latency)
     return 2 * inside + across
 
 
