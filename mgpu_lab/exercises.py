@@ -127,10 +127,12 @@ ANSWERS = {
                   "bytes per parameter on a GPU: 4 + 4 + 8/N at stage 1, 16/N at stage 3; "
                   "compare 2e9 times that with gpus.usable_bytes('V100')."),
     "10.1": Answer(lambda: [costmodel.host_gather_seconds(100e6, 4, 16e9, latency=0),
-                           costmodel.ring_allreduce_seconds(100e6, 4, 150e9, latency=0)], 0.01,
-                  "a list of 2 times in seconds: host gather over PCIe, ring over NVLink",
+                           costmodel.ring_allreduce_seconds(100e6, 4, get_gpu("V100").ring_bw(4),
+                                                            latency=0)], 0.01,
+                  "a list of 2 times in seconds: host gather over PCIe, one ring over NVLink",
                   "with S = 4P bytes of gradient (P parameters): host: 2N transfers of S "
-                  "bytes queue on the host's link; ring: 2(N-1)/N S bytes over each NVLink."),
+                  "bytes, one after another on the host's link; ring: 2(N-1)/N S bytes over "
+                  "each GPU's link to its neighbour, at the slowest pair's NVLink bandwidth."),
     "10.4": Answer(lambda: critical_batch_table(gpus=["V100"])[0]["NVLink / peer link"], 0.02,
                    "a number: samples per GPU",
                    "6 P b / R = 2 x 4P / bw: solve for b (P cancels); R = the charged peak x "
