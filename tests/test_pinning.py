@@ -118,11 +118,18 @@ def test_hyperthreads_numbered_as_linux_on_intel_four_cores_two_threads(tmp_path
     assert pinning.physical_cores() == [0, 1, 2, 3] and pinning.physical_core_count() == 4
     assert pinning.sharing_a_core(4) == []
     assert pinning.sharing_a_core(6) == [(0, 4), (1, 5)]  # devices 4, 5 on CPUs 4, 5
-    note = pinning.topology_note(6)
-    assert note.startswith("8 logical CPUs on 4 physical cores (4 are second threads")
-    assert "devices 0 and 4 share one core's hardware threads (CPUs 0, 4)" in note
-    assert "shared" in note and "4 device(s), each on a core of its own" in pinning.topology_note(4)
-    assert "8 logical CPUs on 4 physical cores" in pinning.pinning()
+    note = pinning.topology_note(6).splitlines()
+    assert note == ["8 logical CPUs on 4 physical cores (the other 4 are further threads of "
+                    "those cores)",
+                    "6 devices; these share a core (shared, not independent):",
+                    "  devices 0 and 4: one core's hardware threads (CPUs 0, 4)",
+                    "  devices 1 and 5: one core's hardware threads (CPUs 1, 5)"]
+    assert pinning.topology_note(4).endswith("\n4 device(s): each on a core of its own")
+    assert all(len(line) < 90 for n in (None, 4, 6, 9) for line in
+               pinning.topology_note(n).splitlines())  # fits the page
+    assert "devices 0 and 8: take turns on CPU 0" not in pinning.topology_note(9)  # 0, 4, 8
+    assert "  devices 0 and 4 and 8: one core's hardware threads (CPUs 0, 4)" in \
+        pinning.topology_note(9)
 
 
 def test_adjacent_siblings_are_used_one_per_core_first(tmp_path, monkeypatch):
@@ -162,3 +169,12 @@ def test_unpinned_the_pool_order_is_plain_and_sharing_cannot_be_told(no_pinning,
     assert pinning.cores() == list(range(os.cpu_count()))
     assert pinning.sharing_a_core(2) is None
     assert "does not say which CPUs are threads of one core" in pinning.topology_note()
+
+
+def test_one_thread_per_core_more_devices_than_cpus_take_turns(tmp_path, monkeypatch):
+    _fake_sysfs(tmp_path, monkeypatch, [(0,), (1,)])  # this VM's shape: 2 cores, 1 thread each
+    assert pinning.cores() == pinning.physical_cores() == [0, 1]
+    assert pinning.sharing_a_core(3) == [(0, 2)]
+    assert pinning.topology_note(3).splitlines()[1:] == [
+        "3 devices; these share a core (shared, not independent):",
+        "  devices 0 and 2: take turns on CPU 0"]

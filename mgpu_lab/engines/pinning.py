@@ -148,32 +148,33 @@ def sharing_a_core(n_devices):
 
 
 def topology_note(n_devices=None):
-    """One line for a reader: logical CPUs against physical cores, and, for ``n_devices``,
-    which devices share a core (hardware threads of one core compete as oversubscribed
-    devices do, though the pool's ``oversubscribed`` counts logical CPUs)."""
+    """Short lines for a reader (joined by newlines, each under 90 characters): logical
+    CPUs against physical cores and, for ``n_devices``, which devices share a core
+    (hardware threads of one core compete almost as devices taking turns on one CPU do,
+    though the pool's ``oversubscribed`` counts only logical CPUs)."""
     n_cpus, n_cores = len(cores()), physical_core_count()
     if core_of() is None:
-        where = ("psutil's count for the whole machine" if n_cores else "unknown")
-        return (f"{n_cpus} logical CPUs; physical cores: {n_cores or '?'} ({where}): this "
-                f"system does not say which CPUs are threads of one core, so devices may "
-                f"share a core without a warning")
+        where = "psutil's count for the whole machine" if n_cores else "unknown"
+        return (f"{n_cpus} logical CPUs; physical cores: {n_cores or '?'} ({where});\n"
+                "this system does not say which CPUs are threads of one core,\n"
+                "so devices may share a core without a warning")
     line = f"{n_cpus} logical CPUs on {n_cores} physical cores"
     line += (" (one hardware thread per core)" if n_cpus == n_cores
-             else f" ({n_cpus - n_cores} are second threads of a core: hyperthreads)")
+             else f" (the other {n_cpus - n_cores} are further threads of those cores)")
     if n_devices is None:
         return line
     shared = sharing_a_core(n_devices)
     if not shared:
-        return f"{line}: {n_devices} device(s), each on a core of its own"
+        return f"{line}\n{n_devices} device(s): each on a core of its own"
     cpus, said = cores(), []
     for g in shared:
         who = " and ".join(str(d) for d in g)
         on = sorted({cpus[d % len(cpus)] for d in g})
-        said.append(f"devices {who} take turns on CPU {on[0]}" if len(on) == 1 else
-                    f"devices {who} share one core's hardware threads "
+        said.append(f"  devices {who}: take turns on CPU {on[0]}" if len(on) == 1 else
+                    f"  devices {who}: one core's hardware threads "
                     f"(CPUs {', '.join(map(str, on))})")
-    return (f"{line}: {n_devices} devices, so {'; '.join(said)}: shared, not independent "
-            f"(they compete for the core's execution units and caches)")
+    return "\n".join([line, f"{n_devices} devices; these share a core (shared, not "
+                             f"independent):", *said])
 
 
 def pin(core):
@@ -187,10 +188,9 @@ def pin(core):
 def pinning():
     """One line for a reader: are devices pinned to cores on this machine?"""
     if can_pin():
-        return (f"devices are pinned, one per logical CPU, each on a physical core of its "
-                f"own while there are enough: {topology_note()}")
-    return ("this system cannot pin a process to a core (no sched_setaffinity): devices run "
-            "unpinned, so results are the same but timings are noisier")
+        return "devices are pinned: one per logical CPU, a core of their own while cores last"
+    return ("this system cannot pin a process to a core (no sched_setaffinity):\n"
+            "devices run unpinned, so results are the same but timings are noisier")
 
 
 def affinity(pid=None):
