@@ -6,7 +6,8 @@ from .data import load_digits, train_test_split
 from .engines.mpi import install_abort_hook, world
 from .engines.strategies import STRATEGIES
 from .figures import plots
-from .measure import bench, mpi_bench
+from .measure import bench, mem_bench, mpi_bench
+from .measure.machine import save_result
 from .optim import make_optimizer
 from .predict.gpus import CATALOGUE, DEFAULT_RESERVED, get_gpu
 from .predict.memory import SHARDING_STAGES, check_sharding, predicted_limits
@@ -99,7 +100,7 @@ def _run_train(args):
         loss, acc = tr.evaluate(xte, yte)
         say(f"after {tr.step_count} steps: train loss {tr.history[-1]['loss']:.4f}, "
             f"test loss {loss:.4f}, test accuracy {acc:.1%}")
-        if args.save and rank == 0:  # rank 0 holds the whole optimizer state
+        if args.save:  # every rank consolidates (collective); rank 0 holds it all and writes
             say(f"checkpoint: {tr.save(args.save)}")
     return 0
 
@@ -277,12 +278,35 @@ def _run_mpibench(args):
     return 0
 
 
+# -- mem-bench (each worker's resident memory per strategy) ---------------------------------
+def _add_membench(sub):
+    p = sub.add_parser("mem-bench", help="measure each device's resident memory per strategy",
+                       description="Trains an MLP of about SIZE/4 parameters a few steps on N "
+                       "local devices under each strategy and reports every worker's resident "
+                       "memory (psutil) beside the memory model's prediction of the differences.")
+    p.add_argument("--devices", type=_positive, default=2, help="devices (default 2)")
+    p.add_argument("--size", type=_byte_sizes, default=[40e6],
+                   help="the parameters' bytes, 4P (default 40e6: about 10 M parameters)")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="adam")
+    p.add_argument("--steps", type=_positive, default=3, help="steps before measuring (default 3)")
+    p.add_argument("--out", default="results", help="directory for the JSON (default results/)")
+    p.set_defaults(run=_run_membench)
+
+
+def _run_membench(args):
+    result = mem_bench.run(args.devices, args.size[0], args.optimizer, args.steps)
+    print(mem_bench.format_table(result))
+    json_path, _, _ = save_result(result, args.out, "mem-bench", {})
+    print(f"saved: {json_path}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m mgpu_lab",
         description="Data-parallel training with Theano on simulated devices (CPU processes).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_limits, _add_bench, _add_mpibench):
+    for add in (_add_train, _add_limits, _add_bench, _add_mpibench, _add_membench):
         add(sub)
     return parser
 

@@ -141,16 +141,21 @@ class DataParallelTrainer:
                       f"so the trainer went back to its snapshot of step {step}: {lost} "
                       f"step(s) lost (snapshot_every={self.snapshot_every})",)
 
+    def _recover_if_engine_lost(self):
+        """The engine closed (Ctrl-C, a crash between steps) while its devices held the
+        state of the last steps: go back to the snapshot, and say what it cost."""
+        if self._on_devices and not self._host_current and (self._engine is None or self._engine.closed):
+            lost = self.step_count - self._snapshot[0]
+            warnings.warn(f"the engine was closed while its devices held the state of the last "
+                          f"{lost} step(s): going back to the snapshot of step {self._snapshot[0]}")
+            self._restore_snapshot(RuntimeError("engine closed"))
+
     # -- training -------------------------------------------------------------------
     def step(self, x, y):
         """One data-parallel step on the batch ``(x, y)``; returns the batch's mean loss."""
         t0 = time.perf_counter()
         label = f"step {self.step_count}"
-        if self._on_devices and not self._host_current and (self._engine is None or self._engine.closed):
-            lost = self.step_count - self._snapshot[0]  # the engine went with the devices' state
-            warnings.warn(f"the engine was closed while its devices held the state of the last "
-                          f"{lost} step(s): going back to the snapshot of step {self._snapshot[0]}")
-            self._restore_snapshot(RuntimeError("engine closed"))
+        self._recover_if_engine_lost()
         try:
             if self._on_devices:
                 engine = self.engine
@@ -193,6 +198,7 @@ class DataParallelTrainer:
         bar = tqdm(total=steps, disable=not progress, desc=f"{self.n_devices} device(s)", unit="step")
         try:
             for _ in range(steps):
+                self._recover_if_engine_lost()  # before the batch: it depends on the step
                 idx = batch_indices(self.step_count, len(x), batch_size, data_seed)
                 loss = self.step(x[idx], y[idx])
                 bar.update(1)
@@ -219,8 +225,8 @@ class DataParallelTrainer:
     def save(self, path):
         """Write params, optimizer state, step and history atomically; returns the path."""
         self._consolidate(gather=True)  # on MPI every rank must call save; rank 0 writes
-        if self._opt_state is None:
-            return None  # an MPI rank that does not hold the whole state
+        if self._opt_state is None or getattr(self._engine, "rank", 0) != 0:
+            return None  # an MPI rank other than 0
         history = [{**h, "timings": h["timings"].as_dict()} for h in self.history]
         return save_checkpoint(path, self.spec, self._model.get_values(),
                                state_dict(self.optimizer, self._opt_state, self.opt_t),

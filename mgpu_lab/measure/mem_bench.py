@@ -13,6 +13,7 @@ memory model predicts: ring - host = slots * 4P (the optimizer state the ring's 
 hold) + the mailbox, ring - sharded = slots * 4P * (1 - 1/N) (ZeRO-1's saving).
 """
 import gc
+from datetime import datetime
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -62,7 +63,8 @@ def run(n_devices=2, nbytes=40e6, optimizer="adam", steps=3, batch_size=64,
     for key in predicted:
         a, b = key.split(" - ")
         measured[key] = float(np.mean(by[a]["rss"]) - np.mean(by[b]["rss"]))
-    return {"machine": machine_info(), "n_devices": n_devices, "n_params": P,
+    return {"created": datetime.now().isoformat(timespec="seconds"),
+            "machine": machine_info(), "n_devices": n_devices, "n_params": P,
             "optimizer": optimizer, "slots": slots, "steps": steps, "batch_size": batch_size,
             "rows": rows, "predicted": predicted, "measured": measured}
 
