@@ -9,7 +9,8 @@ lives"):
     grad     floatX[P]          its gradient, then its work buffer in an exchange
     state    floatX[S, b - a]   its optimizer state: all of it (ring, hierarchical), its
                                 1/N shard (sharded), none (host: the host keeps it)
-    the link's scratch          one message (a ring chunk), sized once by the strategy
+    the link's scratch          sized once by the strategy: one message (MPI: a ring chunk),
+                                or one mailbox packet of at most PACKET floats (the pool)
 
 One step: compute the gradient of its split, copy it out of Theano into ``grad`` (the
 fetch), then ``strategy.on_device(link, self)``: the exchange, and the update where the
@@ -119,7 +120,8 @@ class Device:
             self.grad[:1] = np.nan
 
     def finite(self, a, b):
-        return bool(np.isfinite(self.grad[a:b]).all())
+        """[a, b) of the gradient is finite (checked block by block: no P-sized mask)."""
+        return all(np.isfinite(self.grad[i:min(b, i + BLOCK)]).all() for i in range(a, b, BLOCK))
 
     def refuse(self):
         label = self.update.label if self.update else "this step"

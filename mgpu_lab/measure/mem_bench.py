@@ -10,7 +10,7 @@
 The runtime every worker has (the interpreter, Theano, the compiled function, its
 activations) is the host gather's worker; what the strategies add on top of it is what the
 memory model predicts: ring - host = slots * 4P (the optimizer state the ring's devices
-hold) + the mailbox, ring - sharded = slots * 4P * (1 - 1/N) (ZeRO-1's saving).
+hold) + two mailbox packets (its own and its neighbour's), ring - sharded = slots * 4P * (1 - 1/N) (ZeRO-1's saving).
 """
 import gc
 from datetime import datetime
