@@ -100,7 +100,10 @@ class DataParallelTrainer:
         sd = self._engine.state_dict(slots=self.optimizer.slots, **kw)
         self._model.set_values(sd["values"])
         self._opt_state = sd["state"] if self.optimizer.slots else []
-        self._host_current = self._opt_state is not None
+        # after a collective consolidation every MPI rank is as current as it will get
+        # (state None where a rank does not hold it): the same on every rank, so that no
+        # rank starts another collective call the others do not make
+        self._host_current = gather or self._opt_state is not None
 
     @property
     def model(self):
