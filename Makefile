@@ -40,7 +40,7 @@ test: setup
 # Every tier; the hub tests need the class server's proxy, installed as make hub does (npm).
 test-all: setup
 	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(CHP); else echo "npm is missing: the hub tests will be skipped (sudo apt-get install npm)"; fi
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=40
 
 # The student edition: the web book and one notebook per chapter, without any solution,
 # derived from the book's executed chapters in _build (nothing is executed again).
