@@ -320,6 +320,7 @@ def test_mpi_bench_rejects_bad_flags(bad, capsys):
 # result are right (equal to the serial engine's, run on that rank) or absent (None).
 RIGHT_OR_ABSENT_SCRIPT = textwrap.dedent("""
     import numpy as np
+    from mgpu_lab.collectives import device_steps, ring_chunks
     from mgpu_lab.data import load_digits
     from mgpu_lab.engines.mpi import world
     from mgpu_lab.engines.update import Update
@@ -366,6 +367,16 @@ RIGHT_OR_ABSENT_SCRIPT = textwrap.dedent("""
                   f"result_values={verdict(result.new_values, ref_values)} "
                   f"result_state={verdict(None if result.new_state is None else [a for s in result.new_state for a in s], ref_state)}",
                   flush=True)
+            P, N, r = tr.model.n_params, comm.size, comm.rank
+            chunks = ring_chunks(P, N)
+            ring_out = 4 * sum(chunks[c][1] - chunks[c][0] for _, c, _ in device_steps(r, N))
+            ring_in = 4 * sum(chunks[c][1] - chunks[c][0] for _, _, c in device_steps(r, N))
+            expected = {"host": (0, 0) if r == 0 else (4 * P, 4 * P),
+                        "ring": (ring_out, ring_in), "hierarchical": (ring_out, ring_in),
+                        "sharded": (ring_out + 8 * (N - 1), ring_in + 8 * (N - 1))}[strategy]
+            got = (result.bytes[r]["sent"], result.bytes[r]["received"])
+            print(f"rank {r} {strategy}: bytes={'right' if got == expected else f'WRONG{got}!={expected}'}",
+                  flush=True)
             sd = tr.engine.state_dict(slots=2)  # collective: rank 0 gathers the shards
             got = None if sd["state"] is None else [a for s in sd["state"] for a in s]
             print(f"rank {comm.rank} {strategy}: consolidated={verdict(got, ref_state) if not on_host else 'host'}",
@@ -378,7 +389,9 @@ RIGHT_OR_ABSENT_SCRIPT = textwrap.dedent("""
 def test_every_ranks_results_are_right_or_absent(tmp_path):
     """On 3 ranks, under every strategy: parameters right on every rank; the optimizer
     state and a step's results right or None (sharded: rank 0 after consolidation only;
-    host: rank 0 only), never a partial or uninitialised array."""
+    host: rank 0 only), never a partial or uninitialised array; and the bytes each rank
+    counted in the step are the algorithm's (P = 1,210 does not divide by 3: the exact
+    chunks; the host gather's rank 0 is the host, so its own gradient does not cross)."""
     script = tmp_path / "right_or_absent.py"
     script.write_text(RIGHT_OR_ABSENT_SCRIPT)
     job = run_job(3, [script], timeout=3 * JOB_TIMEOUT)
@@ -388,6 +401,7 @@ def test_every_ranks_results_are_right_or_absent(tmp_path):
     for r in range(3):
         for strategy in ("host", "ring", "sharded", "hierarchical"):
             assert re.search(rf"rank {r} {strategy}: values=right", out), out
+            assert f"rank {r} {strategy}: bytes=right" in out, out
     # where the state lives: every rank under ring and hierarchical; rank 0 under host;
     # sharded: nobody's whole between snapshots, rank 0's once consolidated
     for r in range(3):
