@@ -18,6 +18,7 @@ from mgpu_lab.errors import WorkerDied
 from mgpu_lab.gradients import split_weights, stack_gradients
 from mgpu_lab.models import mlp
 from mgpu_lab.optim import SGD, Adam, Momentum
+from mgpu_lab.predict.algorithms import bytes_per_device
 from mgpu_lab.trainer import DataParallelTrainer
 
 
@@ -130,8 +131,7 @@ def test_hierarchical_sums_on_every_device_and_moves_the_models_bytes(n, G):
     total = np.sum(data, axis=0, dtype=np.float32)
     for d in devs:
         np.testing.assert_allclose(d.grad, total, rtol=1e-6, atol=1e-6)
-    K = n // G
-    expected = 2 * (G - 1) / G * 4 * P + 2 * (K - 1) / K * 4 * P / G
+    expected = bytes_per_device("hierarchical", 4 * P, n, G)  # the cost model's formula
     assert all(link.sent == link.received == expected for link in links)
 
 

@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_LATENCY", "DEFAULT_HOST_MEMORY_BW", "ALGORITHMS", "ALIASES",
            "host_gather_seconds", "host_update_seconds", "mpi_host_seconds",
            "ring_allreduce_seconds", "halving_doubling_seconds",
            "recursive_doubling_seconds", "tree_allreduce_seconds", "double_tree_seconds",
-           "sharded_seconds", "latency_steps", "comm_seconds"]
+           "sharded_seconds", "latency_steps", "comm_seconds", "bytes_per_device"]
 
 # Assumption, not a measurement: the fixed cost of one transfer or one step of a collective
 # (starting a copy, synchronising), in seconds.
@@ -48,6 +48,25 @@ ALGORITHMS = ("host", "ring", "sharded", "halving_doubling", "recursive_doubling
               "double_tree")
 # Old name kept so that existing code runs: 'tree' meant recursive doubling.
 ALIASES = {"tree": "recursive_doubling"}
+
+
+def bytes_per_device(strategy, n_bytes, n_gpus, gpus_per_node=None):
+    """Bytes one device sends (and receives) in one exchange of an ``n_bytes`` gradient, as
+    the timing formulas charge them: 'host' n_bytes (up; as many down); 'ring' and 'sharded'
+    2 (N - 1) / N * n_bytes; 'hierarchical' (nodes of G) 2 (G - 1) / G * n_bytes inside the
+    node plus 2 (K - 1) / K * n_bytes / G across its K = N / G nodes. The engines count
+    the same bytes on their transports (tests/test_strategies.py)."""
+    N = int(n_gpus)
+    if strategy == "host":
+        return float(n_bytes)
+    if strategy in ("ring", "sharded"):
+        return 2 * (N - 1) / N * n_bytes
+    if strategy == "hierarchical":
+        G = int(gpus_per_node)
+        K = N // G
+        return 2 * (G - 1) / G * n_bytes + 2 * (K - 1) / K * n_bytes / G
+    raise ValueError(f"bytes_per_device knows 'host', 'ring', 'sharded' and 'hierarchical', "
+                     f"got {strategy!r}")
 
 
 def _log2(n):
