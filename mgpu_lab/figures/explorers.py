@@ -31,7 +31,7 @@ from . import labcharts, tables
 __all__ = ["OPTIMIZERS", "LIMIT_SIZES", "LIMIT_DEPTHS", "SHARDING", "SHARDING_LABELS",
            "LIMIT_GPUS", "MEMORY_PARTS", "THROUGHPUT_NETS",
            "THROUGHPUT_BATCHES", "limits_grid", "memory_parts", "batch_limits_data", "limits_parts",
-           "batch_limits", "throughput_data", "throughput"]
+           "batch_limits", "throughput_data", "hidden_seconds", "throughput"]
 
 OPTIMIZERS = tuple(memory.OPTIMIZER_SLOTS)
 # The grid of chapter 7. Each network costs a graph build and three graph walks (1-6 s of
@@ -194,10 +194,19 @@ def throughput_data(nets=THROUGHPUT_NETS, kinds=None, n_range=range(1, 9),
     return _throughput_data(*args)
 
 
+def hidden_seconds(p):
+    """The part of prediction ``p``'s communication hidden under its compute by overlap:
+    compute + communication - step (0 without overlap). The step's bar draws compute,
+    then the communication that is not hidden (step - compute), and marks this part."""
+    if not p.overlap:
+        return 0.0  # the step is the sum (not round-off away from it)
+    return max(0.0, min(p.comm_s, p.compute_s + p.comm_s - p.step_s))
+
+
 def _throughput_data(nets, kinds, n_range, batches):
     t0 = time.perf_counter()
     kinds = [gpus.get_gpu(g) for g in kinds]
-    fields = {f: [] for f in _PRED_FIELDS}
+    fields = {f: [] for f in (*_PRED_FIELDS, "hidden_s")}
     for name, preset in nets.items():
         model = presets.imagenet_model(preset)
         for g in kinds:
@@ -210,6 +219,7 @@ def _throughput_data(nets, kinds, n_range, batches):
                             for f in _PRED_FIELDS:
                                 v = getattr(p, f)
                                 fields[f].append(v if isinstance(v, int) else float(f"{v:.7g}"))
+                            fields["hidden_s"].append(float(f"{hidden_seconds(p):.7g}"))
     return {"axes": {"net": list(nets), "gpu": [g.name for g in kinds],
                      "batch": [f"{v} per GPU" if m == "per_gpu" else f"{v} in all"
                                for m, v in batches],
@@ -348,11 +358,14 @@ def throughput(measured=None, net="ResNet-50-like", gpu="V100", n_gpus=4, strate
             f'the same global batch, scaling efficiency {f("scaling_efficiency")} '
             "(predicted). One step: "
             f'{f("step_s")} ms; compute {f("compute_s")} ms, communication {f("comm_s")} ms'
+            f', of which {f("hidden_s")} ms is hidden under compute by overlap'
             ". Without overlap the step is their sum. With overlap the gradients leave while "
             "the backward pass makes them: a ring's step is the forward pass plus the longer "
             "of the backward pass and the exchange, while the host gather's update and its "
             "return of the parameters wait for every gradient and add to that (the return "
-            "can hide only under the next forward pass).</p>")
+            "can hide only under the next forward pass). The bar on the right is the step: "
+            "compute, then the communication that adds to it; the lighter, dashed part "
+            "inside the compute is the communication hidden by overlap.</p>")
     g = d["gpus"][gpu]
     efficiency = f"{100 * g['efficiency']:.1f} %"
     prov = ("predicted by mgpu_lab.predict.costmodel: FLOPs from each network's graph, "

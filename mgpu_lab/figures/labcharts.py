@@ -16,7 +16,7 @@ its HTML, everywhere else its Vega-Lite chart (and a plain-text summary for term
 """
 import os
 
-__all__ = ["WEB_BOOK_ENV", "VEGALITE_MIME", "Explorer", "batch_limits_spec",
+__all__ = ["WEB_BOOK_ENV", "VEGALITE_MIME", "STEP_PARTS", "Explorer", "batch_limits_spec",
            "throughput_spec"]
 
 WEB_BOOK_ENV = "MGPU_WEB_BOOK"
@@ -24,6 +24,10 @@ VEGALITE_MIME = "application/vnd.vegalite.v5+json"
 # vega-embed's options (JupyterLab passes them on): SVG, so the text can be read and
 # selected; no action menu (its "open in editor" would go to the network)
 EMBED_OPTIONS = {"renderer": "svg", "actions": False}
+# The parts of chapter 6's step bar (book/_static/explorer-throughput.js names them alike):
+# compute, the communication that adds to the step, the communication overlap hides
+STEP_PARTS = ("compute", "communication", "communication hidden by overlap")
+_STEP_COLOURS = ("#4c78a8", "#f58518", "#fdd9b5")
 
 
 class Explorer:
@@ -152,21 +156,27 @@ def _throughput_rows(d):
                                          else "off", "n": n,
                                          **{k: f[k][i] for k in f},
                                          "compute_ms": 1e3 * f["compute_s"][i],
-                                         "comm_ms": 1e3 * f["comm_s"][i]})
+                                         "comm_ms": 1e3 * f["comm_s"][i],
+                                         "step_ms": 1e3 * f["step_s"][i],
+                                         "hidden_ms": 1e3 * f["hidden_s"][i]})
                             i += 1
     return rows
 
 
 def throughput_spec(d, net, gpu, n_gpus, strategy, overlap, batch):
     """Chapter 6's explorer as Vega-Lite: the summary line, images/s against N for both
-    strategies, and the predicted step split into compute and communication."""
+    strategies, and the predicted step: a bar as tall as ``step_s``, compute from 0, then
+    the communication that adds to the step, with the communication hidden by overlap
+    drawn lighter and dashed over the top of the compute it ran under."""
     ax = d["axes"]
     x = {"field": "n", "type": "ordinal", "title": "number of GPUs", "axis": {"labelAngle": 0}}
     summary = ("net + ' on ' + n_gpus + ' x ' + gpu + ', global batch ' "
                "+ format(datum.batch_size, ',') + ', ' + strategy + ', overlap ' + overlap "
                "+ ':\\n' + format(datum.images_per_s, ',.0f') + ' images/s, speed-up ' "
                "+ format(datum.speedup, '.2f') + ', efficiency ' "
-               "+ format(100 * datum.scaling_efficiency, '.1f') + ' % (predicted)'")
+               "+ format(100 * datum.scaling_efficiency, '.1f') + ' %; one step ' "
+               "+ format(datum.step_ms, '.1f') + ' ms, ' + format(datum.hidden_ms, '.1f') "
+               "+ ' ms of its communication hidden by overlap (predicted)'")
     curve = {"width": 250, "height": 190, "title": "Predicted images/s", "layer": [
         {"mark": {"type": "line", "point": True},
          "encoding": {"x": x, "y": {"field": "images_per_s", "type": "quantitative",
@@ -177,16 +187,25 @@ def throughput_spec(d, net, gpu, n_gpus, strategy, overlap, batch):
          "mark": {"type": "point", "size": 160, "filled": False, "color": "black",
                   "strokeWidth": 2},
          "encoding": {"x": x, "y": {"field": "images_per_s", "type": "quantitative"}}}]}
+    def part(name, lo, hi, mark="bar", keep=None):
+        return {**({"transform": [{"filter": keep}]} if keep else {}), "mark": mark,
+                "encoding": {"x": x, "y": {"field": lo, "type": "quantitative",
+                                           "title": "milliseconds per step"},
+                             "y2": {"field": hi},
+                             "color": {"datum": name, "type": "nominal",
+                                       "scale": {"domain": list(STEP_PARTS),
+                                                 "range": list(_STEP_COLOURS)},
+                                       "legend": {"orient": "bottom", "title": None,
+                                                  "columns": 1, "symbolStrokeWidth": 0}}}}
     split = {"width": 250, "height": 190, "title": "Predicted time per step",
-             "transform": [_filter(["strategy"]),
-                           {"fold": ["compute_ms", "comm_ms"], "as": ["part", "ms"]}],
-             "mark": "bar",
-             "encoding": {"x": x, "y": {"field": "ms", "type": "quantitative", "stack": "zero",
-                                        "title": "milliseconds per step"},
-                          "color": {"field": "part", "type": "nominal",
-                                    "scale": {"domain": ["compute_ms", "comm_ms"],
-                                              "range": ["#4c78a8", "#f58518"]},
-                                    "legend": {"orient": "bottom", "title": None}}}}
+             "transform": [_filter(["strategy"]), {"calculate": "0", "as": "zero"},
+                           {"calculate": "datum.compute_ms - datum.hidden_ms",
+                            "as": "hidden_from"}],
+             "layer": [part(STEP_PARTS[0], "zero", "compute_ms"),
+                       part(STEP_PARTS[1], "compute_ms", "step_ms"),  # the bar's top: step_s
+                       part(STEP_PARTS[2], "hidden_from", "compute_ms",
+                            {"type": "bar", "stroke": _STEP_COLOURS[1], "strokeDash": [3, 2],
+                             "strokeWidth": 1}, "datum.hidden_ms > 0")]}
     return {
         "params": [_param("net", "network", net, ax["net"]),
                    _param("gpu", "GPU", gpu, ax["gpu"]),
