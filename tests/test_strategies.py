@@ -328,6 +328,24 @@ def S_errors():
 
 
 @pytest.mark.integration
+def test_the_memory_check_counts_the_state_a_strategy_keeps_on_a_device(cnn, digits):
+    """256 KiB per device: 23 samples of the digits CNN fit a device that holds no
+    optimizer state (host gather), not one that also holds momentum's velocity (ring)."""
+    from mgpu_lab.errors import DeviceOutOfMemory
+    from mgpu_lab.predict import memory
+    x, y = digits[0][:46], digits[1][:46]
+    cap = 256 * 1024
+    assert memory.estimate(cnn, 23)["total"] <= cap < memory.estimate(cnn, 23, "momentum")["total"]
+    with DataParallelTrainer(cnn.spec, 2, Momentum(0.05), memory_bytes=cap) as host:
+        assert np.isfinite(host.step(x, y))
+    largest = memory.max_batch_size(cnn, cap, 2, "momentum") // 2
+    with DataParallelTrainer(cnn.spec, 2, Momentum(0.05), strategy="ring", memory_bytes=cap) as ring:
+        with pytest.raises(DeviceOutOfMemory, match=f"the largest split that fits is {largest} samples"):
+            ring.step(x, y)
+        assert ring.step_count == 0 and np.isfinite(ring.step(x[:2 * largest], y[:2 * largest]))
+
+
+@pytest.mark.integration
 def test_pool_refuses_hierarchical_without_nodes(small):
     with pytest.raises(ValueError, match="needs devices_per_node=G"):
         DevicePool(small.spec, 4, strategy="hierarchical")

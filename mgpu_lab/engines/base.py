@@ -92,18 +92,22 @@ def check_memory_bytes(memory_bytes):
     return memory_bytes
 
 
-def check_fits(model, sizes, memory_bytes):
-    """Raise :class:`DeviceOutOfMemory` for the first split too big for its device."""
+def check_fits(model, sizes, memory_bytes, optimizer="sgd", sharding=0):
+    """Raise :class:`DeviceOutOfMemory` for the first split too big for its device, counting
+    the optimizer state the strategy keeps on a device (``optimizer`` "sgd" when it keeps
+    none; ``sharding`` 1 for ZeRO-1's 1/N shard)."""
     if check_memory_bytes(memory_bytes) is None:
         return
+    N = len(sizes)
     # Splits take at most two sizes and repeat every step: walk the graph once per size.
     cache = model.__dict__.setdefault("_bytes_for_split", {})
     for device, n in enumerate(sizes):
-        if n not in cache:
-            cache[n] = estimate(model, n)["total"]
-        if cache[n] > memory_bytes:
-            raise DeviceOutOfMemory(device, cache[n], memory_bytes,
-                                    max_batch_size(model, memory_bytes), n)
+        key = (n, optimizer, sharding, N)
+        if key not in cache:
+            cache[key] = estimate(model, n, optimizer, sharding, N)["total"]
+        if cache[key] > memory_bytes:
+            raise DeviceOutOfMemory(device, cache[key], memory_bytes,
+                                    max_batch_size(model, memory_bytes, N, optimizer, sharding) // N, n)
 
 
 class Engine:
@@ -164,7 +168,10 @@ class Engine:
         x, y = self.model.check_batch(x, y)
         bounds = split_bounds(len(x), self.n_devices)
         sizes = [b - a for a, b in bounds]
-        check_fits(self.model, sizes, self.memory_bytes)  # before any work: nothing half-done
+        on_devices = update is not None and not self.strategy.updates_on_host
+        check_fits(self.model, sizes, self.memory_bytes,  # before any work: nothing half-done
+                   update.optimizer.name if on_devices else "sgd",
+                   self.strategy.zero_stage if on_devices else 0)
         if values is None and self.strategy.updates_on_host:
             raise ValueError(f"strategy {self.strategy.name!r} updates on the host: pass the "
                              f"parameters to step from (values=None means the devices' own)")

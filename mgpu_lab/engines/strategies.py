@@ -126,6 +126,7 @@ class Strategy:
     base class is a ring of N devices that all hold all of the optimizer state."""
 
     name, updates_on_host, needs_links = "?", False, True
+    zero_stage = 0  # the memory model's sharding stage for a device's state (ZeRO)
 
     def weights(self, sizes):
         return split_weights(sizes)
@@ -209,7 +210,7 @@ class ShardedOptimizer(Strategy):
     are the ring all-reduce's, plus the flags. Without an update it all-gathers the gradient.
     """
 
-    name = "sharded"
+    name, zero_stage = "sharded", 1
 
     def _shard(self, rank, size, P):
         return ring_chunks(P, size)[owned_chunk(rank, size)]
