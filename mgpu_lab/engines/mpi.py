@@ -162,12 +162,12 @@ class MPILink:
             self.sent += flat.nbytes
         return self.rows
 
-    def gather_ranges(self, flat, ranges, out):
-        """Gatherv of each rank's ``flat[a:b]`` (its range in ``ranges``) into ``out`` on rank 0."""
-        a, b = ranges[self.rank]
+    def gather_ranges(self, piece, ranges, out):
+        """Gatherv: each rank's ``piece`` (the floats of its range [a, b) in ``ranges``)
+        lands at [a, b) of ``out`` on rank 0."""
         recv = [out, [d - c for c, d in ranges], [c for c, _ in ranges], mpi().FLOAT] \
             if self.rank == ROOT else None
-        self.comm.Gatherv([np.ascontiguousarray(flat[a:b]), mpi().FLOAT], recv, root=ROOT)
+        self.comm.Gatherv([np.ascontiguousarray(piece), mpi().FLOAT], recv, root=ROOT)
 
 
 _NODES = {}
@@ -339,12 +339,8 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
             return {"values": values, "state": None}
         full = np.zeros((slots, P), floatX) if self.rank == ROOT else None
         ranges = [self.strategy.state_range(r, self.size, P) for r in range(self.size)]
-        for k in range(slots):
-            c = dev.state_range[0]
-            shard = np.zeros(P, floatX)
-            shard[dev.state_range[0]:dev.state_range[1]] = dev.state[k]
-            self.link.gather_ranges(shard, ranges, None if full is None else full[k])
-            del c
+        for k in range(slots):  # each rank's shard lands at its range of rank 0's row k
+            self.link.gather_ranges(dev.state[k], ranges, None if full is None else full[k])
         state = [unflatten(row, self.shapes) for row in full] if self.rank == ROOT else None
         return {"values": values, "state": state}
 
