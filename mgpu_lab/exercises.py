@@ -87,7 +87,9 @@ def _gpus_for_adam_state(n_params, stage):
 
 ANSWERS = {
     "1.1": Answer(lambda: len(cores()), 0, "an integer",
-                  "one device per core: how many cores may this notebook's process use?"),
+                  "the pool pins one device to each logical CPU (hardware thread) this "
+                  "notebook's process may run on, not to each physical core: which function of "
+                  "mgpu_lab.engines.pinning lists those CPUs?"),
     "2.1": Answer(lambda: 299 ** 2 / 32 ** 2, 0.01, "a number (the ratio of pixels)",
                   "pixels grow with the square of the side."),
     "3.1": Answer(lambda: split_sizes(10, 4), 0, "a list of 4 integers",
@@ -99,8 +101,9 @@ ANSWERS = {
                   "an integer: bytes of momentum state on the host",
                   "momentum keeps one velocity array per parameter array, float32."),
     "4.2": Answer(_plain_mean_worst_factor, 1e-9, "a number (a factor, e.g. 1.5)",
-                  "splits of 5 over 4 are [2, 1, 1, 1]; a sample alone in its split gets weight "
-                  "(1/N)(1/1); the right weight is 1/B."),
+                  "find the split sizes first; in the plain mean a sample weighs its device's "
+                  "share times its share of its device. Compare that with its weight in the "
+                  "mean over the whole batch."),
     "6.1": Answer(lambda: [1 / (0.05 + 0.95 / n) for n in (2, 4, 8)] + [1 / 0.05], 0.005,
                   "a list of 4 numbers: speed-ups on 2, 4, 8 devices and the limit",
                   "Amdahl: speed-up = 1 / (s + (1 - s) / N) with s the serial fraction."),
