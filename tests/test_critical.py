@@ -50,3 +50,18 @@ def test_the_table_covers_every_gpu_and_link():
         assert r["label"].startswith(("calibrated", "uncalibrated"))
     v100 = next(r for r in rows if r["gpu"] == "V100")
     assert v100["NVLink / peer link"] < v100["host link"] < v100["network"]  # faster link, smaller b*
+
+
+def test_one_ring_raises_b_star_by_the_ratio_of_all_links_to_one_rings():
+    rows = {r["gpu"]: r for r in critical.critical_batch_table("IB-EDR")}
+    for name, r in rows.items():
+        bw = CATALOGUE[name].ring_bw(8)
+        assert r[f"bw[{critical.ONE_RING}]"] == bw
+        assert r[critical.ONE_RING] == pytest.approx(4 / 3 * r["rate"] / bw)
+    # V100 in a DGX-1: one ring of 8 has 50 of the 150 GB/s, so 3 times the b*; P100: 20 of 80
+    v, p = rows["V100"], rows["P100"]
+    assert v[critical.ONE_RING] == pytest.approx(3 * v["NVLink / peer link"])
+    assert p[critical.ONE_RING] == pytest.approx(4 * p["NVLink / peer link"])
+    # where one ring gets the peer figure (NVSwitch), nothing changes
+    a = rows["A100"]
+    assert a[critical.ONE_RING] == pytest.approx(a["NVLink / peer link"])

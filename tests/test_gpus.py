@@ -104,3 +104,13 @@ def test_one_ring_of_v100s_in_a_dgx1_gets_the_links_of_its_slowest_pair():
     # GPUs without a topology in the catalogue: one ring gets the peer figure
     assert get_gpu("A100").ring_bw(4) == get_gpu("A100").peer_bw
     assert get_gpu("K80").ring_bw(8) == get_gpu("K80").peer_bw == 16 * GB
+
+
+def test_p100_one_ring_gets_one_nvlink():
+    # DGX-1 with P100: four NVLinks per GPU to four different GPUs, none doubled, so one
+    # ring of any 2 to 8 gets one link, 20 GB/s per direction; 80 is all four together
+    p100 = get_gpu("P100")
+    assert p100.peer_bw == 80 * GB and p100.link_bw == 20 * GB
+    assert [p100.ring_bw(n) for n in range(2, 9)] == [20 * GB] * 7
+    assert p100.ring_bw(16) == p100.peer_bw  # past one DGX-1: no topology known
+    assert get_gpu("P100-PCIe").ring_bw(4) == get_gpu("P100-PCIe").peer_bw  # no NVLink

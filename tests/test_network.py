@@ -19,9 +19,11 @@ def test_networks_are_cited():
 def test_hierarchical_by_hand():
     v100, net = get_gpu("V100"), network.NETWORKS["IB-EDR"]
     t = network.cluster_comm_seconds("hierarchical", S, 32, 8, "V100", "IB-EDR", latency=0)
-    # reduce-scatter and all-gather inside a node of 8, each 7/8 S over NVLink; across the
-    # 4 nodes, 8 rings (one per local rank) on S/8 each, sharing the node's port
-    inside = 7 / 8 * S / v100.peer_bw
+    # reduce-scatter and all-gather inside a node of 8, each 7/8 S over ONE ring of 8 V100s
+    # (the DGX-1's two-link cycle, 50 GB/s, not all six links' 150); across the 4 nodes,
+    # 8 rings (one per local rank) on S/8 each, sharing the node's port
+    assert v100.ring_bw(8) == 50e9 < v100.peer_bw
+    inside = 7 / 8 * S / v100.ring_bw(8)
     across = 2 * 3 / 4 * (S / 8) / (net.bw / 8) + 2 * 3 * net.latency
     assert t == pytest.approx(2 * inside + across)
 
@@ -32,7 +34,7 @@ def test_hierarchical_moves_a_node_ordered_flat_rings_network_bytes_in_fewer_lat
     n, g = 64, 8
     hier = network.cluster_comm_seconds("hierarchical", S, n, g, fast_inside, net, latency=0)
     flat = network.cluster_comm_seconds("ring", S, n, g, fast_inside, net, latency=0)
-    inside = 2 * (g - 1) / g * S / fast_inside.peer_bw
+    inside = 2 * (g - 1) / g * S / fast_inside.ring_bw(g)  # NVSwitch: one ring gets peer_bw
     # the network terms without latency: flat 2 (N-1)/N S/bw, hierarchical 2 (M-1)/M S/bw
     flat_bytes = 2 * (n - 1) / n * S / net.bw
     hier_bytes = 2 * (n // g - 1) / (n // g) * S / net.bw
@@ -41,6 +43,15 @@ def test_hierarchical_moves_a_node_ordered_flat_rings_network_bytes_in_fewer_lat
     # about the same network bytes per node's port (both tend to 2 S: here 1.75 S and 1.97 S)
     assert hier_bytes == pytest.approx(flat_bytes, rel=0.15)
     assert 2 * (n // g - 1) < 2 * (n - 1) / 4  # ... in far fewer network latencies
+
+
+def test_hierarchical_inside_one_node_is_one_ring_through_it():
+    # N <= G: the in-node reduce-scatter and all-gather alone, one ring at ring_bw(N)
+    for gpu, n in (("V100", 8), ("V100", 4), ("P100", 8)):
+        g = get_gpu(gpu)
+        t = network.cluster_comm_seconds("hierarchical", S, n, n, gpu, "IB-EDR", latency=0)
+        assert t == pytest.approx(2 * (n - 1) / n * S / g.ring_bw(n))
+    assert get_gpu("P100").ring_bw(8) == 20e9  # one NVLink 1.0 link per direction
 
 
 def test_flat_ring_is_bound_by_the_network_and_pays_its_latency():

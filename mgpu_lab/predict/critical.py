@@ -18,9 +18,16 @@ from .costmodel import calibration_for
 from .gpus import CATALOGUE, get_gpu
 from .network import get_network
 
-__all__ = ["critical_batch", "critical_batch_table", "LINKS"]
+__all__ = ["critical_batch", "critical_batch_table", "LINKS", "ONE_RING"]
 
+# "NVLink / peer link" is all of a GPU's peer links at once (``GPU.peer_or_host_bw``: for a
+# V100, six NVLinks, 150 GB/s per direction), which only several rings over the server's
+# GPUs together reach (NCCL's channels): the most favourable link, so the smallest b*.
 LINKS = ("host link", "NVLink / peer link", "network")
+# One ring through the 8 GPUs of the GPU's reference server (``GPU.ring_bw(8)``: for a V100
+# in a DGX-1 the two-link cycle, 50 GB/s; for a P100 one link, 20 GB/s): a column of its own
+# in every row of :func:`critical_batch_table`, beside :data:`LINKS`.
+ONE_RING = "one ring of 8"
 
 
 def critical_batch(rate, bw, flops_per_sample=None, n_params=None, n_gpus=None):
@@ -45,15 +52,17 @@ def _rate(gpu, precision):
 
 def critical_batch_table(network="IB-EDR", precision="fp32", gpus=None):
     """One row per catalogue GPU: its sustained FLOP/s at ``precision`` (calibrated or
-    labelled uncalibrated), and b* for its host link, its peer link (NVLink, or PCIe where
-    it has none) and ``network`` (one port per node, shared by nothing else)."""
+    labelled uncalibrated), and b* for its host link, all its peer links together (NVLink,
+    or PCIe where it has none), ``network`` (one port per node, shared by nothing else) and,
+    under :data:`ONE_RING`, one ring through 8 of the GPUs (``ring_bw(8)``); each link's
+    bytes/s under ``bw[link]``."""
     net = get_network(network)
     out = []
     for name in gpus or CATALOGUE:
         g = get_gpu(name)
         rate, cal = _rate(g, precision)
         bws = {"host link": g.host_bw, "NVLink / peer link": g.peer_or_host_bw(),
-               "network": net.bw}
+               "network": net.bw, ONE_RING: g.ring_bw(8)}
         out.append({"gpu": g.name, "precision": precision, "rate": rate, "label": cal["label"],
                     "assumed_like": cal["assumed_like"],
                     "peer_link": g.peer_link, "network_name": net.name,

@@ -32,7 +32,7 @@ are the datasheet's, not measurements of ours). Conventions, so the numbers can 
   only for a GPU a user describes without any peer path; :meth:`GPU.peer_or_host_bw` then
   falls back to PCIe).
 * ``ring_links`` and ``link_bw``: for a GPU whose reference server joins its GPUs by
-  direct links of unequal multiplicity (the V100 in a DGX-1), how many links join the
+  direct links (the P100 and the V100 in a DGX-1's hybrid cube-mesh), how many links join the
   slowest neighbouring pair of the best single ring through n of its GPUs, and one link's
   bytes/s per direction. :meth:`GPU.ring_bw` multiplies them.
 * ``calibration``: {precision: :class:`Calibration`}, one published single-GPU training
@@ -126,7 +126,7 @@ class GPU:
     memory_bytes: int
     fp32_flops: float  # peak float32 FLOP/s
     host_link: str  # e.g. "PCIe 3.0 x16"
-    host_bw: float  # bytes/s per direction, GPU <-> host, every GPU busy
+    host_bw: float  # bytes/s per direction, GPU <-> host, one transfer with the link to itself
     peer_link: str  # e.g. "NVLink 2.0 (6 links)" or "none (PCIe)"
     peer_bw: float | None  # bytes/s per direction per GPU, or None without a peer link
     source: str  # vendor datasheet name, year
@@ -202,6 +202,16 @@ _K80_PEER = ("PCIe 3.0 ring ordered board by board: on-board switch, then one fl
 _DGX1_V100_RING_LINKS = {2: 2, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 2}
 _NVLINK2 = 25 * GB  # one NVLink 2.0 link, per direction
 
+# P100 SXM2 in a DGX-1 (the first hybrid cube-mesh): four NVLinks per GPU, 20 GB/s per
+# direction each; each GPU's four links go to four different GPUs (the three others of its
+# quad and one of the other quad), so no pair shares two links. One ring through 2 to 8 of
+# the GPUs therefore gets one link, 20 GB/s per direction; the datasheet's 80 GB/s per
+# direction is all four links at once, which only several rings together reach (NVIDIA DGX-1
+# System Architecture white paper, WP-08437-001_v02, 2017; NVIDIA Tesla P100 white paper,
+# WP-08019-001_v01.1, 2016).
+_DGX1_P100_RING_LINKS = {n: 1 for n in range(2, 9)}
+_NVLINK1 = 20 * GB  # one NVLink 1.0 link, per direction
+
 _TF = "TensorFlow benchmarks (tensorflow.org/performance/benchmarks, tested May 2017)"
 _DLE = ("NVIDIA DeepLearningExamples, PyTorch ResNet50 v1.5 README, 'Training performance' "
         "(pytorch-21.03 NGC container); batch from its configs.yml")
@@ -244,6 +254,7 @@ CATALOGUE = {g.name: g for g in [
         assume_like="P100"),
     GPU("P100", 16 * GiB, 10.6 * TFLOPS, *_PCIE3, "NVLink 1.0 (4 links)", 160 * GB / 2,
         "NVIDIA Tesla P100 datasheet, 2016 (P100 for NVLink-optimized servers, SXM2)",
+        ring_links=_DGX1_P100_RING_LINKS, link_bw=_NVLINK1,
         calibration={"fp32": _rn50(219, 64,
                                    _TF + ", NVIDIA DGX-1 (P100), synthetic data, 1 GPU")}),
     GPU("V100", 16 * GiB, 15.7 * TFLOPS, *_PCIE3, "NVLink 2.0 (6 links)", 300 * GB / 2,

@@ -9,9 +9,13 @@ own bandwidth ``bw`` (bytes/s per direction) and latency. With S = 4P gradient b
     halving-doubling across all N:      step k pairs GPUs 2^k apart and moves S / 2^(k+1);
         steps inside a node use its links, the others the network, where the node's G
         GPUs share its one port (net_bw / G each); 2 log2 N latencies
-    hierarchical (the engines' HierarchicalAllReduce runs the same algorithm; NCCL's and
-        Horovod's way): a ring reduce-scatter inside each node, so that local rank j holds
-        the node's sum of shard j (S / G bytes): (G - 1) / G * S / peer_bw + (G - 1) alpha
+    hierarchical (the engines' HierarchicalAllReduce runs the same algorithm, as Horovod's
+        hierarchical all-reduce, HOROVOD_HIERARCHICAL_ALLREDUCE, does; NCCL by default does
+        not: its rings run through all N GPUs ordered node by node): a ring reduce-scatter
+        inside each node, so that local rank j holds the node's sum of shard j (S / G
+        bytes), over ONE ring through the node's G GPUs, at ``gpu.ring_bw(G)`` (on a DGX-1,
+        the links joining its slowest pair, not all of a GPU's links):
+        (G - 1) / G * S / ring_bw(G) + (G - 1) alpha
         + across the nodes, one ring per local rank j through the M GPUs of rank j, each
           all-reducing its S / G shard; the G rings of a node share its one port
           (net_bw / G each): 2 (M - 1) / M * S / net_bw + 2 (M - 1) alpha_net
@@ -93,14 +97,16 @@ def cluster_comm_seconds(strategy, n_bytes, n_gpus, gpus_per_node, gpu, network,
                          latency=algorithms.DEFAULT_LATENCY):
     """One exchange of ``n_bytes`` on ``n_gpus`` GPUs in nodes of ``gpus_per_node``, for
     'ring', 'halving_doubling', 'hierarchical' or 'host' (see the module's formulas).
-    Inside one node (N <= G) every strategy is the single-node formula."""
+    Inside one node (N <= G) every strategy is the single-node formula (the
+    hierarchical one is then its in-node ring alone: a ring all-reduce at ``ring_bw(N)``)."""
     _check(n_gpus, gpus_per_node, strategy)
     gpu, net = get_gpu(gpu), get_network(network)
     peer = gpu.peer_or_host_bw()
     N, G = n_gpus, gpus_per_node
     if N <= G:
-        s = "ring" if strategy == "hierarchical" else strategy
-        return algorithms.comm_seconds(s, n_bytes, N, gpu.host_bw, peer, latency)
+        if strategy == "hierarchical":  # one ring through the node's N GPUs
+            return algorithms.ring_allreduce_seconds(n_bytes, N, gpu.ring_bw(N), latency)
+        return algorithms.comm_seconds(strategy, n_bytes, N, gpu.host_bw, peer, latency)
     if strategy == "ring":
         return algorithms.ring_allreduce_seconds(n_bytes, N, min(peer, net.bw), net.latency)
     if strategy == "halving_doubling":
@@ -108,8 +114,9 @@ def cluster_comm_seconds(strategy, n_bytes, n_gpus, gpus_per_node, gpu, network,
     if strategy == "host":
         return (algorithms.host_gather_seconds(n_bytes, G, gpu.host_bw, latency)
                 + algorithms.host_gather_seconds(n_bytes, N - G, net.bw, net.latency))
-    # reduce-scatter inside the node, then (mirror image) all-gather: each (G-1)/G S
-    inside = (G - 1) / G * n_bytes / peer + (G - 1) * latency
+    # reduce-scatter inside the node, then (mirror image) all-gather: each (G-1)/G S, over
+    # one ring through the node's G GPUs (the links joining its slowest pair)
+    inside = (G - 1) / G * n_bytes / gpu.ring_bw(G) + (G - 1) * latency
     # G rings (one per local rank) of S/G bytes each, sharing the node's port: bw/G each
     across = algorithms.ring_allreduce_seconds(n_bytes / G, N // G, net.bw / G, net.latency)
     return 2 * inside + across

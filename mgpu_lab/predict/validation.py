@@ -10,7 +10,11 @@ the others are *held out*: none of their figures entered the model. Tables here:
   throughputs, and of the speed-ups (predicted speed-up against the source's own
   N-GPU / 1-GPU ratio);
 * :func:`winograd_held_out`: the FLOP-count choice (direct, Winograd F(2x2,3x3),
-  F(4x4,3x3)) decided out of sample: choose on one source's rows, score on the others.
+  F(4x4,3x3)) made on one source's rows and scored on the others', for each source in
+  turn. Only TensorFlow's rows have networks besides ResNet-50, so only they can decide:
+  the count is chosen *in sample*, on TensorFlow's VGG-16 and ResNet-152, and the held-out
+  sources (ResNet-50 only, whose calibration absorbs the factor) cannot tell the counts
+  apart. The name says how the table is built, not that the choice is tested out of sample.
 """
 import numpy as np
 
@@ -78,7 +82,9 @@ def _score(compared, source=None, exclude=None):
 
 
 def winograd_held_out(rows=None, nets=None, choices=None):
-    """The FLOP count chosen out of sample. Returns ``(by_choice, selection)``:
+    """The FLOP count chosen on one source and scored on the others, for each source in
+    turn (the module's docstring says why this is no out-of-sample test here: only
+    TensorFlow's rows tell the counts apart). Returns ``(by_choice, selection)``:
 
     ``by_choice``: per choice, the mean |error| on each source (calibration rows left
     out) and over all; ``selection``: for each source, the choice with the smallest error
@@ -108,7 +114,9 @@ def winograd_held_out(rows=None, nets=None, choices=None):
 
 def best_winograd(selection, choices=None):
     """The choice with the smallest held-out error averaged over the selection sources
-    (each choice scored, for each source, on all the *other* sources' rows)."""
+    (each choice scored, for each source, on all the *other* sources' rows). The rows
+    chosen on a ResNet-50-only source hold out TensorFlow's VGG-16 and ResNet-152, the
+    figures the count was looked for on, so this mean is no out-of-sample score."""
     choices = choices or WINOGRAD_CHOICES
     mean = {c: float(np.mean([s[f"held_out[{c}]"] for s in selection])) for c in choices}
     return min(mean, key=mean.get), mean
