@@ -1,13 +1,18 @@
-"""Tables of numbers for the book: an HTML table in the web page (scrolls sideways inside
-its own box when it is wider than the text, instead of being cut off) and aligned text in
-a terminal or in print.
+"""Tables of numbers for the book: an HTML table in the web page, in JupyterLab and in the
+student edition (it scrolls sideways inside its own box when it is wider than the text,
+instead of being cut off), and aligned text in a terminal or in print, never wider than
+:data:`WIDTH` characters (a wide table is printed in blocks of columns).
 
-    html_table(rows, columns, caption=...)   any list of dicts
+    html_table(rows, columns, caption=...)   any list of dicts; units go in the headers
     bench_table(result)                      the measured table of mgpu_lab.measure.bench.run
+
+The one way the book shows a table: a cell's last expression is the :class:`Table` (or
+``display(table)``); ``print(table)`` gives the text.
 """
 import html
 import math
 import numbers
+import textwrap
 from dataclasses import dataclass
 
 from ..engines.base import Timings
@@ -15,17 +20,38 @@ from ..engines.base import Timings
 PHASES = Timings.phases()  # the step's phases, as the engines time them
 from ..measure.machine import machine_label
 
-__all__ = ["Column", "Table", "html_table", "bench_table"]
+__all__ = ["Column", "Table", "html_table", "bench_table", "WIDTH", "wrap"]
+
+# The page is 88 characters wide: the book theme's text column (about 70 em at the body's
+# size) holds about 88 characters of its monospace output font before a line is cut off
+# or scrolls sideways. Every line of text the book prints keeps within it
+# (tests/test_book.py counts the lines that do not).
+WIDTH = 88
+
+
+def wrap(text, width=WIDTH, indent="    "):
+    """``text`` with every line wider than ``width`` folded at spaces, its continuation
+    lines indented (a line with no space to fold at stays as it is)."""
+    out = []
+    for line in str(text).splitlines() or [""]:
+        if len(line) <= width:
+            out.append(line)
+        else:
+            out += textwrap.wrap(line, width, subsequent_indent=indent,
+                                 break_long_words=False, break_on_hyphens=False) or [line]
+    return "\n".join(out)
 
 
 @dataclass(frozen=True)
 class Column:
-    """One column: ``value(row)`` (a key of the row or a function of it), its header, and
-    ``fmt`` (a format spec such as ``",.1f"``, or a function value -> str)."""
+    """One column: ``value(row)`` (a key of the row or a function of it), its header,
+    ``fmt`` (a format spec such as ``",.1f"``, or a function value -> str) and the ``unit``
+    of its numbers, shown in the header ("bytes", "ms", "MiB"), not in every cell."""
 
     value: object
     header: str
     fmt: object = ""
+    unit: str = ""
 
     def text(self, row):
         """The cell's text: "-" for a missing value, "—" for a number that is not one (a
@@ -40,16 +66,27 @@ class Column:
 
 @dataclass(frozen=True)
 class Table:
-    """Rows of text cells with a caption; shown as HTML by Jupyter, as text by print()."""
+    """Rows of text cells with a caption; shown as HTML by Jupyter, as text by print().
+    ``units``: one per header ("" for none), shown under it."""
 
     headers: tuple
     cells: tuple  # one tuple of str per row
     caption: str = ""
     note: str = ""
+    units: tuple = ()
+
+    def header_texts(self):
+        """Each header with its unit, as text: "parameters (bytes)"."""
+        units = tuple(self.units) + ("",) * (len(self.headers) - len(self.units))
+        return tuple(f"{h} ({u})" if u else h for h, u in zip(self.headers, units))
 
     def _repr_html_(self):
         esc = html.escape
-        head = "".join(f'<th style="text-align:right">{esc(h)}</th>' for h in self.headers)
+        units = tuple(self.units) + ("",) * (len(self.headers) - len(self.units))
+        head = "".join(
+            f'<th style="text-align:right">{esc(h)}'
+            + (f'<br><span class="mgpu-unit" style="font-weight:normal">({esc(u)})</span>'
+               if u else "") + "</th>" for h, u in zip(self.headers, units))
         body = "".join("<tr>" + "".join(f'<td style="text-align:right">{esc(c)}</td>'
                                         for c in row) + "</tr>" for row in self.cells)
         caption = (f'<caption style="caption-side:top;text-align:left">{esc(self.caption)}'
@@ -63,12 +100,26 @@ class Table:
                 f"<tbody>{body}</tbody></table>{note}</div>")
 
     def __str__(self):
+        return self.text()
+
+    def text(self, width=WIDTH):
+        """Aligned text within ``width`` columns: caption and note folded; a table wider
+        than that is printed in blocks of columns, each led by the first (the row's key)."""
+        headers = self.header_texts()
         widths = [max(len(h), *(len(r[i]) for r in self.cells)) if self.cells else len(h)
-                  for i, h in enumerate(self.headers)]
-        line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-        out = [self.caption] if self.caption else []
-        out += [line(self.headers)] + [line(r) for r in self.cells]
-        return "\n".join(out + ([self.note] if self.note else []))
+                  for i, h in enumerate(headers)]
+        blocks, block = [], [0]
+        for i in range(1, len(headers)):  # greedy: as many columns as fit beside the key
+            if block != [0] and sum(widths[j] + 2 for j in block) + widths[i] > width:
+                blocks.append(block)
+                block = [0]
+            block.append(i)
+        blocks.append(block)
+        out = [wrap(self.caption, width, "")] if self.caption else []
+        for k, cols in enumerate(blocks):
+            line = lambda cells: "  ".join(cells[j].rjust(widths[j]) for j in cols)  # noqa: E731
+            out += ([""] if k else []) + [line(headers)] + [line(r) for r in self.cells]
+        return "\n".join(out + ([wrap(self.note, width, "")] if self.note else []))
 
     __repr__ = __str__
 
@@ -80,7 +131,8 @@ def html_table(rows, columns, caption="", note=""):
     if not cols:
         raise ValueError("a table needs at least one column")
     cells = tuple(tuple(c.text(r) for c in cols) for r in rows)
-    return Table(tuple(c.header for c in cols), cells, caption, note)
+    return Table(tuple(c.header for c in cols), cells, caption, note,
+                 tuple(c.unit for c in cols))
 
 
 def _ms(*phases):
