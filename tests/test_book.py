@@ -263,3 +263,51 @@ def test_the_teachers_guide_shows_the_measured_lab_timings():
     assert measured["kind"] == "measured" and measured["machine"]["cores"] >= 1
     assert set(measured["chapters"]) == {p.stem for p in lab_timings.chapters()}
     assert lab_timings.format_table(measured) in (BOOK / "teachers_guide.md").read_text()
+
+
+# -- no text output wider than the page ---------------------------------------------------
+def _shown_text(output):
+    """The text a reader sees of one output as monospace lines: a stream, or plain text
+    where no richer form (HTML, an image, a widget) is shown instead."""
+    join = lambda t: "".join(t) if isinstance(t, list) else t  # noqa: E731 (nbformat: lines)
+    if output.get("output_type") == "stream":
+        return join(output.get("text", ""))
+    data = output.get("data", {})
+    if any(k != "text/plain" for k in data):
+        return ""  # HTML, image, widget or glue record: not monospace text
+    return join(data.get("text/plain", ""))
+
+
+def over_width_lines(nb, width=None):
+    """(cell index, line) of every shown text output line wider than the page."""
+    from mgpu_lab.figures.tables import WIDTH  # 88: the theme's text column in monospace
+    width = width or WIDTH
+    out = []
+    for i, cell in enumerate(nb["cells"]):
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if cell["cell_type"] != "code" or tags & {"remove-cell", "remove-output"}:
+            continue
+        for output in cell.get("outputs", []):
+            out += [(i, line) for line in _shown_text(output).splitlines() if len(line) > width]
+    return out
+
+
+def test_no_text_output_line_is_wider_than_the_page(built_book):
+    from test_prose import PAGES, executed_notebook
+    found = [f"{page} cell {i} ({len(line)} chars): {line}"
+             for page in PAGES for i, line in over_width_lines(executed_notebook(page)[0])]
+    assert not found, (f"{len(found)} output lines wider than the page (88 characters; wrap "
+                       "them, shorten them or show a table):\n" + "\n".join(found))
+
+
+def test_the_width_check_reads_streams_and_plain_text_only():
+    long = "x " * 50
+    nb = {"cells": [
+        {"cell_type": "code", "metadata": {}, "outputs": [
+            {"output_type": "stream", "name": "stdout", "text": ["short\n", long + "\n"]},
+            {"output_type": "execute_result", "data": {"text/plain": long}},
+            {"output_type": "display_data", "data": {"text/plain": long, "text/html": "<b/>"}}]},
+        {"cell_type": "code", "metadata": {"tags": ["remove-output"]},
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": long}]},
+        {"cell_type": "markdown", "metadata": {}, "source": long}]}
+    assert over_width_lines(nb) == [(0, long), (0, long)]
