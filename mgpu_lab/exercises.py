@@ -10,6 +10,7 @@ itself (the teacher's guide prints that list).
     check("3.1", [3, 3, 2, 2])    # prints: 3.1: right.
 """
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Callable
 
@@ -136,10 +137,13 @@ ANSWERS = {
                   "with S = 4P bytes of gradient (P parameters): host: 2N transfers of S "
                   "bytes, one after another on the host's link; ring: 2(N-1)/N S bytes over "
                   "each GPU's link to its neighbour, at the slowest pair's NVLink bandwidth."),
+    # bw: all six NVLinks together (peer_bw, 150 GB/s), as the question says; one ring of
+    # 8 V100s (ring_bw(8), 50 GB/s) gives 3 times this b*, which the solution discusses
     "10.4": Answer(lambda: critical_batch_table(gpus=["V100"])[0]["NVLink / peer link"], 0.02,
-                   "a number: samples per GPU",
+                   "a number: samples per GPU, with bw all six NVLinks together",
                    "6 P b / R = 2 x 4P / bw: solve for b (P cancels); R = the charged peak x "
-                   "the efficiency."),
+                   "the efficiency; bw = the V100's peer_bw in the catalogue (all its links), "
+                   "not one ring's ring_bw."),
     "11.1": Answer(lambda: costmodel.efficiency_for(get_gpu("P100"))[0], 0.02,
                    "a number: the P100's sustained fraction of its fp32 peak (e.g. 0.3)",
                    "efficiency = images/s x FLOPs per image / peak FLOP/s."),
@@ -193,8 +197,9 @@ def check(exercise, answer, grading=False):
     if grading and (answer is None or not is_right(exercise, answer)):
         raise AssertionError(f"Exercise {exercise}: not right ({a.shape}, checked {tol})")
     if answer is None:
-        print(f"Exercise {exercise}: write your answer ({a.shape}) in `answer`, then run "
-              f"this cell again.")
+        # folded to the page's 88 columns (mgpu_lab.figures.tables.WIDTH)
+        print(textwrap.fill(f"Exercise {exercise}: write your answer ({a.shape}) in `answer`, "
+                            f"then run this cell again.", 88, break_on_hyphens=False))
         return False
     if is_right(exercise, answer):
         print(f"Exercise {exercise}: right ({tol}).")

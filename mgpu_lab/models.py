@@ -6,6 +6,7 @@ the gradient of every parameter. Every builder records a picklable :class:`Model
 (name + keyword arguments) so a worker process can rebuild the very same graph and
 initial parameters from the same seed.
 """
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,13 @@ class ModelSpec:
     def describe(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs)
         return f"{self.name}({args})"
+
+
+def fold(text, width=88):
+    """``text`` folded at spaces to the book's page width (88 characters, as
+    mgpu_lab.figures.tables.WIDTH), continuation lines indented: for reprs a chapter prints."""
+    return textwrap.fill(text, width, subsequent_indent="    ", break_long_words=False,
+                         break_on_hyphens=False)
 
 
 class Model:
@@ -106,7 +114,7 @@ class Model:
         return check_batch(x, y, self.input_shape, self.n_classes)
 
     def __repr__(self):
-        return f"<Model {self.spec.describe()}: {self.n_params:,} parameters>"
+        return fold(f"<Model {self.spec.describe()}: {self.n_params:,} parameters>")
 
 
 # -- layers (each returns its output and appends its parameters) ------------------

@@ -28,6 +28,7 @@ import numpy as np
 from .._theano import floatX
 from ..errors import DeviceError, NonFiniteGradient, WorkerDied
 from ..errors import DeviceStateLost
+from ..models import fold
 from .base import Engine, flatten, unflatten
 from .pinning import PIN_ENV, cores
 from .strategies import HostView
@@ -355,7 +356,7 @@ class DevicePool(Engine):
 
     def __repr__(self):
         state = "closed" if self.closed else f"{len(self.workers)} workers"
-        return f"<DevicePool {self.model.spec.describe()} x{self.n_devices} ({state})>"
+        return fold(f"<DevicePool {self.model.spec.describe()} x{self.n_devices} ({state})>")
 
 
 def _shutdown(workers, conns, bufs):
