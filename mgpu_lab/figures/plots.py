@@ -360,3 +360,95 @@ def critical_batch(rows, links=("host link", "NVLink / peer link", "network")):
                    "sustained FLOP/s / link bytes/s (6P FLOPs per sample or token, 2 x 4P "
                    "bytes per step); sustained FLOP/s = datasheet peak x efficiency (calibrated, "
                    f"or uncalibrated: assumed, hatched); links from the datasheets; network: {net}")
+
+
+# -- where the state lives (chapter 9) and what crosses (chapter 8) --------------------------
+__all__ += ["strategy_memory", "mem_bench", "bytes_against_n"]
+
+_STATE_COLOURS = {"parameters": "tab:blue", "gradients": "tab:orange", "optimizer": "tab:green"}
+
+
+def strategy_memory(counted, predicted, title=None, source=""):
+    """Stacked bars (parameters, gradients, optimizer) of each device's bytes under each
+    strategy: ``counted`` {strategy: [per-device dict]} (``engine.device_memory()``) beside
+    ``predicted`` {strategy: [per-device dict]} (``memory.predicted_device_memory``; a
+    strategy missing there is drawn counted only)."""
+    fig, ax = plt.subplots(figsize=(7.6, 3.9))
+    labels, x = [], 0.0
+    seen = set()
+    for strategy, devices in counted.items():
+        for i, d in enumerate(devices):
+            pairs = [("counted", d, 1.0)]
+            if strategy in predicted:
+                pairs.append(("predicted", predicted[strategy][i], 0.45))
+            for k, (kind, dd, alpha) in enumerate(pairs):
+                bottom = 0.0
+                for term, colour in _STATE_COLOURS.items():
+                    v = dd.get(term, 0) / 2 ** 10
+                    label = f"{term} ({kind})" if (term, kind) not in seen else None
+                    seen.add((term, kind))
+                    ax.bar(x + 0.4 * k, v, 0.38, bottom=bottom, color=colour, alpha=alpha,
+                           label=label, hatch="//" if kind == "predicted" else None,
+                           edgecolor="white" if kind == "counted" else colour)
+                    bottom += v
+            labels.append((x + 0.2 * (len(pairs) - 1), f"{strategy}\ndevice {i}"))
+            x += 1.0
+        x += 0.4  # a gap between strategies
+    ax.set_xticks([p for p, _ in labels], [t for _, t in labels], fontsize=7)
+    ax.set(title=title or "Model state per device and strategy: counted (solid) beside "
+                          "predicted (hatched)", ylabel="bytes per device (KiB)")
+    ax.title.set_fontsize(9)
+    ax.margins(y=0.35)  # room for the legend above the tallest bar
+    ax.legend(frameon=False, fontsize=6, ncol=2, loc="upper left")
+    ax.grid(alpha=0.3, axis="y")
+    return _finish(fig, ax, source)
+
+
+def mem_bench(result, title=None):
+    """A :func:`mgpu_lab.measure.mem_bench.run` result: each worker's resident memory per
+    strategy (left), and the differences between strategies measured beside the memory
+    model's prediction (right)."""
+    MiB = 2 ** 20
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.6, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    n = result["n_devices"]
+    names = [r["strategy"] for r in result["rows"]]
+    for d in range(n):
+        ax.bar([i + (d - (n - 1) / 2) * 0.8 / n for i in range(len(names))],
+               [r["rss"][d] / MiB for r in result["rows"]], 0.8 / n, label=f"device {d}")
+    ax.set_xticks(range(len(names)), names)
+    ax.set(xlabel="strategy", ylabel="resident memory per worker (MiB)",
+           title="Measured: each worker's resident memory")
+    keys = list(result["predicted"])
+    bx.bar([i - 0.2 for i in range(len(keys))], [result["measured"][k] / MiB for k in keys],
+           0.4, label="measured (means over devices)")
+    bx.bar([i + 0.2 for i in range(len(keys))], [result["predicted"][k] / MiB for k in keys],
+           0.4, label="predicted (mgpu_lab.predict.memory)", hatch="//", alpha=0.6)
+    bx.set_xticks(range(len(keys)), keys)
+    bx.set(ylabel="difference per worker (MiB)", title="Differences: measured beside predicted")
+    for a in (ax, bx):
+        a.margins(y=0.3)  # room for the legend above the bars
+        a.legend(frameon=False, fontsize=7, loc="upper right")
+    for a in (ax, bx):
+        a.title.set_fontsize(9)
+        a.grid(alpha=0.3, axis="y")
+    P = result["n_params"]
+    fig.suptitle(title or f"{n} devices, an MLP of {P:,} parameters (4P = {4 * P / MiB:.1f} "
+                          f"MiB), {result['optimizer']}, after {result['steps']} steps",
+                 fontsize=10)
+    return _finish(fig, ax, f"{machine_label(result['machine'])}; resident set from psutil "
+                            f"(mgpu_lab.measure.mem_bench); predicted by mgpu_lab.predict.memory")
+
+
+def bytes_against_n(ns, series, title, source, ylabel="bytes per device per step"):
+    """Bytes against the number of devices N, one line per entry of ``series``
+    {label: (values, style)}; y in KiB."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for label, (values, style) in series.items():
+        ax.plot(list(ns), [v / 2 ** 10 for v in values], style, label=label)
+    ax.set_xticks(list(ns), [str(n) for n in ns])
+    ax.set(title=title, xlabel="number of devices N", ylabel=f"{ylabel} (KiB)")
+    ax.title.set_fontsize(9)
+    ax.set_ylim(bottom=0)
+    ax.legend(frameon=False, fontsize=7)
+    ax.grid(alpha=0.3)
+    return _finish(fig, ax, source)

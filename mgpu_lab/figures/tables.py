@@ -20,7 +20,7 @@ from ..engines.base import Timings
 PHASES = Timings.phases()  # the step's phases, as the engines time them
 from ..measure.machine import machine_label
 
-__all__ = ["Column", "Table", "html_table", "bench_table", "WIDTH", "wrap"]
+__all__ = ["Column", "Table", "html_table", "bench_table", "mem_bench_table", "WIDTH", "wrap"]
 
 # The page is 88 characters wide: the book theme's text column (about 70 em at the body's
 # size) holds about 88 characters of its monospace output font before a line is cut off
@@ -164,3 +164,30 @@ def bench_table(result):
                       note="times: medians over the timed steps; the predicted column is "
                            "mgpu_lab.predict.costmodel's, from this machine's measured "
                            "FLOP/s and copy bandwidth")
+
+
+def mem_bench_table(result):
+    """A :func:`mgpu_lab.measure.mem_bench.run` result as two tables: each worker's resident
+    memory per strategy, and the differences between strategies, measured beside the
+    memory model's prediction."""
+    MiB = 2 ** 20
+    n, P = result["n_devices"], result["n_params"]
+    per_device = [(lambda r, d=d: r["rss"][d] / MiB, f"device {d}", ".1f", "MiB")
+                  for d in range(n)]
+    rss = html_table(
+        result["rows"], [("strategy", "strategy"), *per_device,
+                         (lambda r: max(sum(h.values()) for h in r["held"]) / MiB,
+                          "arrays counted", ".1f", "MiB")],
+        caption=f"{machine_label(result['machine'])}: resident memory per worker (psutil), "
+                f"{n} devices, MLP of {P:,} parameters (4P = {4 * P / MiB:.1f} MiB), "
+                f"{result['optimizer']}, after {result['steps']} steps")
+    diffs = [{"key": k, "measured": result["measured"][k], "predicted": p}
+             for k, p in result["predicted"].items()]
+    diff = html_table(
+        diffs, [("key", "difference"),
+                (lambda r: r["measured"] / MiB, "measured", ".1f", "MiB"),
+                (lambda r: r["predicted"] / MiB, "predicted", ".1f", "MiB"),
+                (lambda r: 100 * (r["measured"] / r["predicted"] - 1), "error", "+.1f", "%")],
+        caption="Differences between strategies, means over devices: measured, and "
+                "predicted by mgpu_lab.predict.memory")
+    return rss, diff

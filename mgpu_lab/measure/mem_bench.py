@@ -71,9 +71,10 @@ def run(n_devices=2, nbytes=40e6, optimizer="adam", steps=3, batch_size=64,
 
 def format_table(result):
     """Per strategy the workers' resident memory; then measured against predicted."""
+    # lines within 88 characters, the book's page width (mgpu_lab.figures.tables.WIDTH)
     lines = [f"{result['n_devices']} devices, MLP of {result['n_params']:,} parameters "
-             f"(4P = {4 * result['n_params'] / MiB:.1f} MiB), {result['optimizer']}: "
-             f"resident memory per worker (psutil), MiB",
+             f"(4P = {4 * result['n_params'] / MiB:.1f} MiB), {result['optimizer']}:",
+             "resident memory per worker (psutil), MiB",
              f"{'strategy':>9} | " + " ".join(f"{'device ' + str(d):>9}"
                                              for d in range(result["n_devices"]))
              + f" | {'counted':>9}"]
