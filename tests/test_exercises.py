@@ -75,3 +75,15 @@ def test_the_teachers_guide_lists_the_exercises_that_check_themselves():
     section = guide.split("## Exercises that check themselves", 1)[1].split("\n## ", 1)[0]
     assert ", ".join(checked_exercises()) in section
     assert f"{len(checked_exercises())} of the book's exercises" in section
+
+
+def test_exercise_10_4_uses_all_six_nvlinks_as_the_question_says():
+    from mgpu_lab.predict import costmodel, critical
+    from mgpu_lab.predict.gpus import get_gpu
+    v100 = get_gpu("V100")
+    c = costmodel.calibration_for(v100, "fp32")
+    rate = v100.peak(c["peak_precision"]) * c["efficiency"]
+    assert ANSWERS["10.4"].expected() == pytest.approx(4 / 3 * rate / v100.peer_bw)
+    # one ring of 8 in a DGX-1 (50 of the 150 GB/s) is a different quantity: 3 times b*
+    assert not is_right("10.4", critical.critical_batch(rate, v100.ring_bw(8)))
+    assert "peer_bw" in ANSWERS["10.4"].hint
