@@ -1,6 +1,7 @@
 """mgpu_lab.figures.plots' figures for chapters 8 and 9: titles, axis labels with units, and
 where the numbers came from (measured on what, or predicted by what)."""
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -45,3 +46,18 @@ def test_bytes_against_n_plots_each_series_in_kib():
     ax = fig.axes[0]
     assert list(ax.lines[0].get_ydata()) == [1.0, 1.5] and "(KiB)" in ax.get_ylabel()
     assert "predicted by a formula" in _texts(fig)
+
+
+def test_predicted_breakdown_stacks_compute_transfers_and_host_per_labelled_bar():
+    from mgpu_lab import models
+    from mgpu_lab.predict import costmodel
+    net = models.mlp(64, [32], 10)
+    ps = {f"mlp\n{s}": costmodel.predict(net, "V100", 8, 256, strategy=s) for s in ("host", "ring")}
+    fig = plots.step_breakdown(ps, title="two strategies (predicted)")
+    ax = fig.axes[0]
+    assert "(ms)" in ax.get_ylabel() and [t.get_text() for t in ax.get_xticklabels()] == list(ps)
+    tops = [max(b.get_y() + b.get_height() for b in ax.patches
+                if abs(b.get_x() + b.get_width() / 2 - i) < 0.01) for i in range(len(ps))]
+    assert tops == pytest.approx([1e3 * p.step_s for p in ps.values()])  # bars add up to the step
+    assert "predicted, not measured: mgpu_lab.predict.costmodel" in _texts(fig)
+    assert "the host's stacking and update" in _texts(fig)  # host_s drawn apart from transfers

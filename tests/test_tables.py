@@ -84,3 +84,26 @@ def test_wrap_folds_long_lines_at_spaces_only():
 def test_a_table_needs_a_column():
     with pytest.raises(ValueError):
         html_table(ROWS, [])
+
+
+def test_mpi_bench_table_fits_the_page_and_says_where_it_was_measured():
+    row = {"n_ranks": 2, "bytes": 1e7, "strategy": "host", "comm_s": 0.0176,
+           "predicted_comm_s": 0.0122, "comm_gather_s": 0.0077, "comm_stack_s": 0.0033,
+           "comm_broadcast_s": 0.0058, "step_update_s": 0.0083, "step_s": 0.0555}
+    ring = {k: v for k, v in row.items() if not k.startswith("comm_") or k == "comm_s"}
+    result = {"machine": {"cpu": "Test CPU with a rather long name, 2.2 GHz", "cores": 2},
+              "links": {"2": {"latency_s": 1.5e-6, "bandwidth_Bps": 2.81e9}},
+              "rows": [row, dict(ring, strategy="ring")]}
+    t = tables.mpi_bench_table(result)
+    assert "ms" in t.units and "measured on Test CPU" in t.caption and "2.81 GB/s" in t.note
+    assert t.cells[0][3] == "17.60" and t.cells[1][5] == "-"  # the ring has no gather
+    assert max(len(line) for line in str(t).splitlines()) <= WIDTH
+
+
+def test_mpi_bench_text_table_fits_the_page():
+    from mgpu_lab.measure import mpi_bench
+    row = {"n_ranks": 2, "bytes": 1e7, "strategy": "hierarchical", "comm_s": 0.0176,
+           "predicted_comm_s": None, "step_update_s": 0.0083, "step_s": 0.0555}
+    result = {"machine": {"cpu": "Intel(R) Xeon(R) Platinum 8480C Processor", "cores": 16},
+              "links": {"2": {"latency_s": 1.5e-6, "bandwidth_Bps": 2.81e9}}, "rows": [row]}
+    assert max(len(line) for line in mpi_bench.format_table(result).splitlines()) <= WIDTH

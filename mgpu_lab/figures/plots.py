@@ -163,9 +163,10 @@ def step_breakdown(result, batch_size=None, title=None):
     """Stacked bars: where one step's time goes, per N, for one batch size (measured).
 
     ``result`` is a benchmark result (phases: :class:`~mgpu_lab.engines.base.Timings`); a list of
-    predictions instead gives predicted compute and communication bars per N.
+    predictions instead gives predicted compute and communication bars per N and strategy,
+    and a dict {bar label: prediction} one bar per entry, labelled so (several networks).
     """
-    if not isinstance(result, dict):
+    if not isinstance(result, dict) or "rows" not in result:  # predictions
         return _predicted_breakdown(result, title)
     rows = _by_batch(result)[batch_size or max(_by_batch(result))]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -186,18 +187,37 @@ def step_breakdown(result, batch_size=None, title=None):
 
 
 def _predicted_breakdown(predictions, title=None):
+    """Compute, the transfers and (host gather) the host's stacking and update, stacked."""
+    if isinstance(predictions, dict):
+        labels, ps = [str(k) for k in predictions], list(predictions.values())
+        xlabel = "configuration"
+    else:
+        ps = sorted(predictions, key=lambda p: (p.gpu, p.strategy, p.n_gpus))
+        labels, xlabel = [f"{p.n_gpus} {p.strategy}" for p in ps], "GPUs N and strategy"
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ps = sorted(predictions, key=lambda p: (p.gpu, p.strategy, p.n_gpus))
-    labels = [f"{p.n_gpus} {p.strategy}" for p in ps]
-    compute = [1e3 * p.compute_s for p in ps]
-    ax.bar(labels, compute, color=_PHASE_COLOURS["compute"], label="compute")
-    ax.bar(labels, [1e3 * p.comm_s for p in ps], bottom=compute, color=_PHASE_COLOURS["comm"],
-           label="communication")
+    parts = [("compute", [p.compute_s for p in ps], _PHASE_COLOURS["compute"]),
+             ("communication: transfers", [p.comm_s - p.host_s for p in ps],
+              _PHASE_COLOURS["comm"])]
+    if any(p.host_s for p in ps):
+        parts.append(("communication: the host's stacking and update", [p.host_s for p in ps],
+                      _PHASE_COLOURS["stack"]))
+    bottom = [0.0] * len(ps)
+    for name, seconds, colour in parts:
+        ms = [1e3 * t for t in seconds]
+        ax.bar(labels, ms, bottom=bottom, color=colour, label=name)
+        bottom = [a + b for a, b in zip(bottom, ms)]
+    for i, p in enumerate(ps):  # the share the text talks about, on the bar
+        ax.annotate(f"comm {p.comm_s / p.step_s:.0%}", (i, bottom[i]), ha="center",
+                    va="bottom", fontsize=7)
     gpus = ", ".join(sorted({p.gpu for p in ps}))
-    ax.set(title=title or f"Predicted time per step on {gpus}, batch {ps[0].batch_size}",
-           xlabel="GPUs N and strategy", ylabel="time per step (ms)")
+    sizes = sorted({(p.n_gpus, p.batch_size) for p in ps})
+    on = (f"{sizes[0][0]} {gpus}s, global batch {sizes[0][1]}" if len(sizes) == 1
+          else f"{gpus}, batch {ps[0].batch_size}")
+    ax.set(title=title or f"Predicted time per step on {on}", xlabel=xlabel,
+           ylabel="time per step (ms)")
+    ax.set_ylim(0, 1.12 * max(bottom))
     ax.tick_params(axis="x", labelsize=7)
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=7, loc="upper left")
     return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.costmodel (bars add up unless "
                    f"overlap=True); compute efficiency {_efficiency_text(ps)}")
 

@@ -5,6 +5,7 @@ instead of being cut off), and aligned text in a terminal or in print, never wid
 
     html_table(rows, columns, caption=...)   any list of dicts; units go in the headers
     bench_table(result)                      the measured table of mgpu_lab.measure.bench.run
+    mpi_bench_table(result)                  ... of mgpu_lab.measure.mpi_bench.run
 
 The one way the book shows a table: a cell's last expression is the :class:`Table` (or
 ``display(table)``); ``print(table)`` gives the text.
@@ -20,7 +21,8 @@ from ..engines.base import Timings
 PHASES = Timings.phases()  # the step's phases, as the engines time them
 from ..measure.machine import machine_label
 
-__all__ = ["Column", "Table", "html_table", "bench_table", "mem_bench_table", "WIDTH", "wrap"]
+__all__ = ["Column", "Table", "html_table", "bench_table", "mem_bench_table", "mpi_bench_table",
+           "WIDTH", "wrap"]
 
 # The page is 88 characters wide: the book theme's text column (about 70 em at the body's
 # size) holds about 88 characters of its monospace output font before a line is cut off
@@ -191,3 +193,28 @@ def mem_bench_table(result):
         caption="Differences between strategies, means over devices: measured, and "
                 "predicted by mgpu_lab.predict.memory")
     return rss, diff
+
+
+def mpi_bench_table(result):
+    """A :func:`mgpu_lab.measure.mpi_bench.run` result: one row per N, size and strategy,
+    the measured communication (its host phases where the strategy has them), the cost
+    model's prediction, the update and the whole step (medians, ms); the links measured by
+    ping-pong in the note."""
+    def ms(key, header, digits=2):  # a phase the strategy does not have shows as "-"
+        return Column(lambda r: None if r.get(key) is None else 1e3 * r[key], header,
+                      f".{digits}f", "ms")
+    m = result["machine"]
+    links = "; ".join(f"N={n}: latency {1e6 * v['latency_s']:.1f} us, bandwidth "
+                      f"{v['bandwidth_Bps'] / 1e9:.2f} GB/s" for n, v in result["links"].items()
+                      if v)
+    return html_table(
+        result["rows"],
+        [("n_ranks", "N"), Column(lambda r: r["bytes"] / 1e6, "gradient", ".1f", "MB"),
+         ("strategy", "strategy"), ms("comm_s", "comm"),
+         ms("predicted_comm_s", "comm predicted"), ms("comm_gather_s", "gather"),
+         ms("comm_stack_s", "stack"), ms("comm_broadcast_s", "bcast"),
+         ms("step_update_s", "update"), ms("step_s", "step", 1)],
+        caption=f"{machine_label(m)}: MPIEngine training steps on N ranks (ranks > "
+                f"{m['cores']} cores are oversubscribed), medians",
+        note=f"comm predicted: the cost model (mgpu_lab.predict.algorithms) with the link "
+             f"measured by ping-pong ({links}) and the measured memory bandwidth")

@@ -18,7 +18,7 @@ from IPython.display import Image, display
 from .. import models, presets
 from ..measure import bench
 from ..predict import gpus, memory
-from . import plots
+from . import plots, tables
 
 __all__ = ["SHARDING_CHOICES", "network", "limits_figure", "untracked", "show_figure",
            "limits_view", "batch_limits_widget", "measure_view", "throughput_widget"]
@@ -114,7 +114,7 @@ def measure_view(model="cnn", batch_size=128, max_devices=2):
     """Measure speed-up and step breakdown on 1..max_devices simulated devices, and show them."""
     res = bench.run(model, devices=tuple(range(1, max_devices + 1)),
                     batch_sizes=(batch_size,), warmup=1, repeats=3, steps=2)
-    print(bench.format_table(res))
+    display(tables.bench_table(res))  # HTML; a text table would be wider than the page
     with untracked():
         figs = [plots.speedup(res), plots.step_breakdown(res, batch_size=batch_size)]
     for fig in figs:

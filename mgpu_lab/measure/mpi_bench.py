@@ -10,6 +10,7 @@
 """
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -238,9 +239,10 @@ def format_table(result):
     """The measured table, one line per N, size and strategy, with the prediction (ms)."""
     def ms(r, k, width, digits=2):  # a phase the strategy does not have prints as '-'
         return f"{1e3 * r[k]:{width}.{digits}f}" if r.get(k) is not None else f"{'-':>{width}}"
+    # lines within 88 characters, the book's page width (mgpu_lab.figures.tables.WIDTH)
     lines = [f"measured on {result['machine']['cpu']}, {result['machine']['cores']} cores "
-             f"(ranks > cores are oversubscribed): MPIEngine steps, ms, medians; "
-             f"pred = cost model",
+             f"(ranks > cores are oversubscribed):",
+             "MPIEngine steps, ms, medians; pred = cost model",
              f"{'N':>2} {'MB':>6} {'strategy':>12} | {'comm':>8} {'pred':>7} {'gather':>7} "
              f"{'stack':>7} {'bcast':>7} | {'update':>7} {'step':>8}"]
     for r in result["rows"]:
@@ -253,7 +255,8 @@ def format_table(result):
         if link:
             lines.append(f"link (ping-pong, N={n}): latency {1e6 * link['latency_s']:.1f} us, "
                          f"bandwidth {link['bandwidth_Bps'] / 1e9:.2f} GB/s")
-    return "\n".join(lines)
+    return "\n".join(textwrap.fill(line, 88, subsequent_indent="    ", break_long_words=False)
+                     if len(line) > 88 else line for line in lines)
 
 
 if __name__ == "__main__":
