@@ -107,3 +107,19 @@ def test_mpi_bench_text_table_fits_the_page():
     result = {"machine": {"cpu": "Intel(R) Xeon(R) Platinum 8480C Processor", "cores": 16},
               "links": {"2": {"latency_s": 1.5e-6, "bandwidth_Bps": 2.81e9}}, "rows": [row]}
     assert max(len(line) for line in mpi_bench.format_table(result).splitlines()) <= WIDTH
+
+
+def test_a_command_line_folds_before_its_options_with_backslashes():
+    import shlex
+    args = (["/opt/some/long/path/bin/mpiexec", "-n", "2", "-bind-to", "core"]
+            + [w for k in ("OPENBLAS", "OMP", "MKL") for w in ("-genv", f"{k}_NUM_THREADS", "1")]
+            + ["/opt/some/long/path/bin/python", "-m", "mgpu_lab", "train", "--steps", "40",
+               "--name", "two words"])
+    text = tables.command_text(args)
+    lines = text.splitlines()
+    assert lines[0].startswith("$ /opt/") and len(lines) > 1
+    assert all(len(line) <= WIDTH for line in lines)
+    assert all(line.endswith(" \\") for line in lines[:-1])
+    assert all(line.startswith("    -") or line.startswith("    /") for line in lines[1:])
+    assert shlex.split(text[2:].replace(" \\\n", " ")) == args  # types back as the same command
+    assert tables.command_text(["ls", "-l"]) == "$ ls -l"

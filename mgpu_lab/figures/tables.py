@@ -5,6 +5,7 @@ instead of being cut off), and aligned text in a terminal or in print, never wid
 
     html_table(rows, columns, caption=...)   any list of dicts; units go in the headers
     bench_table(result)                      the measured table of mgpu_lab.measure.bench.run
+    command_text(args)                       a command line folded to the page, "$ ... \\"
     mpi_bench_table(result)                  ... of mgpu_lab.measure.mpi_bench.run
 
 The one way the book shows a table: a cell's last expression is the :class:`Table` (or
@@ -13,6 +14,7 @@ The one way the book shows a table: a cell's last expression is the :class:`Tabl
 import html
 import math
 import numbers
+import shlex
 import textwrap
 from dataclasses import dataclass
 
@@ -22,7 +24,7 @@ PHASES = Timings.phases()  # the step's phases, as the engines time them
 from ..measure.machine import machine_label
 
 __all__ = ["Column", "Table", "html_table", "bench_table", "mem_bench_table", "mpi_bench_table",
-           "WIDTH", "wrap"]
+           "WIDTH", "wrap", "command_text"]
 
 # The page is 88 characters wide: the book theme's text column (about 70 em at the body's
 # size) holds about 88 characters of its monospace output font before a line is cut off
@@ -42,6 +44,25 @@ def wrap(text, width=WIDTH, indent="    "):
             out += textwrap.wrap(line, width, subsequent_indent=indent,
                                  break_long_words=False, break_on_hyphens=False) or [line]
     return "\n".join(out)
+
+
+def command_text(args, width=WIDTH, prompt="$ "):
+    """A command line as a reader would type it: ``prompt``, then ``args`` shell-quoted,
+    folded with backslash continuations so that no line is wider than ``width``. It folds
+    only before an option or a path, so an option stays beside its values."""
+    groups = []
+    for a in map(str, args):
+        if not groups or a.startswith("-") or "/" in a:
+            groups.append(shlex.quote(a))
+        else:
+            groups[-1] += " " + shlex.quote(a)
+    lines = [prompt + groups[0]]
+    for g in groups[1:]:
+        if len(lines[-1]) + len(g) + 3 <= width:  # " " + g + " \\"
+            lines[-1] += " " + g
+        else:
+            lines.append("    " + g)
+    return " \\\n".join(lines)
 
 
 @dataclass(frozen=True)
