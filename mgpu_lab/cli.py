@@ -8,6 +8,7 @@ from .engines.strategies import STRATEGIES
 from .figures import plots
 from .measure import bench, mem_bench, mpi_bench
 from .measure.machine import save_result
+from .models import fold
 from .optim import make_optimizer
 from .predict.gpus import CATALOGUE, DEFAULT_RESERVED, get_gpu
 from .predict.memory import SHARDING_STAGES, check_sharding, predicted_limits
@@ -90,7 +91,8 @@ def _run_train(args):
                               f"and the {len(xtr)} training images")
     say = print if rank == 0 else (lambda *a, **k: None)  # under mpiexec only rank 0 speaks
     model = digits_model(args.model, args.seed)
-    say(f"model: {model!r}; {args.devices} device(s), engine={args.engine} ({args.strategy}), "
+    say(fold(f"model: {model.spec.describe()}: {model.n_params:,} parameters"))  # to the page
+    say(f"{args.devices} device(s), engine={args.engine} ({args.strategy}), "
         f"batch {args.batch} = {args.devices} splits of ~{args.batch / args.devices:.1f}")
     with DataParallelTrainer(model, args.devices, make_optimizer(args.optimizer, args.lr),
                              engine=args.engine, strategy=args.strategy,
