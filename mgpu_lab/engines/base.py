@@ -48,7 +48,8 @@ class Timings:
 
     split: float = 0.0  # host: check the batch, cut it into splits
     scatter: float = 0.0  # host: write the batch (and the host gather's parameters) where devices read
-    set_params: float = 0.0  # device: new parameters into its replica (MPI host gather: the Bcast)
+    set_params: float = 0.0  # device: parameters into its replica before computing (MPI host
+    #                          gather: rank 0's copy, and the first step's Bcast; the pool: 0)
     compute: float = 0.0  # device: the compiled loss-and-gradient function
     fetch: float = 0.0  # device: its gradient out of Theano into the flat buffer that travels
     sync: float = 0.0  # waiting: on peers' messages, on the slowest device, on the host's verdict

@@ -154,9 +154,9 @@ def _efficiency_text(predictions):
     seen = {}
     for p in predictions:
         seen.setdefault((p.gpu, p.precision), p)
-    return ", ".join(f"{g} {p.efficiency:.0%} " + ("calibrated" if p.calibrated
-                                                   else "uncalibrated (assumed)")
-                     for (g, _), p in seen.items()) + " of peak"
+    return ", ".join(f"{g} {p.efficiency:.0%} of peak " + ("(calibrated)" if p.calibrated
+                                                           else "(uncalibrated, assumed)")
+                     for (g, _), p in seen.items())
 
 
 def step_breakdown(result, batch_size=None, title=None):
@@ -219,7 +219,8 @@ def _predicted_breakdown(predictions, title=None):
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(frameon=False, fontsize=7, loc="upper left")
     return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.costmodel (bars add up unless "
-                   f"overlap=True); compute efficiency {_efficiency_text(ps)}")
+                   f"overlap=True); compute efficiency {_efficiency_text(ps)}; rings at the GPU's "
+                   "peer_bw (all its links), host transfers one at a time (a bound)")
 
 
 # -- MPI ranks: host gather vs ring all-reduce (mgpu_lab.measure.mpi_bench.run) --------------------

@@ -39,8 +39,9 @@ __all__ = ["DEFAULT_LATENCY", "DEFAULT_HOST_MEMORY_BW", "ALGORITHMS", "ALIASES",
 DEFAULT_LATENCY = 10e-6
 
 # Assumption: the host's memory bandwidth for stacking and updating, bytes/s: one socket's
-# four DDR4-2400 channels (4 x 2400e6 x 8 B = 76.8 GB/s, the peak Intel lists for the
-# Xeon E5-2698 v4 of a DGX-1). Sustained bandwidth is lower, so this term is optimistic.
+# four DDR4 channels at the CPU family's fastest, 2400 MT/s (4 x 2400e6 x 8 B = 76.8 GB/s,
+# the most a Xeon E5-2600 v4 socket, the DGX-1's CPU family, can move). Slower DIMMs and
+# sustained (not peak) bandwidth are lower, so this term is optimistic.
 DEFAULT_HOST_MEMORY_BW = 76.8e9
 
 # Every algorithm the model knows; the engines run 'host', 'ring' and 'sharded'.
