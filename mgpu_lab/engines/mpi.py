@@ -1,14 +1,16 @@
 """The same data-parallel step on MPI ranks: the engine for one machine or many.
 
-Every rank runs the same program (SPMD) and is one device. Every rank holds the same
-full batch, takes its own split (rank r = device r), computes the gradient of that split
-and then runs the strategy's part (:mod:`mgpu_lab.engines.strategies`) over an
+Every rank runs the same program (SPMD) and is one long-lived device
+(:class:`~mgpu_lab.engines.device.Device`, the same class the pool's workers run). Every
+rank holds the same full batch, takes its own split (rank r = device r), computes the
+gradient of that split and then runs the strategy's part (:mod:`mgpu_lab.engines.strategies`) over an
 :class:`MPILink`, this file's transport: ``Sendrecv``/``Send``/``Recv`` of float32
 buffers for the point-to-point algorithms (ring, sharded, hierarchical), ``Gatherv`` to
 rank 0 for the host gather. Rank 0 is the host: with ``strategy="host"`` it stacks the
 gathered gradients, updates and broadcasts the new parameters (``Bcast``); with the
-others every rank updates itself and rank 0 gathers what a checkpoint needs (the
-sharded optimizer's state shards).
+others every rank updates its own replica and state, and rank 0 gathers the sharded
+optimizer's shards only when asked (``state_dict``, collective: a checkpoint, a
+snapshot).
 
 Only float32/float64 numpy buffers travel (capital-letter mpi4py calls, no pickles),
 except the text of an error when a step fails. ``mpiexec`` decides where the ranks run
