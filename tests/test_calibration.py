@@ -149,7 +149,7 @@ def test_figures_say_calibrated_or_uncalibrated(mlp, linear_flops):
     ps = costmodel.scaling(mlp, ["V100", "H100"], [1, 2], 64)
     for fig in (plots.predicted_speedup(ps), plots.step_breakdown(ps)):
         notes = " ".join(t.get_text() for t in fig.axes[0].texts).replace("\n", " ")
-        h100 = f"H100 {ps[-1].efficiency:.0%} uncalibrated (assumed)"
+        h100 = f"H100 {ps[-1].efficiency:.0%} of peak (uncalibrated, assumed)"
         assert "V100" in notes and "calibrated" in notes and h100 in notes
         assert "V100 " in notes and "V100 50%" not in notes
         plt.close(fig)

@@ -150,7 +150,8 @@ def predicted_speedup(predictions, title=None):
 
 def _efficiency_text(predictions):
     """Each GPU's efficiency, said to be calibrated or uncalibrated (assumed): one entry per
-    GPU and precision, e.g. 'V100 37% calibrated, H100 11% uncalibrated (assumed)'."""
+    GPU and precision, e.g. 'V100 37% of peak (calibrated), H100 11% of peak (uncalibrated,
+    assumed)'."""
     seen = {}
     for p in predictions:
         seen.setdefault((p.gpu, p.precision), p)
