@@ -49,6 +49,11 @@ def batch_indices(step, n_samples, batch_size, seed):
     return order[b * batch_size:(b + 1) * batch_size]
 
 
+def _copy_state(state):
+    """A copy of an optimizer state ([slot][param] arrays), or None."""
+    return None if state is None else [[a.copy() for a in slot] for slot in state]
+
+
 class DataParallelTrainer:
     """Train ``model`` (a Model or a ModelSpec) on ``n_devices`` with ``engine`` ('local',
     'serial' or 'mpi') and ``strategy`` (a name in ``engines.strategies.STRATEGIES`` or a
@@ -127,8 +132,8 @@ class DataParallelTrainer:
         """Copies of the last whole step's parameters, state, t, step and history length."""
         if self._on_devices:
             self._consolidate(gather=True)
-        state = None if self._opt_state is None else [[a.copy() for a in s] for s in self._opt_state]
-        self._snapshot = (self.step_count, [v.copy() for v in self._model.get_values()], state,
+        self._snapshot = (self.step_count, [v.copy() for v in self._model.get_values()],
+                          _copy_state(self._opt_state),
                           self.opt_t, len(self.history))
 
     def _restore_snapshot(self, error):
@@ -136,7 +141,7 @@ class DataParallelTrainer:
         step, values, state, t, n_hist = self._snapshot
         lost = self.step_count - step
         self._model.set_values(values)
-        self._opt_state = None if state is None else [[a.copy() for a in s] for s in state]
+        self._opt_state = _copy_state(state)
         self.opt_t, self.step_count, self.history = t, step, self.history[:n_hist]
         self._host_current, self._devices_current = True, False
         error.steps_lost = lost

@@ -63,12 +63,15 @@ class Device:
             self.state = np.array(state[:, a:b], dtype=floatX)  # (S, b - a), its own copy
         self.lost = False
 
-    def export(self, params_out=None, state_out=None):
-        """Write this device's host range of the replica and of the state into the flat
-        ``params_out`` (P,) and ``state_out`` (S, P) (the consolidation's gather)."""
+    def export(self, params_out=None, state_out=None, grad_out=None):
+        """Write this device's host range of the replica, of the state and of the gradient
+        into the flat ``params_out`` (P,), ``state_out`` (S, P) and ``grad_out`` (P,) (the
+        consolidation's gather)."""
         a, b = self.strategy.host_range(self.rank, self.size, self.n_params)
         if params_out is not None:
             params_out[a:b] = self.params[a:b]
+        if grad_out is not None:
+            grad_out[a:b] = self.grad[a:b]
         if state_out is not None and self.state is not None:
             c, _ = self.state_range
             state_out[:, a:b] = self.state[:, a - c:b - c]

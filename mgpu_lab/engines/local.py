@@ -290,14 +290,15 @@ class DevicePool(Engine):
             block.close(unlink=True)
 
     def _gather(self, what, rows=1, devices=None):
-        """``what`` ("params", "state" or "grad") from the devices that hold a part of it,
-        consolidated on the host: a flat (rows * P,) array."""
+        """``what`` ("params", "state", "grad", or "replica": one device's whole copy) from
+        ``devices`` (default: those that hold a part of it), consolidated on the host: a flat
+        (rows * P,) array."""
         P, N = self.model.n_params, self.n_devices
         block = self._block(rows * P)
         try:
             if devices is None:
-                devices = [d for d in range(N) if self.strategy.host_range(d, N, P)[1] >
-                           self.strategy.host_range(d, N, P)[0]]
+                ranges = (self.strategy.host_range(d, N, P) for d in range(N))
+                devices = [d for d, (a, b) in enumerate(ranges) if b > a]
             self._broadcast(("export", block.spec, what), devices)
             return block.array[:rows * P].copy()
         finally:
@@ -335,15 +336,7 @@ class DevicePool(Engine):
         if self.strategy.updates_on_host:
             raise ValueError(f"strategy {self.strategy.name!r} updates on the host: the devices "
                              f"keep no parameters of their own")
-        rows = []
-        for d in range(self.n_devices):
-            block = self._block(self.model.n_params)
-            try:
-                self._broadcast(("export", block.spec, "replica"), [d])
-                rows.append(block.array.copy())
-            finally:
-                block.close(unlink=True)
-        return np.stack(rows)
+        return np.stack([self._gather("replica", devices=[d]) for d in range(self.n_devices)])
 
     def pids(self):
         return [p.pid for p in self.workers]

@@ -196,8 +196,7 @@ class _Worker:
             elif what == "replica":
                 out[:dev.n_params] = dev.params
             elif what == "grad":
-                a, b = dev.strategy.host_range(dev.rank, dev.size, dev.n_params)
-                out[a:b] = dev.grad[a:b]
+                dev.export(grad_out=out)
             elif dev.state is not None:
                 dev.export(state_out=out.reshape(-1, dev.n_params))
         finally:
