@@ -16,7 +16,7 @@ The layers, each importing only from the layers below it (tests/test_layers.py c
 
     1  foundations   _theano, errors, validate, split, gradients, collectives, optim,
                      models, presets, data, checkpoint, sources (one hash of the
-                     library for every cache)
+                     library for every cache), statistics (the gradient noise scale)
     2  predict/      what a graph costs: graph, memory, gpus, costmodel
     3  engines/, trainer   the data-parallel step: base (the protocol), update, strategies,
                      serial, local (DevicePool) + worker, mpi, pinning; trainer on top

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mgpu_lab"
 LAYERS = {
     "_theano": 1, "errors": 1, "validate": 1, "split": 1, "gradients": 1, "optim": 1,
     "models": 1, "presets": 1, "data": 1, "checkpoint": 1, "collectives": 1,
-    "sources": 1,
+    "sources": 1, "statistics": 1,
     "predict": 2,
     "engines": 3, "trainer": 3,
     "measure": 4,  # measure returns data...
