@@ -1,6 +1,7 @@
 """How long one exchange of the gradient takes, algorithm by algorithm (plain numbers in,
-seconds out). Notation: P parameters, so the gradient is ``n_bytes`` = 4P bytes (float32);
-N devices; ``bw`` bytes/s per direction per link; ``latency`` (alpha) seconds per transfer
+seconds out). Notation: P parameters, so the gradient is ``n_bytes`` = 4P bytes (float32;
+2P with 16-bit gradients on the wire, ``costmodel.gradient_bytes(model, "fp16")``: every
+bandwidth term below halves, no latency term changes); N devices; ``bw`` bytes/s per direction per link; ``latency`` (alpha) seconds per transfer
 or per step of a collective.
 
     host gather (chapter 6):  every device sends 4P to the host, gets 4P back; the model

@@ -52,6 +52,7 @@ from .algorithms import (ALGORITHMS as _ALGORITHMS, ALIASES, DEFAULT_HOST_MEMORY
                          ring_allreduce_seconds, sharded_seconds, tree_allreduce_seconds)
 from .gpus import get_gpu
 from .memory import OPTIMIZER_SLOTS
+from .precision import check_precision, value_bytes
 
 __all__ = ["Prediction", "ALGORITHMS", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
            "DEFAULT_HOST_MEMORY_BW", "WINOGRAD_F2", "WINOGRAD_F4", "DEFAULT_WINOGRAD",
@@ -118,6 +119,8 @@ class Prediction:
     batch_per_gpu: int | None = None
     assumed_like: str = ""  # uncalibrated: the calibrated GPU whose efficiency it borrows
     assumed_precision: str = ""  # ... and at which precision
+    wire_precision: str = "fp32"  # the gradients' precision in the exchange
+    recompute: bool = False  # activation recomputation: one more forward pass in compute_s
 
     @property
     def label(self):
@@ -137,9 +140,12 @@ def uncalibrated_label(efficiency, like="", precision=""):
 
 
 # -- the FLOP count --------------------------------------------------------------------
-def gradient_bytes(model):
-    """4P: bytes of all gradients (= of all parameters) in floatX."""
-    return int(model.n_params) * np.dtype(floatX).itemsize
+def gradient_bytes(model, precision="fp32"):
+    """Bytes of all gradients (one per parameter): 4P in floatX (float32); 2P for a
+    16-bit ``precision`` ("fp16", "bf16"; :func:`mgpu_lab.predict.precision.value_bytes`)."""
+    if precision == "fp32":
+        return int(model.n_params) * np.dtype(floatX).itemsize
+    return int(model.n_params) * value_bytes(precision)
 
 
 def largest_split(batch_size, n_gpus):
@@ -338,11 +344,13 @@ def _one(model, gpu, n, batch, strategy, overlap, efficiency, latency, cores, o)
     waves = 1 if cores is None else math.ceil(n / cores)  # devices pinned round-robin
     compute = compute_seconds(flops, _peak(gpu, o["peak_precision"]), efficiency, waves)
     fwd = compute * counts["forward"] / counts["total"]
-    k, P4 = o["buckets"] or 1, gradient_bytes(model)
+    compute += fwd if o["recompute"] else 0.0  # recomputation: about one more forward pass
+    k, P4 = o["buckets"] or 1, gradient_bytes(model, o["wire_precision"])
     if strategy == "host":  # k buckets up, the update, the parameters back in one piece
         bucket = host_gather_seconds(P4 / k, n, _host_side_bw(gpu), latency) / 2
         back = host_gather_seconds(P4, n, _host_side_bw(gpu), latency) / 2
-        host = host_update_seconds(P4, n, o["host_memory_bw"], OPTIMIZER_SLOTS[o["optimizer"]])
+        host = host_update_seconds(gradient_bytes(model), n, o["host_memory_bw"],  # float32
+                                   OPTIMIZER_SLOTS[o["optimizer"]])
     else:
         bucket = comm_seconds(strategy, P4 / k, n, _host_side_bw(gpu), _peer_bw(gpu), latency)
         back = host = 0.0
@@ -358,7 +366,8 @@ def _one(model, gpu, n, batch, strategy, overlap, efficiency, latency, cores, o)
 def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
             efficiency=None, latency=DEFAULT_LATENCY, cores=None, *, batch_per_gpu=None,
             precision="fp32", winograd=None, buckets=None,
-            host_memory_bw=DEFAULT_HOST_MEMORY_BW, optimizer="momentum"):
+            host_memory_bw=DEFAULT_HOST_MEMORY_BW, optimizer="momentum",
+            wire_precision="fp32", recompute=False):
     """Predicted step of ``model`` on ``n_gpus`` GPUs of kind ``gpu`` (a catalogue name or
     an object with ``name``, ``fp32_flops``, ``host_bw``, ``peer_bw``).
 
@@ -371,7 +380,11 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
     divide 3x3 stride-1 conv FLOPs by it (None: :data:`DEFAULT_WINOGRAD`; 1: the direct
     count). ``buckets``: send the gradient in that many pieces. ``optimizer``: the host's
     update ('host' strategy). ``cores``: how many devices compute at once (None: every
-    GPU its own chip; local CPU devices: the core count). Returns a :class:`Prediction`.
+    GPU its own chip; local CPU devices: the core count). ``wire_precision``: the
+    gradients' precision in the exchange ("fp32", the default, 4P bytes; "fp16" or "bf16",
+    2P: every transfer's bytes halve; the host's update stays float32). ``recompute``:
+    activation recomputation (:mod:`mgpu_lab.predict.memory`), charged as one more forward
+    pass in the compute. Returns a :class:`Prediction`.
     """
     batch_size, batch_1, mode = _batches(n_gpus, batch_size, batch_per_gpu)
     _check(n_gpus, batch_size, strategy, cores, buckets)
@@ -386,7 +399,8 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
     efficiency = cal["efficiency"] if efficiency is None else efficiency
     strategy = ALIASES.get(strategy, strategy)
     opts = dict(peak_precision=cal["peak_precision"], winograd=winograd, buckets=buckets,
-                host_memory_bw=host_memory_bw, optimizer=optimizer)
+                host_memory_bw=host_memory_bw, optimizer=optimizer,
+                wire_precision=check_precision(wire_precision), recompute=bool(recompute))
     args = (strategy, overlap, efficiency, latency, cores, opts)
     split, flops, compute, comm, host, step = _one(model, gpu, n_gpus, batch_size, *args)
     step_1 = step if n_gpus == 1 else _one(model, gpu, 1, batch_1, *args)[5]
@@ -396,7 +410,8 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
                       batch_size / step, speedup, speedup / n_gpus, precision, winograd,
                       None if buckets is None else int(buckets), host, calibrated, source,
                       cal["peak_precision"], mode,
-                      None if batch_per_gpu is None else int(batch_per_gpu), *borrowed)
+                      None if batch_per_gpu is None else int(batch_per_gpu), *borrowed,
+                      wire_precision=wire_precision, recompute=bool(recompute))
 
 
 def scaling(model, gpus, n_range, batch_size=None, strategies=("host", "ring"), **kwargs):

@@ -12,11 +12,22 @@ independent of P. Below b* samples per device a step spends more time communicat
 computing (without overlap: communication is more than half of the step). A network
 whose layers reuse their weights many times per sample (a CNN's convolutions) does more
 FLOPs per sample than 6P, so its own b* is smaller; pass ``flops_per_sample`` and P for it.
+
+Precision moves b* twice (:mod:`mgpu_lab.predict.precision`): 16-bit Tensor Cores raise
+the rate several times over, and 16-bit gradients on the wire halve the bytes. With v
+bytes per gradient value (4 for float32, 2 for 16-bit: ``value_bytes``),
+
+    b* = 2 v rate / (6 bw) = (v / 3) rate / bw,
+
+so mixed precision with a 16-bit exchange has b* = (rate16 / rate32) / 2 times the
+float32 one, and with a float32 exchange (``wire_precision="fp32"``, the default, as the
+cost model) rate16 / rate32 times.
 """
 from .algorithms import ring_allreduce_seconds
 from .costmodel import calibration_for
 from .gpus import CATALOGUE, get_gpu
 from .network import get_network
+from .precision import value_bytes as _value_bytes
 
 __all__ = ["critical_batch", "critical_batch_table", "LINKS", "ONE_RING"]
 
@@ -30,19 +41,22 @@ LINKS = ("host link", "NVLink / peer link", "network")
 ONE_RING = "one ring of 8"
 
 
-def critical_batch(rate, bw, flops_per_sample=None, n_params=None, n_gpus=None):
+def critical_batch(rate, bw, flops_per_sample=None, n_params=None, n_gpus=None,
+                   value_bytes=4):
     """The per-device batch b* at which compute (``flops_per_sample`` * b / ``rate``)
-    equals a ring all-reduce of 4P bytes over ``bw``. Defaults: 6P FLOPs per sample and
-    the large-N ring's 2 * 4P bytes, which gives (4/3) rate / bw; with ``n_gpus`` the
-    exact 2 (N - 1) / N * 4P."""
-    if rate <= 0 or bw <= 0:
-        raise ValueError(f"rate and bw must be positive, got {rate} and {bw}")
+    equals a ring all-reduce of v P bytes over ``bw`` (v = ``value_bytes`` per gradient
+    value: 4 for float32, 2 for 16-bit). Defaults: 6P FLOPs per sample and the large-N
+    ring's 2 * 4P bytes, which gives (4/3) rate / bw; with ``n_gpus`` the exact
+    2 (N - 1) / N * v P."""
+    if rate <= 0 or bw <= 0 or value_bytes <= 0:
+        raise ValueError(f"rate, bw and value_bytes must be positive, got {rate}, {bw} "
+                         f"and {value_bytes}")
     if (flops_per_sample is None) != (n_params is None):
         raise ValueError("give flops_per_sample and n_params together (or neither: 6P "
                          "FLOPs per sample)")
     ratio = 6.0 if flops_per_sample is None else flops_per_sample / n_params  # FLOPs / P
     share = 1.0 if n_gpus is None else (n_gpus - 1) / n_gpus
-    return 2 * share * 4 * rate / (ratio * bw)
+    return 2 * share * value_bytes * rate / (ratio * bw)
 
 
 def _rate(gpu, precision):
@@ -50,33 +64,39 @@ def _rate(gpu, precision):
     return gpu.peak(c["peak_precision"]) * c["efficiency"], c
 
 
-def critical_batch_table(network="IB-EDR", precision="fp32", gpus=None):
-    """One row per catalogue GPU: its sustained FLOP/s at ``precision`` (calibrated or
-    labelled uncalibrated), and b* for its host link, all its peer links together (NVLink,
-    or PCIe where it has none), ``network`` (one port per node, shared by nothing else) and,
-    under :data:`ONE_RING`, one ring through 8 of the GPUs (``ring_bw(8)``); each link's
-    bytes/s under ``bw[link]``."""
+def critical_batch_table(network="IB-EDR", precision="fp32", gpus=None, wire_precision="fp32"):
+    """One row per catalogue GPU (or per name in ``gpus``): its sustained FLOP/s at
+    ``precision`` (calibrated or labelled uncalibrated), and b* for its host link, all its
+    peer links together (NVLink, or PCIe where it has none), ``network`` (one port per node,
+    shared by nothing else) and, under :data:`ONE_RING`, one ring through 8 of the GPUs
+    (``ring_bw(8)``); each link's bytes/s under ``bw[link]``. ``wire_precision``: what the
+    exchange sends ("fp32": float32 gradients, the default; "fp16" or "bf16": 16-bit, half
+    the bytes). A GPU without a peak at ``precision`` (a K80 at "fp16") is left out."""
     net = get_network(network)
+    v = _value_bytes(wire_precision)
     out = []
     for name in gpus or CATALOGUE:
         g = get_gpu(name)
+        if precision != "fp32" and precision not in g.tensor_flops:
+            continue  # no Tensor Cores for it: nothing to predict
         rate, cal = _rate(g, precision)
         bws = {"host link": g.host_bw, "NVLink / peer link": g.peer_or_host_bw(),
                "network": net.bw, ONE_RING: g.ring_bw(8)}
-        out.append({"gpu": g.name, "precision": precision, "rate": rate, "label": cal["label"],
-                    "assumed_like": cal["assumed_like"],
+        out.append({"gpu": g.name, "precision": precision, "wire_precision": wire_precision,
+                    "rate": rate, "label": cal["label"], "assumed_like": cal["assumed_like"],
                     "peer_link": g.peer_link, "network_name": net.name,
-                    **{link: critical_batch(rate, bw) for link, bw in bws.items()},
+                    **{link: critical_batch(rate, bw, value_bytes=v) for link, bw in bws.items()},
                     **{f"bw[{link}]": bw for link, bw in bws.items()}})
     return out
 
 
-def comm_share(rate, bw, batch, n_gpus, n_params, flops_per_sample=None):
+def comm_share(rate, bw, batch, n_gpus, n_params, flops_per_sample=None, value_bytes=4):
     """Communication's share of a step without overlap, as the cost model's own ring
-    formula gives it (no latency): checks b* (share 1/2 there)."""
+    formula gives it (no latency), with ``value_bytes`` per gradient value (4: float32,
+    2: 16-bit): checks b* (share 1/2 there)."""
     f = 6 * n_params if flops_per_sample is None else flops_per_sample
     compute = f * batch / rate
-    comm = ring_allreduce_seconds(4 * n_params, n_gpus, bw, latency=0)
+    comm = ring_allreduce_seconds(value_bytes * n_params, n_gpus, bw, latency=0)
     return comm / (compute + comm)
 
 

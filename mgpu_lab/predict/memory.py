@@ -50,24 +50,51 @@ Stages 2 and 3 are predicted only. The simulated devices run stage 1 for real
 (``strategy="sharded"``), not 2 or 3: Theano compiles the whole forward and backward pass
 as one function, which returns every layer's full gradient at once, so no device can drop
 a gradient before the next is made, nor fetch a layer's parameters just when it runs.
+
+Precision (``precision=``, :mod:`mgpu_lab.predict.precision`): "fp32" and "tf32" store
+float32 (4 bytes a value); "fp16" and "bf16" are mixed precision, counted as ZeRO counts
+it (Rajbhandari et al. 2020): 16-bit parameters (the working copy), gradients, inputs,
+activations, backward temporaries and workspace (2 bytes a value; integer buffers keep
+their size), and float32 master weights and optimizer state, all under ``optimizer``:
+
+    precision      parameters   gradients   optimizer (per parameter, before sharding)
+    fp32, tf32     4            4           4 k
+    fp16, bf16     2            2           4 + 4 k    (Adam, k = 2: ZeRO's 2 + 2 + 12)
+
+The graph is replayed with 2-byte floats, so the 16-bit peak is found where it is, not
+taken as half the float32 one (it is half, but for the few integer buffers).
+
+Activation recomputation (``recompute=True``; gradient checkpointing, Chen et al. 2016):
+the L forward results the backward pass reads, in the order the forward pass makes them,
+are cut into k = ceil(sqrt(L)) consecutive segments (sizes differ by at most one); only
+the last result of each segment (a checkpoint) is kept, and a segment's other results
+are made again, from the checkpoint before it, when the backward pass reaches it. The
+activations term is then the k checkpoints plus the largest segment's other results
+(:func:`recomputed_activations`), about 2 sqrt(L) results instead of L; the price is about
+one more forward pass per step (:func:`mgpu_lab.predict.costmodel.predict`'s
+``recompute``). The segments are equal in count, not in bytes, and a residual branch
+that crosses a checkpoint is not counted apart: an approximation of the paper's plan.
 """
+import math
 import weakref
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._theano import floatX
 from ..collectives import ring_chunks
+from ..split import split_bounds
 from ..validate import check_n_devices
 from .gpus import BOOK_GPUS, DEFAULT_RESERVED, get_gpu
 from .graph import analyse
+from .precision import check_precision, master_bytes, value_bytes
 
 __all__ = ["OPTIMIZER_SLOTS", "SHARDING_STAGES", "VIEW_OPS", "IN_PLACE_OPS", "TERMS",
-           "MODEL_STATE", "Simulation", "simulate", "check_sharding", "layer_sizes",
+           "MODEL_STATE", "Simulation", "simulate", "recomputed_activations", "check_sharding",
+           "layer_sizes",
            "shard_sizes", "model_state", "predicted_device_memory", "state_bytes_per_parameter",
-           "estimate", "split_limits", "max_batch_size", "predicted_limits"]
+           "estimate", "split_limits", "max_batch_size", "predicted_limits", "STEP_TERMS"]
 
 # Arrays of optimizer state per weight (see mgpu_lab.optim).
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
@@ -102,9 +129,29 @@ class Simulation:
     activations: int  # forward results kept for the backward pass
     workspace: int  # largest op-internal buffer (conv unrolling)
     timeline: list  # bytes alive after each node (for plots)
+    kept: list = field(default_factory=list)  # bytes of each kept result, in forward order
+
+    @property
+    def recomputed(self):
+        """The activations with recomputation: :func:`recomputed_activations` of ``kept``."""
+        return recomputed_activations(self.kept)
 
 
-def _conv_workspace(info):
+def recomputed_activations(kept):
+    """Bytes of activations alive at once with recomputation (Chen et al. 2016), given
+    ``kept``, the bytes of the L forward results the backward pass reads, in forward
+    order: cut into k = ceil(sqrt(L)) consecutive segments whose sizes differ by at most
+    one, the last result of each kept (k checkpoints), the largest segment's others made
+    again while the backward pass goes through it: sum(checkpoints) + max(segment rest)."""
+    kept = [int(b) for b in kept]
+    if not kept:
+        return 0
+    bounds = split_bounds(len(kept), math.ceil(math.sqrt(len(kept))))
+    checkpoints = sum(kept[b - 1] for _, b in bounds)
+    return checkpoints + max(sum(kept[a:b - 1]) for a, b in bounds)
+
+
+def _conv_workspace(info, float_bytes=4):
     """Bytes of the one-image im2col buffer of a conv node (0 for other ops)."""
     if info.op == "AbstractConv2d":  # image (N,Cin,H,W), kernel (Cout,Cin,kh,kw) -> out
         _, cin, kh, kw = info.in_shapes[1]
@@ -117,7 +164,7 @@ def _conv_workspace(info):
         _, _, ho, wo = info.in_shapes[1]
     else:
         return 0
-    return 4 * cin * kh * kw * ho * wo
+    return float_bytes * cin * kh * kw * ho * wo
 
 
 def _uses(graph):
@@ -145,9 +192,20 @@ def _place(info, var, graph, buf_of, holders, uses):
     return None
 
 
-def simulate(model, batch_size):
-    """Replay one step's memory at ``batch_size``: :class:`Simulation`."""
+def _sizer(graph, float_bytes):
+    """Bytes of a variable with its floats stored in ``float_bytes`` bytes (4: as the
+    graph's float32; 2: 16-bit); other dtypes keep their size."""
+    if float_bytes == 4:
+        return graph.nbytes
+    return lambda v: (int(np.prod(graph.shapes[v], dtype=np.int64)) * float_bytes
+                      if v.dtype == "float32" else graph.nbytes(v))
+
+
+def simulate(model, batch_size, float_bytes=4):
+    """Replay one step's memory at ``batch_size``: :class:`Simulation`. ``float_bytes``:
+    bytes of a stored float (4: float32; 2: the 16-bit activations of mixed precision)."""
     graph = analyse(model, batch_size)
+    nbytes = _sizer(graph, float_bytes)
     outputs, grads = set(graph.outputs), set(graph.outputs[1:])
     uses = _uses(graph)
     buf_of = {v: "input" for v in graph.shapes if v.owner is None}  # not counted, as Theano
@@ -164,13 +222,14 @@ def simulate(model, batch_size):
             del holders[b]
 
     peak = peak_ng = 0
-    kept, timeline = set(), []
+    kept, born, timeline = {}, {}, []  # kept buffer -> bytes; buffer -> when it was made
     for info in graph.nodes:
         for var in info.node.outputs:
             b = _place(info, var, graph, buf_of, holders, uses)
             if b is None:
                 b = object()  # a new buffer
-                size[b] = graph.nbytes(var)
+                born[b] = len(born)
+                size[b] = nbytes(var)
                 state["live"] += size[b]
                 state["all"] += size[b]
                 state["grads"] += size[b] if var in grads else 0
@@ -179,7 +238,7 @@ def simulate(model, batch_size):
         peak = max(peak, state["live"])
         peak_ng = max(peak_ng, state["live"] - state["grads"])
         if info.phase == "backward":  # forward results read here are kept until now
-            kept.update((buf_of[v], graph.nbytes(v)) for v in info.node.inputs
+            kept.update((buf_of[v], nbytes(v)) for v in info.node.inputs
                         if v.owner is not None and v.owner in graph.forward_nodes
                         and buf_of[v] != "input")
         for v in set(info.node.inputs):
@@ -190,9 +249,10 @@ def simulate(model, batch_size):
             if uses[o] == 0:  # never read (and not returned): gone at once
                 release(o)
         timeline.append(state["live"])
-    activations = sum(dict(kept).values())  # one entry per buffer
-    workspace = max((_conv_workspace(n) for n in graph.nodes), default=0)
-    return Simulation(peak, peak_ng, state["all"], activations, workspace, timeline)
+    activations = sum(kept.values())  # one entry per buffer
+    workspace = max((_conv_workspace(n, float_bytes) for n in graph.nodes), default=0)
+    in_order = [kept[b] for b in sorted(kept, key=born.get)]
+    return Simulation(peak, peak_ng, state["all"], activations, workspace, timeline, in_order)
 
 
 # -- model state: parameters, gradients, optimizer, with and without sharding ------------
@@ -233,32 +293,43 @@ def shard_sizes(n_params, n_devices):
     return [sizes[(i + 1) % n] for i in range(n)]
 
 
-def model_state(model, optimizer="sgd", sharding=0, n_devices=1):
+def _state_bytes(optimizer, precision):
+    """(bytes per parameter of the weights, of the gradients, of the optimizer's float32
+    state with the master weights, if any), by the precision table in the docstring."""
+    k = OPTIMIZER_SLOTS[_check_optimizer(optimizer)]
+    vb = value_bytes(check_precision(precision))
+    return vb, vb, 4 * k + master_bytes(precision)
+
+
+def model_state(model, optimizer="sgd", sharding=0, n_devices=1, precision="fp32"):
     """Bytes of parameters, gradients and optimizer state on each device: a list of N
-    dicts ``{parameters, gradients, optimizer}``, by the table in the module docstring."""
-    slots = OPTIMIZER_SLOTS[_check_optimizer(optimizer)]
+    dicts ``{parameters, gradients, optimizer}``, by the tables in the module docstring
+    (``precision``: "fp16" and "bf16" keep 16-bit weights and gradients and float32
+    master weights under ``optimizer``)."""
+    w, g, o = _state_bytes(optimizer, precision)
     stage, n = check_sharding(sharding), check_n_devices(n_devices)
-    itemsize, P = np.dtype(floatX).itemsize, model.n_params
+    P = model.n_params
     if n == 1:
         stage = 0  # one device holds all: nothing to split or to gather
     gathered = max(layer_sizes(model).values()) if stage >= 2 else 0  # L, a transient
     rows = []
     for s in shard_sizes(P, n):
-        rows.append({"parameters": itemsize * (s + gathered if stage >= 3 else P),
-                     "gradients": itemsize * (s + gathered if stage >= 2 else P),
-                     "optimizer": itemsize * slots * (s if stage >= 1 else P)})
+        rows.append({"parameters": w * (s + gathered if stage >= 3 else P),
+                     "gradients": g * (s + gathered if stage >= 2 else P),
+                     "optimizer": o * (s if stage >= 1 else P)})
     return rows
 
 
-def state_bytes_per_parameter(optimizer="sgd", sharding=0, n_devices=1):
+def state_bytes_per_parameter(optimizer="sgd", sharding=0, n_devices=1, precision="fp32"):
     """Bytes of model state (parameters, gradients, optimizer) per parameter on one
     device, as P grows large: the table in the module docstring divided by P, with the
     shard s_i ~ P/N and the gathered layer L left out (it is a fixed cost, not per P).
-    Adam: 16 without sharding, 8 + 8/N at stage 1, 4 + 12/N at stage 2, 16/N at stage 3."""
-    k = OPTIMIZER_SLOTS[_check_optimizer(optimizer)]
+    Adam: 16 without sharding, 8 + 8/N at stage 1, 4 + 12/N at stage 2, 16/N at stage 3;
+    in mixed precision ("fp16", "bf16": ZeRO's 2 + 2 + 12) 16, 4 + 12/N, 2 + 14/N, 16/N."""
+    w, g, o = _state_bytes(optimizer, precision)
     stage, n = check_sharding(sharding), check_n_devices(n_devices)
     share = lambda sharded: 1 / n if sharded else 1  # noqa: E731
-    return 4 * (share(stage >= 3) + share(stage >= 2) + k * share(stage >= 1))
+    return w * share(stage >= 3) + g * share(stage >= 2) + o * share(stage >= 1)
 
 
 def predicted_device_memory(model, n_devices, optimizer, sharding):
@@ -273,73 +344,100 @@ def predicted_device_memory(model, n_devices, optimizer, sharding):
 
 
 # -- the whole estimate ----------------------------------------------------------------
-_CACHE = weakref.WeakKeyDictionary()  # model -> {batch: the terms that grow with it}
-_EXACT_LINE = weakref.WeakKeyDictionary()  # model -> n: the terms are affine on [1, n]
+_CACHE = weakref.WeakKeyDictionary()  # model -> {(batch, float bytes): what grows with it}
+_EXACT_LINE = weakref.WeakKeyDictionary()  # model -> {float bytes: n}: affine on [1, n]
+STEP_TERMS = ("inputs", "activations", "transient", "workspace")
 
 
-def _step_terms(model, batch_size):
-    """inputs, activations, transient and workspace at ``batch_size``: one graph replay,
-    or the line through 1 and 2 samples where :func:`split_limits` proved it exact."""
-    cache = _CACHE.setdefault(model, {})
-    if batch_size not in cache and 2 < batch_size <= _EXACT_LINE.get(model, 0):
-        e1, e2 = cache[1], cache[2]
-        return {k: e1[k] + (batch_size - 1) * (e2[k] - e1[k]) for k in e1}
-    if batch_size not in cache:
-        sim = simulate(model, batch_size)
-        cache[batch_size] = {
-            "inputs": batch_size * (4 * int(np.prod(model.input_shape)) + 4),
-            "activations": sim.activations,
+def _replayed(model, batch_size, float_bytes):
+    """The split's terms at ``batch_size`` with floats of ``float_bytes``, from one graph
+    replay; "recomputed" is the activations term with recomputation."""
+    sim = simulate(model, batch_size, float_bytes)
+    return {"inputs": batch_size * (float_bytes * int(np.prod(model.input_shape)) + 4),
+            "activations": sim.activations, "recomputed": sim.recomputed,
             "transient": max(0, sim.peak_without_gradients - sim.activations),
             "workspace": sim.workspace}
-    return cache[batch_size]
 
 
-def split_limits(model, budgets):
+def _step_terms(model, batch_size, precision="fp32", recompute=False):
+    """inputs, activations, transient and workspace at ``batch_size``: one graph replay,
+    or the line through 1 and 2 samples where :func:`split_limits` proved it exact.
+    With ``recompute`` the activations are those :func:`recomputed_activations` keeps."""
+    fb = value_bytes(check_precision(precision))
+    cache = _CACHE.setdefault(model, {})
+    n = int(batch_size)
+    if (n, fb) in cache:
+        terms = cache[n, fb]
+    elif 2 < n <= _EXACT_LINE.get(model, {}).get(fb, 0):
+        e1, e2 = cache[1, fb], cache[2, fb]
+        terms = {k: e1[k] + (n - 1) * (e2[k] - e1[k]) for k in e1}
+    else:
+        terms = cache[n, fb] = _replayed(model, n, fb)
+    out = {k: terms[k] for k in STEP_TERMS}
+    if recompute:
+        out["activations"] = terms["recomputed"]
+    return out
+
+
+def split_limits(model, budgets, precision="fp32", recompute=False):
     """For each budget (bytes left after the model state), the largest split n whose
-    inputs + activations + transient + workspace fit in it (0 if not even one does).
+    inputs + activations + transient + workspace fit in it (0 if not even one does), at
+    ``precision`` and with or without ``recompute``.
 
     Three graph replays instead of dozens: these bytes are sums of buffers that grow
     linearly with n, or the largest such sum, so they are convex in n. If the replay at
     ``top`` (one past every answer read off the line through n = 1 and 2) lies on that
     line, every n in [1, top] does (a convex function that meets a line at 1, 2 and top
     lies on it in between), and each answer is read off the line; if not, each is searched.
+    The line is taken as proven for a precision only where the totals with and without
+    recomputation both lie on theirs, since both are read off the same replays.
     """
-    total = lambda n: sum(_step_terms(model, n).values())  # noqa: E731
+    totals = {rc: (lambda n, rc=rc: sum(_step_terms(model, n, precision, rc).values()))
+              for rc in (False, True)}
+    total = totals[bool(recompute)]
     t1, t2 = total(1), total(2)
     per = max(1, t2 - t1)
     fit = [0 if b < t1 else 1 + (b - t1) // per for b in budgets]
     top = max(fit, default=0) + 1
-    if top > 2 and total(top) == t1 + (top - 1) * (t2 - t1):
-        _EXACT_LINE[model] = max(top, _EXACT_LINE.get(model, 0))
+    on_line = lambda f: f(top) == f(1) + (top - 1) * (f(2) - f(1))  # noqa: E731
+    if top > 2 and on_line(total):
+        if on_line(totals[not recompute]):
+            lines = _EXACT_LINE.setdefault(model, {})
+            fb = value_bytes(precision)
+            lines[fb] = max(top, lines.get(fb, 0))
         return fit
     return [_largest_fitting(total, b) for b in budgets]
 
 
-def estimate(model, batch_size, optimizer="sgd", sharding=0, n_devices=1):
+def estimate(model, batch_size, optimizer="sgd", sharding=0, n_devices=1, precision="fp32",
+             recompute=False):
     """Bytes one device needs for a training step on ``batch_size`` samples (its split).
 
     Returns ``{term: bytes}`` for every name in :data:`TERMS`, plus ``"total"`` (their
     sum). See the module docstring for what each term counts. ``sharding`` (ZeRO stage
     0-3) over ``n_devices`` devices shrinks the model state; the device returned is the
     one with the largest shard (the first such), the one that limits the batch.
+    ``precision``: "fp32", "tf32" (both 4-byte), "fp16" or "bf16" (mixed precision);
+    ``recompute``: keep only checkpoints of the activations (Chen et al. 2016).
     """
-    states = model_state(model, optimizer, sharding, n_devices)
+    states = model_state(model, optimizer, sharding, n_devices, precision)
     state = max(states, key=lambda d: sum(d.values()))
-    est = {**state, **_step_terms(model, int(batch_size))}
+    est = {**state, **_step_terms(model, int(batch_size), precision, recompute)}
     est = {t: int(est[t]) for t in TERMS}
     est["total"] = sum(est.values())
     return est
 
 
-def max_batch_size(model, memory_bytes, n_devices=1, optimizer="sgd", sharding=0):
+def max_batch_size(model, memory_bytes, n_devices=1, optimizer="sgd", sharding=0,
+                   precision="fp32", recompute=False):
     """The largest global batch whose split fits on each of ``n_devices`` devices of
     ``memory_bytes``: ``n_devices * m`` where ``m`` is the largest per-device split with
-    ``estimate(model, m, optimizer, sharding, n_devices)["total"] <= memory_bytes`` (0 if
-    not even one sample fits). Without sharding m does not depend on N; with it, it grows
-    with N, because each device keeps a smaller shard."""
+    ``estimate(model, m, optimizer, sharding, n_devices, precision, recompute)["total"]
+    <= memory_bytes`` (0 if not even one sample fits). Without sharding m does not depend
+    on N; with it, it grows with N, because each device keeps a smaller shard."""
     n = check_n_devices(n_devices)
-    state = max(sum(d.values()) for d in model_state(model, optimizer, sharding, n))
-    return n * split_limits(model, [int(memory_bytes) - state])[0]
+    state = max(sum(d.values()) for d in model_state(model, optimizer, sharding, n, precision))
+    return n * split_limits(model, [int(memory_bytes) - state], precision, recompute)[0]
 
 
 def _largest_fitting(total, capacity):
@@ -368,10 +466,12 @@ def _largest_fitting(total, capacity):
 
 
 def predicted_limits(nets, gpus=None, n_gpus=(1, 2, 3, 4), optimizer="momentum",
-                     reserved_bytes=DEFAULT_RESERVED, progress=True, sharding=0):
+                     reserved_bytes=DEFAULT_RESERVED, progress=True, sharding=0,
+                     precision="fp32", recompute=False):
     """Rows ``{model, gpu, memory_gib, n_gpus, per_gpu_batch, global_batch, update_rule,
-    sharding, reserved_bytes, <terms>}``: the largest batch per GPU kind for 1..N GPUs,
-    predicted from the graph.
+    sharding, precision, recompute, reserved_bytes, <terms>}``: the largest batch per GPU
+    kind for 1..N GPUs, predicted from the graph, at ``precision`` (default "fp32"), with
+    or without activation ``recompute`` (see :func:`estimate`).
 
     ``nets``: {name: model}; ``gpus``: names from :mod:`mgpu_lab.predict.gpus` (default
     its ``BOOK_GPUS``); ``optimizer``: its state is kept on the GPUs (default momentum,
@@ -381,20 +481,23 @@ def predicted_limits(nets, gpus=None, n_gpus=(1, 2, 3, 4), optimizer="momentum",
     :data:`~mgpu_lab.predict.gpus.DEFAULT_RESERVED`, an assumption). The terms are bytes on
     the busiest GPU at the per-GPU batch.
     """
-    stage = check_sharding(sharding)
+    stage, precision = check_sharding(sharding), check_precision(precision)
     _check_optimizer(optimizer)
     kinds = [get_gpu(g) for g in (BOOK_GPUS if gpus is None else gpus)]
     counts = [check_n_devices(n) for n in n_gpus]
+    how = (precision, bool(recompute))
     rows = []
     for name, model in tqdm(nets.items(), desc="limits", disable=not progress):
-        state = {n: max(sum(d.values()) for d in model_state(model, optimizer, stage, n))
+        state = {n: max(sum(d.values())
+                        for d in model_state(model, optimizer, stage, n, precision))
                  for n in counts}
         cases = [(g, n) for g in kinds for n in counts]
         budgets = [g.memory_bytes - reserved_bytes - state[n] for g, n in cases]
-        for (gpu, n), per in zip(cases, split_limits(model, budgets)):
+        for (gpu, n), per in zip(cases, split_limits(model, budgets, *how)):
             rows.append({"model": name, "gpu": gpu.name, "memory_gib": gpu.memory_gib,
                          "n_gpus": n, "per_gpu_batch": per, "global_batch": n * per,
                          "update_rule": optimizer, "sharding": stage,
+                         "precision": precision, "recompute": bool(recompute),
                          "reserved_bytes": int(reserved_bytes),
-                         **estimate(model, max(per, 1), optimizer, stage, n)})
+                         **estimate(model, max(per, 1), optimizer, stage, n, *how)})
     return rows

@@ -1,0 +1,188 @@
+"""Precision everywhere (issue 25, section 2): memory per precision (mixed precision as ZeRO
+counts it), activation recomputation (Chen et al. 2016), the exchange's bytes, b* per
+precision, the 16-bit ring on the pool, and the explorer's and widget's controls."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mgpu_lab import models
+from mgpu_lab.predict import algorithms, costmodel, critical, gpus, graph, memory, precision
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return models.mlp(n_in=64, hidden=(64,), seed=0)
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    """The book's ResNet-50-like graph at 224 px (never compiled)."""
+    return models.resnet_like(50, image_size=224)
+
+
+# -- names ---------------------------------------------------------------------------------
+def test_bad_precision_names_say_which_are_valid(cnn, mlp):
+    valid = "'fp32', 'tf32', 'bf16', 'fp16'"
+    calls = [lambda: memory.estimate(cnn, 4, precision="fp8"),
+             lambda: memory.max_batch_size(cnn, 10 ** 6, precision="half"),
+             lambda: memory.state_bytes_per_parameter("adam", precision="FP16"),
+             lambda: memory.predicted_limits({"cnn": cnn}, ["V100"], (1,), progress=False,
+                                             precision="mixed"),
+             lambda: costmodel.predict(mlp, "V100", 2, 8, wire_precision="float16"),
+             lambda: critical.critical_batch_table(wire_precision=None)]
+    for call in calls:
+        with pytest.raises(ValueError, match=f"unknown precision .*choose one of {valid}"):
+            call()
+    assert [precision.value_bytes(p) for p in precision.PRECISIONS] == [4, 4, 2, 2]
+
+
+# -- memory per precision ------------------------------------------------------------------
+def test_mixed_precision_memory_counted_by_hand(cnn):
+    P = cnn.n_params
+    e32 = memory.estimate(cnn, 16, "momentum")
+    e16 = memory.estimate(cnn, 16, "momentum", precision="fp16")
+    # 16-bit weights and gradients; float32 master weights + velocity under the optimizer
+    assert (e16["parameters"], e16["gradients"], e16["optimizer"]) == (2 * P, 2 * P, 8 * P)
+    assert (e32["parameters"], e32["gradients"], e32["optimizer"]) == (4 * P, 4 * P, 4 * P)
+    assert e16["inputs"] == 16 * (2 * 64 + 4)  # 8x8 16-bit image + int32 label
+    assert e16["workspace"] == 8 * 9 * 64 * 2  # the 2nd conv's unrolled image, 16-bit
+    # every buffer the step keeps or makes is float32 in the graph: exactly half in 16 bits
+    for term in ("activations", "transient"):
+        assert 2 * e16[term] == e32[term] > 0
+    # tf32 stores float32; bf16 stores 16 bits, as fp16
+    assert memory.estimate(cnn, 16, "momentum", precision="tf32") == e32
+    assert memory.estimate(cnn, 16, "momentum", precision="bf16") == e16
+    assert memory.max_batch_size(cnn, 10 ** 6, precision="fp16") > \
+        memory.max_batch_size(cnn, 10 ** 6)
+
+
+def test_adam_in_mixed_precision_keeps_16_bytes_per_parameter(cnn):
+    P = cnn.n_params
+    for p in precision.PRECISIONS:
+        assert memory.state_bytes_per_parameter("adam", precision=p) == 16
+    # ZeRO's 2 + 2 + 12 (Rajbhandari et al. 2020), and its stages over N = 8
+    assert memory.model_state(cnn, "adam", precision="fp16")[0] == \
+        {"parameters": 2 * P, "gradients": 2 * P, "optimizer": 12 * P}
+    assert [memory.state_bytes_per_parameter("adam", s, 8, "fp16") for s in range(4)] == \
+        [16, 4 + 12 / 8, 2 + 14 / 8, 16 / 8]
+    # any optimizer: 2 + 2 + (4 + 4k) = 4 + 4 + 4k, the float32 total split otherwise
+    for opt in memory.OPTIMIZER_SLOTS:
+        assert memory.state_bytes_per_parameter(opt, precision="bf16") == \
+            memory.state_bytes_per_parameter(opt)
+
+
+def test_resnet50_256_per_16gb_v100_fits_in_mixed_precision(resnet50):
+    """NVIDIA trains ResNet-50 v1.5 at 256 images per V100 16GB in mixed precision and 112
+    in float32 (DeepLearningExamples' configs.yml, the batches of the V100 calibrations)."""
+    v100 = gpus.get_gpu("V100")
+    usable = gpus.usable_bytes(v100)
+    for prec, published in (("fp16", 256), ("fp32", 112)):
+        assert v100.calibration[prec].batch == published
+        margin = usable - memory.estimate(resnet50, published, "momentum", precision=prec)["total"]
+        limit = memory.max_batch_size(resnet50, usable, optimizer="momentum", precision=prec)
+        assert margin > 0 and limit >= published, (prec, margin, limit)
+    fp16_margin = usable - memory.estimate(resnet50, 256, "momentum", precision="fp16")["total"]
+    assert 0.2 < fp16_margin / usable < 0.6  # fits, with room to spare but not most of it
+    # in float32 the same 256 would not fit: mixed precision is what makes it fit
+    assert memory.estimate(resnet50, 256, "momentum")["total"] > usable
+
+
+# -- recomputation -------------------------------------------------------------------------
+def test_recomputed_activations_by_hand():
+    assert memory.recomputed_activations([]) == 0
+    # L = 100 equal results: 10 checkpoints + the 9 others of one segment of 10
+    assert memory.recomputed_activations([1] * 100) == 19
+    # L = 10: 4 segments of 3, 3, 2, 2 results: checkpoints 3 + 6 + 8 + 10, largest rest 4 + 5
+    assert memory.recomputed_activations(list(range(1, 11))) == 27 + 9
+
+
+@settings(max_examples=60, deadline=None)
+@given(L=st.integers(1, 2000), c=st.integers(1, 10 ** 6))
+def test_recomputation_keeps_about_sqrt_L(L, c):
+    k = math.ceil(math.sqrt(L))
+    kept = memory.recomputed_activations([c] * L)
+    assert kept == c * (k + math.ceil(L / k) - 1)
+    assert kept <= c * (2 * math.sqrt(L) + 1) and kept <= c * L
+
+
+def test_recompute_in_the_estimate_and_the_limits(resnet50):
+    sim = memory.simulate(resnet50, 2)
+    assert sum(sim.kept) == sim.activations and len(sim.kept) > 50
+    e = memory.estimate(resnet50, 2, recompute=True)
+    assert e["activations"] == memory.recomputed_activations(sim.kept) < sim.activations / 2
+    plain = memory.estimate(resnet50, 2)
+    assert {t: e[t] for t in memory.TERMS if t != "activations"} == \
+        {t: plain[t] for t in memory.TERMS if t != "activations"}
+    usable = gpus.usable_bytes("V100")
+    limits = {(p, rc): memory.max_batch_size(resnet50, usable, optimizer="momentum",
+                                             precision=p, recompute=rc)
+              for p in ("fp32", "fp16") for rc in (False, True)}
+    assert limits["fp32", True] > 2 * limits["fp32", False]
+    assert limits["fp16", True] > 2 * limits["fp16", False] > 3 * limits["fp32", False]
+    for (p, rc), n in limits.items():  # each the largest that fits
+        assert memory.estimate(resnet50, n, "momentum", precision=p, recompute=rc)["total"] \
+            <= usable < memory.estimate(resnet50, n + 1, "momentum", precision=p,
+                                        recompute=rc)["total"]
+
+
+def test_recompute_adds_one_forward_pass_to_the_step(mlp):
+    counts = graph.count_flops(mlp, 4096)
+    for overlap in (False, True):  # 4096 samples per GPU, no latency: compute-bound
+        p0, p1 = (costmodel.predict(mlp, "V100", 4, batch_per_gpu=4096, strategy="ring",
+                                    overlap=overlap, latency=0, recompute=rc)
+                  for rc in (False, True))
+        forward = p0.compute_s * counts["forward"] / counts["total"]
+        assert p1.compute_s == pytest.approx(p0.compute_s + forward, rel=1e-12)
+        assert p1.step_s == pytest.approx(p0.step_s + forward, rel=1e-9)
+        assert p1.comm_s == p0.comm_s and p1.recompute and not p0.recompute
+
+
+# -- communication -------------------------------------------------------------------------
+def test_16_bit_gradients_halve_every_exchange(mlp):
+    P = mlp.n_params
+    assert costmodel.gradient_bytes(mlp, "fp16") == 2 * P == costmodel.gradient_bytes(mlp) / 2
+    for s in ("ring", "sharded", "hierarchical"):
+        assert algorithms.bytes_per_device(s, 2 * P, 8, 4) == \
+            algorithms.bytes_per_device(s, 4 * P, 8, 4) / 2
+    for s in algorithms.ALGORITHMS:
+        p32, p16 = (costmodel.predict(mlp, "V100", 8, batch_per_gpu=32, strategy=s, latency=0,
+                                      wire_precision=w) for w in ("fp32", "bf16"))
+        # the host's own stacking and update stay float32 (the master weights)
+        assert p16.comm_s - p16.host_s == pytest.approx((p32.comm_s - p32.host_s) / 2)
+        assert p16.host_s == p32.host_s and p16.compute_s == p32.compute_s
+        assert p16.wire_precision == "bf16"
+
+
+def test_b_star_per_precision_moves_as_the_model_says():
+    rows = {(p, w): {r["gpu"]: r for r in critical.critical_batch_table(precision=p,
+                                                                       wire_precision=w)}
+            for p, w in (("fp32", "fp32"), ("fp16", "fp32"), ("fp16", "fp16"))}
+    assert "K80" in rows["fp32", "fp32"] and "K80" not in rows["fp16", "fp16"]  # no FP16 peak
+    for g, r16 in rows["fp16", "fp16"].items():
+        r32, r16_32 = rows["fp32", "fp32"][g], rows["fp16", "fp32"][g]
+        for link in (*critical.LINKS, critical.ONE_RING):
+            assert r16[link] == pytest.approx(2 / 3 * r16["rate"] / r16[f"bw[{link}]"])
+            assert r16[link] == pytest.approx(r16_32[link] / 2)  # half the bytes
+            # the Tensor Cores' rate raises it in proportion
+            assert r16_32[link] / r32[link] == pytest.approx(r16["rate"] / r32["rate"])
+        assert r16["rate"] > 2 * r32["rate"]  # so mixed precision raises b* on every link
+
+
+def test_the_cost_model_meets_b_star_with_16_bit_gradients():
+    from types import SimpleNamespace
+    mlp = models.mlp(n_in=256, hidden=(256, 256), seed=0)  # the graph test_critical uses
+    P, per_sample = mlp.n_params, graph.count_flops(mlp, 1)["total"]
+    gpu = SimpleNamespace(name="toy", fp32_flops=1e12, host_bw=1e9, peer_bw=2e9)
+    N, rate = 8, 1e12 * 0.5
+    b32 = critical.critical_batch(rate, gpu.peer_bw, per_sample, P, n_gpus=N)
+    b16 = critical.critical_batch(rate, gpu.peer_bw, per_sample, P, n_gpus=N, value_bytes=2)
+    assert b16 == pytest.approx(b32 / 2)
+    p = costmodel.predict(mlp, gpu, N, batch_per_gpu=round(b16), strategy="ring",
+                          efficiency=0.5, latency=0, winograd=1, wire_precision="fp16")
+    assert p.compute_s == pytest.approx(p.comm_s, rel=0.02)
+    share = critical.comm_share(rate, gpu.peer_bw, round(b16), N, P, per_sample, value_bytes=2)
+    assert share == pytest.approx(p.comm_s / (p.compute_s + p.comm_s), rel=1e-3)
+    assert 0.49 < share < 0.51
