@@ -1,7 +1,8 @@
 """Layer 2: predictions from a model's graph, never measurements: ``graph`` (shapes and
 FLOPs), ``memory`` (bytes per device, per precision, with or without activation
-recomputation), ``precision`` (bytes per value: float32, or mixed 16-bit), ``gpus`` (the catalogue, with sources and a
-calibration per GPU and precision, or none, said so), ``algorithms`` (one exchange of the
+recomputation), ``precision`` (bytes per value: float32, or mixed 16-bit), ``gpus`` (the
+catalogue, with sources and a calibration per GPU and precision, or none, said so),
+``algorithms`` (one exchange of the
 gradient: host gather, ring, sharded, halving-doubling, recursive doubling, double tree),
 ``costmodel`` (step time on N GPUs of one node, overlap and buckets), ``network`` (nodes
 joined by a network; the published multi-node figures), ``critical`` (the critical batch
