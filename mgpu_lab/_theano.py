@@ -10,9 +10,14 @@ imports ``theano``/``T`` from here and never sets flags of its own.
 * ``blas__ldflags=`` (empty): on numpy 1.23 Theano's BLAS probe fails and the import
   breaks unless the flag is set; empty makes Theano call numpy's own BLAS through the
   numpy C-API (so ``OPENBLAS_NUM_THREADS`` governs its threads).
-* ``base_compiledir``: Theano's C-code cache. The user's ``~/.theano`` by default so a
-  warm cache survives fresh clones; ``MGPU_THEANO_DIR`` moves it (e.g. project-local).
+* ``base_compiledir``: Theano's C-code cache, ``~/.theano/mgpu_lab`` by default: in the
+  user's home so that a warm cache survives fresh clones, and a directory of its own so
+  that no other project's modules (or the thousands of stale entries an older mgpu_lab
+  left, see :func:`_cache_external_ops_across_processes`) slow every process's start:
+  Theano reads every entry's key when a process first compiles. ``MGPU_THEANO_DIR``
+  moves it (e.g. project-local).
 """
+import hashlib
 import logging
 import os
 import warnings
@@ -20,8 +25,8 @@ import warnings
 __all__ = ["theano", "T", "floatX", "FLAGS"]
 
 FLAGS = {"floatX": "float32", "blas__ldflags": "", "device": "cpu"}
-if os.environ.get("MGPU_THEANO_DIR"):
-    FLAGS["base_compiledir"] = os.environ["MGPU_THEANO_DIR"]
+FLAGS["base_compiledir"] = (os.environ.get("MGPU_THEANO_DIR")
+                            or os.path.join(os.path.expanduser("~"), ".theano", "mgpu_lab"))
 
 
 def _merged_flags(existing):
@@ -85,3 +90,30 @@ def _cache_ops_with_empty_props():
 
 
 _cache_ops_with_empty_props()
+
+
+def _stable_external_op_version(self):
+    """``ExternalCOp.c_code_cache_version`` with a hash that is the same in every process."""
+    code = "\0".join(self.func_codes).encode()
+    version = (int.from_bytes(hashlib.sha256(code).digest()[:8], "big", signed=True),)
+    if hasattr(self, "params_type"):
+        version += (self.params_type.c_code_cache_version(),)
+    return version
+
+
+def _cache_external_ops_across_processes():
+    """Work around a second theano-pymc 1.1.2 bug that recompiles C code in every process.
+
+    ``ExternalCOp`` (``DimShuffle`` and the other ops whose C code lives in a file) puts
+    ``hash(tuple(self.func_codes))`` in its cache version. Python randomises ``str``
+    hashes per process (PYTHONHASHSEED), so the version, and with it the module's key,
+    differed in every process: each worker, kernel and MPI rank compiled the same
+    ``DimShuffle`` again with g++ (~0.8 s) and added one more entry to the cache, whose
+    every later start then read it back (``ModuleCache.refresh`` unpickles every key).
+    A sha256 of the same code gives the same version everywhere.
+    """
+    from theano.graph.op import ExternalCOp
+    ExternalCOp.c_code_cache_version = _stable_external_op_version
+
+
+_cache_external_ops_across_processes()

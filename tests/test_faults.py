@@ -143,7 +143,7 @@ def test_exception_at_worker_start_carries_the_worker_traceback():
     with pytest.raises(DeviceError, match="device 0 raised an exception") as err:
         DevicePool(model, 2)
     tb = err.value.remote_traceback
-    assert "Traceback (most recent call last)" in tb and "worker_main" in tb
+    assert "Traceback (most recent call last)" in tb and "in _serve" in tb  # the worker's loop
     assert "unexpected keyword argument 'not_an_argument'" in tb
     assert worker_pids() <= before  # no worker of the failed pool is left
 

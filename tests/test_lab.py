@@ -16,7 +16,7 @@ process it started may be left. Screenshots: ``_build/screenshots/lab-07.png``,
 ``lab-07-explorer.png`` and ``lab-06.png``; the server's start-up time (seconds to its first HTTP answer) is printed.
 
 Chromium as in ``browserkit``: without it the test skips, except on CI (``CI`` set). The
-first run compiles chapter 7's Theano graphs (minutes); later runs reuse ``~/.theano``.
+first run compiles chapter 7's Theano graphs (minutes); later runs reuse ``~/.theano/mgpu_lab``.
 """
 import base64
 import io
@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 ROOT = Path(__file__).resolve().parents[1]
 START_LAB = ROOT / "jupyter" / "start-lab.sh"  # the command `make lab` runs
 SCREENSHOTS = ROOT / "_build" / "screenshots"
-RUN_TIMEOUT_S = 900  # chapter 7 on a cold ~/.theano compiles its graphs first
+RUN_TIMEOUT_S = 900  # chapter 7 on a cold ~/.theano/mgpu_lab compiles its graphs first
 WIDGET_CALL = re.compile(r"widget\w*\(|interact")
 SUMMARY = re.compile(r"ResNet-(\d+)-like at (\d+) px on (\d+) x (\S+) .*?"
                      r"at most (\d+) images per GPU")
