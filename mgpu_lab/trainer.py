@@ -14,7 +14,19 @@ PyTorch DDP and DeepSpeed ZeRO): ``trainer.model`` and ``trainer.opt_state`` con
 them on demand (``engine.state_dict()``), and every ``snapshot_every`` steps the trainer
 keeps a consolidated snapshot. A device that dies takes its state with it: the next step
 restarts the devices from that snapshot, and the error says how many steps were lost.
+
+Each history record holds the step's ``loss``, ``seconds``, ``images_per_s`` and
+``timings``, and the gradient noise scale's inputs and estimate (:mod:`mgpu_lab.statistics`):
+
+    sq_norms      {"split_sizes": n_i, "split": |g_i|^2 per device, "batch": |g|^2}, as
+                  the engine reported them (raw, one step)
+    b_simple      B_simple = tr(Σ)/|G|^2 in samples, from exponential moving averages
+                  (decay ``noise_beta`` per step) of the two unbiased estimators, as
+                  McCandlish et al. (2018) track it; None with one device (no second
+                  batch size), NaN while the averaged |G|^2 is not positive
+    trace_sigma   the averaged tr(Σ) estimate, grad_sq the averaged |G|^2 (or None)
 """
+import math
 import time
 import warnings
 
@@ -29,6 +41,7 @@ from .engines.serial import SerialEngine
 from .engines.update import Update
 from .errors import CheckpointError, DeviceStateLost, WorkerDied
 from .optim import SGD, state_dict
+from .statistics import NoiseScaleEMA
 
 __all__ = ["DataParallelTrainer", "ENGINES", "batch_indices"]
 
@@ -58,11 +71,13 @@ class DataParallelTrainer:
     """Train ``model`` (a Model or a ModelSpec) on ``n_devices`` with ``engine`` ('local',
     'serial' or 'mpi') and ``strategy`` (a name in ``engines.strategies.STRATEGIES`` or a
     strategy object; ``devices_per_node`` for 'hierarchical'). ``snapshot_every``: steps
-    between consolidated snapshots of the devices' state (what a lost device costs)."""
+    between consolidated snapshots of the devices' state (what a lost device costs).
+    ``noise_beta``: the decay per step of the noise scale's moving averages (module
+    docstring; about 1/(1 - beta) steps of memory)."""
 
     def __init__(self, model, n_devices=1, optimizer=None, engine="local",
                  memory_bytes=None, seed=0, strategy="host", devices_per_node=None,
-                 snapshot_every=10):
+                 snapshot_every=10, noise_beta=0.95):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1:
@@ -77,6 +92,9 @@ class DataParallelTrainer:
         self.engine_name, self.memory_bytes, self.seed = engine, memory_bytes, seed
         self.history, self.step_count, self._engine = [], 0, None
         self.snapshot_every = snapshot_every
+        NoiseScaleEMA(noise_beta)  # checks beta now, not at the first step
+        self.noise_beta = noise_beta
+        self._replay_noise()
         self._on_devices = not self.strategy.updates_on_host  # where the state lives
         self._devices_current = False  # the devices hold the host's parameters and state
         self._host_current = True  # the host's copy is that of the last step
@@ -143,6 +161,7 @@ class DataParallelTrainer:
         self._model.set_values(values)
         self._opt_state = _copy_state(state)
         self.opt_t, self.step_count, self.history = t, step, self.history[:n_hist]
+        self._replay_noise()
         self._host_current, self._devices_current = True, False
         error.steps_lost = lost
         error.args = (f"{error.args[0]}; the devices held the parameters and optimizer state, "
@@ -186,11 +205,46 @@ class DataParallelTrainer:
         self.opt_t += 1
         seconds = time.perf_counter() - t0
         self.history.append({"step": self.step_count, "loss": result.loss, "seconds": seconds,
-                             "images_per_s": len(x) / seconds, "timings": result.timings})
+                             "images_per_s": len(x) / seconds, "timings": result.timings,
+                             **self._noise_record(result)})
         self.step_count += 1
         if self._on_devices and self.step_count % self.snapshot_every == 0:
             self._take_snapshot()
         return result.loss
+
+    # -- the gradient noise scale (mgpu_lab.statistics) ---------------------------------
+    def _noise_record(self, result):
+        """The history's noise-scale keys for one step (module docstring)."""
+        norms = None
+        if result.split_sq_norms is not None and result.batch_sq_norm is not None:
+            norms = {"split_sizes": [int(n) for n in result.split_sizes],
+                     "split": list(result.split_sq_norms), "batch": result.batch_sq_norm}
+        est = self._feed_noise(norms)
+        if est is None:
+            return {"sq_norms": norms, "b_simple": None, "trace_sigma": None, "grad_sq": None}
+        return {"sq_norms": norms, **est._asdict()}  # b_simple, trace_sigma, grad_sq
+
+    def _feed_noise(self, norms):
+        """One step's squared norms into the moving averages; the smoothed estimate, or None
+        (one device; or norms missing or not finite: that step is left out)."""
+        if self._noise is None:
+            return None
+        if norms and all(math.isfinite(v) for v in norms["split"] + [norms["batch"]]):
+            self._noise.update(norms["split_sizes"], norms["split"], norms["batch"])
+        return self._noise.value
+
+    def _replay_noise(self):
+        """The moving averages rebuilt from ``history`` (after a load or a restore), so a
+        resumed run continues them as an uninterrupted one would."""
+        self._noise = NoiseScaleEMA(self.noise_beta) if self.n_devices > 1 else None
+        for h in self.history:
+            self._feed_noise(h.get("sq_norms"))
+
+    @property
+    def noise_scale(self):
+        """The current smoothed :class:`~mgpu_lab.statistics.NoiseScale`, or None (one
+        device, or no step yet)."""
+        return None if self._noise is None else self._noise.value
 
     def fit(self, x, y, batch_size=64, steps=None, epochs=None, progress=True, data_seed=0):
         """Train for ``steps`` steps (or ``epochs`` epochs) on shuffled batches of (x, y).
@@ -210,7 +264,9 @@ class DataParallelTrainer:
                 idx = batch_indices(self.step_count, len(x), batch_size, data_seed)
                 loss = self.step(x[idx], y[idx])
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
+                b_simple = self.history[-1].get("b_simple")
+                bar.set_postfix(loss=f"{loss:.4f}", **({} if b_simple is None else
+                                                       {"B_simple": f"{b_simple:.0f}"}))
         except KeyboardInterrupt:
             self.close()  # workers may be mid-step: stop them all; params are from the last full step
             raise
@@ -273,6 +329,7 @@ class DataParallelTrainer:
         self.opt_t = int(ck.optimizer_state["t"])
         self._model.set_values(ck.values)
         self.step_count, self.history = ck.step, history
+        self._replay_noise()
         self._host_current, self._devices_current = True, False  # loaded at the next step
         self._take_snapshot()
         return self

@@ -10,6 +10,13 @@ engine's step is the same moves:
       devices update)
     the host gather's host: stack and update (strategy.on_host) Engine.step (here)
     batch loss = sum_i (n_i / B) loss_i                          Engine.step (here)
+    |g_i|^2 and |g|^2, the gradient noise scale's inputs         Engine.step (here)
+
+The squared norms are computed where the gradients live, one float per device crosses:
+each device's |g_i|^2 of its split's mean gradient (``Device.compute``), and |g|^2 of the
+stacked gradient by whoever holds it after the exchange (the host gather's host; under
+the others each device over its ``host_range`` of the reduced gradient, summed here:
+device 0's whole copy for the ring, the shards for the sharded optimizer).
 
 The base class owns the checks and the host's part; an engine supplies ``_run_devices``,
 a transport and the on-demand view of the devices' state (``state_dict`` /
@@ -81,6 +88,10 @@ class StepResult:
     timings: Timings
     bytes: list = None  # per device {"sent", "received", "batch"}: bytes that crossed
     #                     between processes in this step (counted by the transport)
+    split_sq_norms: list = None  # |g_i|^2 per device: the squared L2 norm of device i's
+    #                              MEAN gradient over its n_i samples (float64 numbers)
+    batch_sq_norm: float = None  # |g|^2 of the stacked full-batch gradient sum_i (n_i/B) g_i;
+    #                              with split_sizes: mgpu_lab.statistics.gradient_noise_scale
 
 
 def check_memory_bytes(memory_bytes):
@@ -177,16 +188,19 @@ class Engine:
             raise ValueError(f"strategy {self.strategy.name!r} updates on the host: pass the "
                              f"parameters to step from (values=None means the devices' own)")
         t = Timings(split=time.perf_counter() - t0)
-        losses, device_seconds, view = self._run_devices(values, x, y, bounds, update, t)
+        losses, device_seconds, view, norms = self._run_devices(values, x, y, bounds, update, t)
         loss = stack_losses(losses, sizes)
         if self.strategy.updates_on_host:
             grads, new_values, new_state = self._run_host(view, sizes, values, update, loss, t)
+            batch_sq_norm = view.batch_sq_norm
         else:  # the devices hold the result; the gradient alone is read back when asked for
             grads = self.step_gradient() if update is None else None
             new_values = new_state = None
+            batch_sq_norm = float(sum(part for _, part in norms))
         t.total = time.perf_counter() - t0
         return StepResult(loss, grads, new_values, new_state, sizes, list(device_seconds), t,
-                          getattr(self, "last_bytes", None))
+                          getattr(self, "last_bytes", None),
+                          [float(split) for split, _ in norms], batch_sq_norm)
 
     def gradients(self, values, x, y):
         """The gradient of the batch's mean loss: a list of arrays shaped like the params."""
@@ -195,8 +209,9 @@ class Engine:
     # -- what an engine supplies ----------------------------------------------------------
     def _run_devices(self, values, x, y, bounds, update, t):
         """Every device: the gradient of its split ``x[a:b]``, then ``strategy.on_device``
-        over this engine's transport. ``(losses, device_seconds, view)``, where ``view``
-        (a :class:`~mgpu_lab.engines.strategies.HostView`) is what the host reads."""
+        over this engine's transport. ``(losses, device_seconds, view, norms)``, where
+        ``view`` (a :class:`~mgpu_lab.engines.strategies.HostView`) is what the host reads
+        and ``norms`` one ``(|g_i|^2, batch part)`` per device (``Device.sq_norms``)."""
         raise NotImplementedError
 
     def _run_host(self, view, sizes, values, update, loss, t):

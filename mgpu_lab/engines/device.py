@@ -13,9 +13,14 @@ lives"):
                                 or one mailbox packet of at most PACKET floats (the pool)
 
 One step: compute the gradient of its split, copy it out of Theano into ``grad`` (the
-fetch), then ``strategy.on_device(link, self)``: the exchange, and the update where the
-devices update. The update runs on blocks of ``BLOCK`` floats, in place, so nothing of
-size P is allocated per step, and the rule's temporaries stay a few MiB.
+fetch, which also takes |g_i|^2: one pass over P, no copy), then
+``strategy.on_device(link, self)``: the exchange, and the update where the devices
+update. After the exchange a device that updates takes |g|^2 over its ``host_range`` of
+the reduced gradient (the whole of it on device 0 for the ring, its shard for the sharded
+optimizer); the host sums those parts (the gradient noise scale's inputs,
+:mod:`mgpu_lab.statistics`). Only these floats cross, never a second gradient. The
+update runs on blocks of ``BLOCK`` floats, in place, so nothing of size P is allocated
+per step, and the rule's temporaries stay a few MiB.
 
 What each phase of :class:`~mgpu_lab.engines.base.Timings` means is written there, once.
 """
@@ -51,6 +56,8 @@ class Device:
         self.state = None  # (slots, b - a), made at the first update or load
         self.update, self.weight, self.loss, self.lost = None, 1.0, 0.0, False
         self.seconds_update = 0.0
+        self.split_sq_norm = 0.0  # |g_i|^2 of this device's mean gradient (last step)
+        self.batch_sq_part = 0.0  # |g|^2 over its host range of the reduced gradient
 
     # -- what the host loads and reads, on demand -----------------------------------
     def load(self, params=None, state=None):
@@ -95,6 +102,7 @@ class Device:
         loss, *grads = self.fn(x, y)
         t1 = time.perf_counter()
         flatten(grads, out=self.grad)  # out of Theano's buffers into the one that travels
+        self.split_sq_norm = float(np.dot(self.grad, self.grad))  # BLAS sdot: no temporary
         self.loss = float(loss)
         return self.loss, {"compute": t1 - t0, "fetch": time.perf_counter() - t1}
 
@@ -106,9 +114,24 @@ class Device:
             self.state = np.zeros((update.optimizer.slots, b - a), floatX)  # every rule starts at 0
         t0, waited = time.perf_counter(), self.link.waited
         self.strategy.on_device(self.link, self)
+        self.batch_sq_part = self._batch_sq_part()
         spent, waited = time.perf_counter() - t0, self.link.waited - waited
         return {"sync": waited, "exchange": max(0.0, spent - self.seconds_update - waited),
                 "update": self.seconds_update}
+
+    def _batch_sq_part(self):
+        """|g|^2 over this device's host range of the reduced gradient, sum_i (n_i/B) g_i,
+        which ``grad`` holds there after a device-side exchange (an update reads it, never
+        writes it). The host gather's devices hold only their own g_i: 0, the host takes it."""
+        if self.strategy.updates_on_host:
+            return 0.0
+        a, b = self.strategy.host_range(self.rank, self.size, self.n_params)
+        return float(np.dot(self.grad[a:b], self.grad[a:b])) if b > a else 0.0
+
+    @property
+    def sq_norms(self):
+        """``(|g_i|^2, batch part)`` of the last step: the floats that cross to the host."""
+        return self.split_sq_norm, self.batch_sq_part
 
     # -- what strategies call ---------------------------------------------------------
     @property

@@ -253,7 +253,8 @@ class DevicePool(Engine):
         return [replies[d][1] for d in range(self.n_devices)]
 
     def _read_replies(self, replies, t):
-        """Losses, compute seconds and the host's view; the slowest device's phases."""
+        """Losses, compute seconds, the host's view and the devices' squared norms; the
+        slowest device's phases."""
         refused = [r[1] for r in replies if r[0] == "refused"]
         if refused:  # every device refused before changing anything
             raise NonFiniteGradient(refused[0])
@@ -266,7 +267,8 @@ class DevicePool(Engine):
         self.last_bytes = [r[3] for r in replies]
         view = HostView(self.n_devices, self.shapes, grad=self._bufs["grads"].array.__getitem__) \
             if self.strategy.updates_on_host else None
-        return [r[1] for r in replies], [p["compute"] for p in per_dev], view
+        norms = [r[4] for r in replies]  # (|g_i|^2, batch part): two floats per device
+        return [r[1] for r in replies], [p["compute"] for p in per_dev], view, norms
 
     # -- the devices' state, on demand ------------------------------------------------
     def _block(self, floats):

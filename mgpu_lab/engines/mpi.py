@@ -221,7 +221,7 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         self.link = MPILink(self.comm, self.strategy.message_floats(self.size, P), P,
                             host_rows=self.strategy.updates_on_host)
         self.device = Device(self.rank, self.size, self.model, self.strategy, self.link)
-        self._stats = np.empty((self.size, 4), dtype=np.float64)  # loss, compute s, bytes out, in
+        self._stats = np.empty((self.size, 3), dtype=np.float64)  # loss, compute s, |g_i|^2
         self._synced = False
         if self.size > 1:
             install_abort_hook(self.comm)
@@ -242,7 +242,8 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         t1 = time.perf_counter()
         loss, times = dev.compute(x[a:b], y[a:b])
         t2 = time.perf_counter()
-        self.comm.Allgather(np.array([loss, times["compute"], 0, 0], np.float64), self._stats)
+        self.comm.Allgather(np.array([loss, times["compute"], dev.split_sq_norm], np.float64),
+                            self._stats)  # every rank's loss, seconds and |g_i|^2, on every rank
         t.set_params, t.compute, t.fetch = t1 - t0, times["compute"], times["fetch"]
         t.sync = time.perf_counter() - t2  # every rank waits here for the slowest device
         w = self.strategy.weights([d - c for c, d in bounds])[self.rank]
@@ -252,17 +253,23 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
             t.exchange, t.update = times["exchange"], times["update"]
         except NonFiniteGradient as e:  # every rank decides alike (strategies.py)
             refused = e
-        self._count_bytes()
+        parts = self._count_bytes()
         if refused:
             raise refused
         view = HostView(self.size, self.shapes, grad=lambda r: link.rows[r]) if on_host else None
-        return list(self._stats[:, 0]), list(self._stats[:, 1]), view
+        norms = list(zip(self._stats[:, 2], parts))
+        return list(self._stats[:, 0]), list(self._stats[:, 1]), view, norms
 
     def _count_bytes(self):
-        mine = np.array([self.link.sent, self.link.received], np.float64)
-        both = np.empty((self.size, 2), np.float64)
-        self.comm.Allgather(mine, both)  # every rank's counts, on every rank
-        self.last_bytes = [{"sent": int(s), "received": int(r), "batch": 0} for s, r in both]
+        """Every rank's byte counts, on every rank; with them (the same message) each
+        rank's part of |g|^2 (``Device.batch_sq_part``), returned."""
+        mine = np.array([self.link.sent, self.link.received, self.device.batch_sq_part],
+                        np.float64)
+        every = np.empty((self.size, 3), np.float64)
+        self.comm.Allgather(mine, every)
+        self.last_bytes = [{"sent": int(s), "received": int(r), "batch": 0}
+                           for s, r, _ in every]
+        return list(every[:, 2])
 
     def _host_params(self, values):
         """The host gather: rank 0's parameters in rank 0's replica (the others' replicas
@@ -276,7 +283,7 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
     def _run_host(self, view, sizes, values, update, loss, t):
         """Rank 0 stacks and updates; every rank waits for its verdict, then receives the
         new parameters (or the gradient) into its replica by ``Bcast``."""
-        verdict, error, grads, state = _OK, None, None, None
+        verdict, error, grads, state = _OK, None, None, None  # and rank 0's |g|^2 below
         out = self.device.params if update is not None else self.device.grad
         if self.rank == ROOT:
             try:
@@ -287,7 +294,7 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
             except Exception as e:  # noqa: BLE001 - passed on to every rank, then re-raised
                 verdict, error = _FAILED, e
         t0 = time.perf_counter()
-        self._share_verdict(verdict, error)  # the others wait here for rank 0's update
+        view.batch_sq_norm = self._share_verdict(verdict, error, view.batch_sq_norm)
         t1 = time.perf_counter()
         self.comm.Bcast([out, mpi().FLOAT], root=ROOT)  # into every replica (or gradient)
         if self.rank != ROOT:
@@ -346,12 +353,13 @@ class MPIEngine(Engine):  # close() only marks it closed: MPI itself ends with t
         state = [unflatten(row, self.shapes) for row in full] if self.rank == ROOT else None
         return {"values": values, "state": state}
 
-    def _share_verdict(self, verdict, error):
-        """Broadcast rank 0's verdict; on failure every rank raises (rank 0 its own error)."""
-        flag = np.array([verdict], dtype=np.int32)
-        self.comm.Bcast([flag, mpi().INT], root=ROOT)
+    def _share_verdict(self, verdict, error, batch_sq_norm):
+        """Broadcast rank 0's verdict and |g|^2 (the others wait here for rank 0's update);
+        on failure every rank raises (rank 0 its own error). Returns |g|^2 on every rank."""
+        flag = np.array([verdict, batch_sq_norm or 0.0], dtype=np.float64)
+        self.comm.Bcast([flag, mpi().DOUBLE], root=ROOT)
         if flag[0] == _OK:
-            return
+            return float(flag[1])
         text = None
         if self.rank == ROOT:
             text = str(error) if flag[0] == _NON_FINITE else "".join(

@@ -27,16 +27,17 @@ class SerialEngine(Engine):
         self.model.set_values(values)
         if self._rows is None:
             self._rows = np.empty((self.n_devices, self.model.n_params), floatX)  # (N, P)
-        losses, secs = [], []
+        losses, secs, norms = [], [], []
         for d, (a, b) in enumerate(bounds):
             t0 = time.perf_counter()
             loss, *g = self._fn(x[a:b], y[a:b])
             secs.append(time.perf_counter() - t0)
             losses.append(float(loss))
-            flatten(g, out=self._rows[d])  # Theano may reuse its output buffers: copy out
+            row = flatten(g, out=self._rows[d])  # Theano may reuse its output buffers: copy out
+            norms.append((float(np.dot(row, row)), 0.0))  # |g_i|^2; the host takes |g|^2
         t.compute = sum(secs)
         view = HostView(self.n_devices, self.model.param_shapes, grad=self._rows.__getitem__)
-        return losses, secs, view
+        return losses, secs, view, norms
 
     def state_dict(self, slots=None):
         return {"values": None, "state": None}  # the host gather: the host holds both

@@ -110,10 +110,12 @@ class Group:
 
 class HostView:
     """What the host gather's host sees after the devices' part of a step: ``grad(r)``,
-    device r's flat gradient. Engines fill it from their buffers."""
+    device r's flat gradient. Engines fill it from their buffers; the host gather writes
+    ``batch_sq_norm``, |g|^2 of the gradient it stacked (MPI: broadcast to every rank)."""
 
     def __init__(self, n_devices, shapes, grad):
         self.n_devices, self.shapes, self.grad = n_devices, shapes, grad
+        self.batch_sq_norm = None
 
 
 def _max_chunk(P, N):
@@ -180,6 +182,7 @@ class HostGather(Strategy):
         t0 = time.perf_counter()  # stacked flat: one multiply-add per device over all P
         flat = stack_gradients([[view.grad(r)] for r in range(view.n_devices)], sizes)[0]
         grads = unflatten(flat, view.shapes)
+        view.batch_sq_norm = float(np.dot(flat, flat))  # |g|^2 where the stack lives
         t.stack = time.perf_counter() - t0
         if update is None:
             return grads, None, None

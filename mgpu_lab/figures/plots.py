@@ -474,3 +474,52 @@ def bytes_against_n(ns, series, title, source, ylabel="bytes per device per step
     ax.legend(frameon=False, fontsize=7)
     ax.grid(alpha=0.3)
     return _finish(fig, ax, source)
+
+
+# -- the gradient noise scale (mgpu_lab.statistics, tracked by the trainer) ------------------
+__all__ += ["noise_scale"]
+
+
+def _noise_runs(histories):
+    """{label: history} from one trainer.history or a dict of them; each must carry the
+    trainer's noise-scale keys (two or more devices)."""
+    runs = histories if isinstance(histories, dict) else {"B_simple": histories}
+    for label, hist in runs.items():
+        if not any(h.get("b_simple") is not None for h in hist):
+            raise ValueError(f"history {label!r} holds no noise scale: train on 2 or more "
+                             f"devices (one device has no second batch size)")
+    return runs
+
+
+def noise_scale(histories, machine=None, title="Gradient noise scale during training",
+                source=None):
+    """B_simple = tr(Σ)/|G|² against the step (left), and the two averaged estimators
+    apart (right), from ``trainer.history`` (or {label: history}) of a run on N >= 2
+    devices. ``machine``: the :func:`~mgpu_lab.measure.machine.machine_info` dict of the
+    machine that trained (default: this one); ``source`` replaces the provenance line."""
+    runs = _noise_runs(histories)
+    fig, (ax_b, ax_e) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    for i, (label, hist) in enumerate(runs.items()):
+        rows = [h for h in hist if h.get("b_simple") is not None]
+        steps = [h["step"] for h in rows]
+        colour = f"C{i}"
+        ax_b.plot(steps, [h["b_simple"] for h in rows], color=colour, lw=1.6, label=label)
+        ax_e.plot(steps, [h["trace_sigma"] for h in rows], color=colour, lw=1.6,
+                  label=f"tr(Σ), {label}" if len(runs) > 1 else "tr(Σ)")
+        ax_e.plot(steps, [h["grad_sq"] for h in rows], color=colour, lw=1.6, ls="--",
+                  label=f"|G|², {label}" if len(runs) > 1 else "|G|²")
+    ax_b.set(title="B_simple = tr(Σ) / |G|²", xlabel="training step",
+             ylabel="noise scale (samples per batch)")
+    ax_b.set_ylim(bottom=0)
+    ax_e.set(title="the two estimators (moving averages)", xlabel="training step",
+             ylabel="squared gradient norm (nats²)", yscale="log")
+    for ax in (ax_b, ax_e):
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _finish(fig, ax_b, source or (
+        f"{machine_label(machine)}; from each step's |g_i|² (each device's mean gradient) and "
+        f"|g|² (the stacked batch), McCandlish et al. 2018 App. A.1 (mgpu_lab.statistics); "
+        f"exponential moving averages of tr(Σ) and |G|², then their ratio"))
+    fig.subplots_adjust(top=0.84)  # room for the suptitle above the panels' titles
+    return fig
