@@ -61,7 +61,8 @@ def test_the_explorer_html_holds_every_setting_and_its_controls():
     back = _data(html)
     assert back["per_gpu"] == data["per_gpu"]
     assert len(back["per_gpu"]) == (2 * 1 * 1 * len(memory.OPTIMIZER_SLOTS)
-                                    * len(explorers.SHARDING) * len(explorers.LIMIT_GPUS))
+                                    * len(explorers.SHARDING) * len(explorers.LIMIT_PRECISIONS)
+                                    * len(explorers.RECOMPUTE) * len(explorers.LIMIT_GPUS))
     assert len(html) < 60_000  # the grid is factored: per-GPU limits, state, step parts
     assert "predicted by mgpu_lab.predict.memory" in html and "datasheet" in html
 
@@ -114,7 +115,7 @@ def test_an_explorer_is_html_in_the_web_book_and_vega_lite_in_a_kernel(monkeypat
     keys = ("gpu", "image_size", "depth", "optimizer", "n_gpus")
     assert len(rows) == 2 * 1 * 1 * len(memory.OPTIMIZER_SLOTS) * len(explorers.LIMIT_GPUS)
     for r in rows:
-        at = dict(sharding=0, **{k: r[k] for k in keys})
+        at = dict(sharding=0, precision="fp32", recompute=False, **{k: r[k] for k in keys})
         assert r["per_gpu"] == data["per_gpu"][explorers._flat_index(data["axes"], **at)]
         assert [round(r[f"p_{p}"] * 2 ** 30) for p in data["parts"]] == \
             explorers.limits_parts(data, **at)

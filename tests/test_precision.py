@@ -131,13 +131,18 @@ def test_recompute_in_the_estimate_and_the_limits(resnet50):
 def test_recompute_adds_one_forward_pass_to_the_step(mlp):
     counts = graph.count_flops(mlp, 4096)
     for overlap in (False, True):  # 4096 samples per GPU, no latency: compute-bound
+        # the FLOP count alone (roofline=False), where the forward pass's time is its share
         p0, p1 = (costmodel.predict(mlp, "V100", 4, batch_per_gpu=4096, strategy="ring",
-                                    overlap=overlap, latency=0, recompute=rc)
+                                    overlap=overlap, latency=0, recompute=rc, roofline=False)
                   for rc in (False, True))
         forward = p0.compute_s * counts["forward"] / counts["total"]
         assert p1.compute_s == pytest.approx(p0.compute_s + forward, rel=1e-12)
         assert p1.step_s == pytest.approx(p0.step_s + forward, rel=1e-9)
         assert p1.comm_s == p0.comm_s and p1.recompute and not p0.recompute
+    # with the roofline per kernel: the forward kernels' time once more, less than the step
+    p0, p1 = (costmodel.predict(mlp, "V100", 4, batch_per_gpu=4096, strategy="ring",
+                                latency=0, recompute=rc) for rc in (False, True))
+    assert p0.compute_s < p1.compute_s < 2 * p0.compute_s
 
 
 # -- communication -------------------------------------------------------------------------
@@ -186,3 +191,105 @@ def test_the_cost_model_meets_b_star_with_16_bit_gradients():
     share = critical.comm_share(rate, gpu.peer_bw, round(b16), N, P, per_sample, value_bytes=2)
     assert share == pytest.approx(p.comm_s / (p.compute_s + p.comm_s), rel=1e-3)
     assert 0.49 < share < 0.51
+
+
+# -- the explorer and the widget -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_grid():
+    """Chapter 7's explorer data for one small network and two GPUs (not cached)."""
+    from mgpu_lab.figures import explorers
+    return explorers.batch_limits_data(sizes=(32,), depths=(26,), kinds=["V100", "K80"],
+                                       cache=False)
+
+
+def test_the_explorer_grid_is_the_memory_model_at_every_precision_and_recomputation(small_grid):
+    from mgpu_lab.figures import explorers
+    d, model = small_grid, models.resnet_like(26, image_size=32)
+    assert d["axes"]["precision"] == ["fp32", "fp16"] and d["axes"]["recompute"] == [False, True]
+    for gpu in ("V100", "K80"):
+        for p in ("fp32", "fp16"):
+            for rc in (False, True):
+                for o, stage, n in (("momentum", 0, 1), ("adam", 3, 8)):
+                    at = dict(gpu=gpu, image_size=32, depth=26, optimizer=o, sharding=stage,
+                              precision=p, recompute=rc, n_gpus=n)
+                    total = memory.max_batch_size(model, gpus.usable_bytes(gpu), n, o, stage,
+                                                  p, rc)
+                    per = d["per_gpu"][explorers._flat_index(d["axes"], **at)]
+                    assert per == total // n, at
+                    est = memory.estimate(model, max(per, 1), o, stage, n, p, rc)
+                    assert explorers.limits_parts(d, **at) == explorers.memory_parts(est), at
+    html = explorers.batch_limits(gpu="K80", image_size=32, depth=26, precision="fp16",
+                                  recompute=True, data=d).html
+    assert 'name="precision"' in html and 'name="recompute"' in html
+    assert ">fp16 or bf16, mixed (2 bytes)</option>" in html and "Chen et al." in html
+    assert len(html) < 100_000
+
+
+def test_the_pages_script_shows_what_the_library_computed(small_grid, tmp_path):
+    """book/_static/explorer-batch-limits.js, run in node on the grid: for each setting it
+    shows the per-GPU limit and the five parts that explorers.limits_parts gives."""
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+    from mgpu_lab.figures import explorers
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page's script is tested in the browser tier")
+    js = Path(__file__).resolve().parent.parent / "book" / "_static" / "explorer-batch-limits.js"
+    (tmp_path / "d.json").write_text(json.dumps(small_grid))
+    harness = tmp_path / "run.js"
+    harness.write_text("""
+let update; global.mgpuExplorers = {register: (kind, f) => { update = f; }};
+require(process.argv[2]);
+const d = JSON.parse(require('fs').readFileSync(process.argv[3], 'utf8'));
+const order = Object.keys(d.axes), shown = {};
+const m = {data: d, show: (k, v) => { shown[k] = v; }, draw: (spec, sets) => sets,
+           at: s => order.reduce((i, a) => i * d.axes[a].length + d.axes[a].indexOf(s[a]), 0)};
+const out = JSON.parse(process.argv[4]).map(s => {
+  for (const k in shown) delete shown[k];
+  const sets = update(m, s);
+  return {shown: Object.assign({}, shown), rows: sets.table.length};
+});
+console.log(JSON.stringify(out));
+""")
+    settings_ = [dict(gpu=g, image_size=32, depth=26, optimizer=o, sharding=st_, precision=p,
+                      recompute=rc, n_gpus=n)
+                 for g, o, st_, p, rc, n in (("V100", "momentum", 0, "fp16", True, 4),
+                                              ("K80", "adam", 2, "fp16", False, 8),
+                                              ("V100", "sgd", 0, "fp32", True, 1),
+                                              ("K80", "momentum", 1, "fp32", False, 2))]
+    out = json.loads(subprocess.run([node, str(harness), str(js), str(tmp_path / "d.json"),
+                                     json.dumps(settings_)], check=True, capture_output=True,
+                                    text=True, timeout=60).stdout)
+    for s, o in zip(settings_, out):
+        per = small_grid["per_gpu"][explorers._flat_index(small_grid["axes"], **s)]
+        assert o["shown"]["per_gpu"] == per and o["shown"]["global_batch"] == s["n_gpus"] * per
+        parts = explorers.limits_parts(small_grid, **s)
+        assert [o["shown"][f"bytes_{p}"] for p in explorers.MEMORY_PARTS] == parts, s
+        assert o["shown"]["precision"] == explorers.PRECISION_LABELS[s["precision"]]
+        assert o["shown"]["recompute"] == explorers.RECOMPUTE_LABELS[s["recompute"]]
+
+
+def test_the_widget_and_the_lab_chart_take_precision_and_recomputation(small_grid):
+    import matplotlib.pyplot as plt
+    from mgpu_lab.figures import explorers, widgets
+    assert [p for _, p in widgets.PRECISION_CHOICES] == list(precision.PRECISIONS)
+    model = widgets.network(26, 32)
+    for p, rc in (("bf16", True), ("tf32", False)):
+        summary, fig = widgets.limits_figure("V100", 32, 26, 2, "momentum", 0, p, rc)
+        plt.close(fig)
+        per = memory.max_batch_size(model, gpus.usable_bytes("V100"), 2, "momentum", 0, p,
+                                    rc) // 2
+        assert f"at most {per} images per GPU" in summary and p in summary
+        assert ("recomputation on" if rc else "recomputation off") in summary
+    e = explorers.batch_limits(gpu="V100", image_size=32, depth=26, n_gpus=2,
+                               precision="fp16", recompute=True, data=small_grid)
+    per = memory.max_batch_size(model, gpus.usable_bytes("V100"), 2, "momentum", 0, "fp16",
+                                True) // 2
+    assert f"at most {per:,} images per GPU" in e.text
+    rows = [r for r in e.spec["data"]["values"] if (r["gpu"], r["optimizer"], r["n_gpus"])
+            == ("V100", "momentum", 2)]
+    assert [r["per_gpu"] for r in rows] == [per]
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        widgets.limits_figure("V100", 32, 26, 2, "momentum", 0, "fp8")

@@ -1,9 +1,10 @@
 // Chapter 7's explorer (mgpu_lab.figures.explorers.batch_limits): the predicted largest
 // batch per GPU and for N GPUs, and one GPU's memory at that split, as a stacked bar.
 // Runs on mgpu-explorer.js; m.data holds per_gpu for every GPU x image size x depth x
-// optimizer x sharding x N, flattened in that order, and the memory parts factored:
-// state[size x depth][optimizer][sharding][N - 1] (parameters, gradients, optimizer) and
-// step[size x depth][split] (activations, other); see explorers.limits_parts.
+// optimizer x sharding x precision x recomputation x N, flattened in that order, and the
+// memory parts factored: state[size x depth][precision][optimizer][sharding][N - 1]
+// (parameters, gradients, optimizer) and step[size x depth][how][split] (activations,
+// other; how: "fp16+recompute" and the like, explorers.how_key); see explorers.limits_parts.
 mgpuExplorers.register('batch-limits', function update(m, s) {
   const PARTS = m.data.parts;
   const spec = {
@@ -25,11 +26,15 @@ mgpuExplorers.register('batch-limits', function update(m, s) {
        encoding: {x: {field: 'gib', type: 'quantitative'}, y: {value: -2},
                   text: {field: 'label'}}}]};
   const i = m.at(s), per = m.data.per_gpu[i], key = s.image_size + 'x' + s.depth;
-  const state = m.data.state[key][s.optimizer][s.sharding][m.data.axes.n_gpus.indexOf(s.n_gpus)];
-  const bytes = state.concat(m.data.step[key][String(Math.max(per, 1))]);
+  const state = m.data.state[key][s.precision][s.optimizer][s.sharding][
+    m.data.axes.n_gpus.indexOf(s.n_gpus)];
+  const how = s.precision + (s.recompute ? '+recompute' : '');  // explorers.how_key
+  const bytes = state.concat(m.data.step[key][how][String(Math.max(per, 1))]);
   const gpu = m.data.gpus[s.gpu];
   for (const a of ['gpu', 'image_size', 'depth', 'optimizer', 'n_gpus']) m.show(a, s[a]);
   m.show('sharding', m.data.sharding_labels[m.data.axes.sharding.indexOf(s.sharding)]);
+  m.show('precision', m.data.precision_labels[m.data.axes.precision.indexOf(s.precision)]);
+  m.show('recompute', m.data.recompute_labels[m.data.axes.recompute.indexOf(s.recompute)]);
   m.show('gpu_gib', gpu.memory_bytes, 'gib0');
   m.show('per_gpu', per, 'int');
   m.show('global_batch', s.n_gpus * per, 'int');  // max_batch_size(n_devices=N, sharding=...)

@@ -12,7 +12,8 @@ and the explorer scripts to the pages that hold an explorer (found by the
 ``mgpu-explorer`` class). In JupyterLab, which runs none of those scripts, an explorer is a
 Vega-Lite chart of the same numbers that the lab draws itself (:mod:`.labcharts`).
 
-    batch_limits()            chapter 7: GPU x image size x depth x optimizer x sharding x N GPUs
+    batch_limits()            chapter 7: GPU x image size x depth x optimizer x sharding x
+                              precision x recomputation x N GPUs
     throughput(measured=...)  chapter 6: network x GPU x N x strategy x overlap x batch
 """
 import hashlib
@@ -29,7 +30,8 @@ from ..sources import library_hash
 from . import labcharts, tables
 
 __all__ = ["OPTIMIZERS", "LIMIT_SIZES", "LIMIT_DEPTHS", "SHARDING", "SHARDING_LABELS",
-           "LIMIT_GPUS", "MEMORY_PARTS", "THROUGHPUT_NETS",
+           "LIMIT_PRECISIONS", "PRECISION_LABELS", "RECOMPUTE", "RECOMPUTE_LABELS",
+           "LIMIT_GPUS", "MEMORY_PARTS", "THROUGHPUT_NETS", "how_key",
            "THROUGHPUT_BATCHES", "limits_grid", "memory_parts", "batch_limits_data", "limits_parts",
            "batch_limits", "throughput_data", "hidden_seconds", "throughput"]
 
@@ -45,6 +47,14 @@ SHARDING = tuple(memory.SHARDING_STAGES)
 SHARDING_LABELS = {0: "none", 1: "1: optimizer state", 2: "2: + gradients",
                    3: "3: + parameters"}
 LIMIT_GPUS = tuple(range(1, 9))
+# Precision as the memory model sees it: 4 or 2 bytes a value (tf32 stores as fp32, bf16 as
+# fp16: memory.estimate gives them equal), so two settings cover the four precisions; and
+# activation recomputation off or on. Neither costs a graph build: a 16-bit replay is a few
+# more graph walks, recomputation none (it reads the same replay).
+LIMIT_PRECISIONS = ("fp32", "fp16")
+PRECISION_LABELS = {"fp32": "fp32 or tf32 (4 bytes)", "fp16": "fp16 or bf16, mixed (2 bytes)"}
+RECOMPUTE = (False, True)
+RECOMPUTE_LABELS = {False: "off", True: "on (sqrt(L) checkpoints)"}
 MEMORY_PARTS = ("parameters", "gradients", "optimizer", "activations", "other")
 # chapter 6: the book's ImageNet nets (presets.imagenet_model names) and batch choices
 THROUGHPUT_NETS = {"ResNet-50-like": "resnet", "VGG-16-like": "vgg16"}
@@ -83,24 +93,41 @@ def _cached(kind, params, compute):
 
 # -- chapter 7: the memory model over the grid ------------------------------------------
 def limits_grid(model, kinds, optimizers=OPTIMIZERS, reserved=gpus.DEFAULT_RESERVED,
-                stages=(0,), counts=(1,)):
+                stages=(0,), counts=(1,), precisions=("fp32",), recomputes=(False,)):
     """{(gpu name, optimizer): (largest split, estimate at it)} for one network, on each
     GPU's memory less ``reserved`` bytes (:func:`mgpu_lab.predict.gpus.usable_bytes`);
-    with ``stages`` (ZeRO sharding) or ``counts`` (GPUs) other than the default, keyed
-    ``(gpu name, optimizer, stage, N)``.
+    with ``stages`` (ZeRO sharding), ``counts`` (GPUs), ``precisions`` or ``recomputes``
+    other than the default, keyed ``(gpu name, optimizer, stage, N)``, or
+    ``(gpu name, optimizer, stage, N, precision, recompute)`` where a precision or
+    recomputation is asked for.
 
     Equal to :func:`memory.max_batch_size` (per GPU) and :func:`memory.estimate`, found
-    by :func:`memory.split_limits` with three graph walks instead of dozens.
+    by :func:`memory.split_limits` with three graph walks per precision instead of dozens.
     """
-    cases = [(g, o, s, n) for g in kinds for o in optimizers for s in stages for n in counts]
-    state = {(o, s, n): max(sum(d.values()) for d in memory.model_state(model, o, s, n))
-             for o in optimizers for s in stages for n in counts}
-    budgets = [gpus.usable_bytes(g, reserved) - state[o, s, n] for g, o, s, n in cases]
-    grid = {(g.name, o, s, n): (per, memory.estimate(model, max(per, 1), o, s, n))
-            for (g, o, s, n), per in zip(cases, memory.split_limits(model, budgets))}
-    if tuple(stages) == (0,) and tuple(counts) == (1,):
-        return {(g, o): v for (g, o, _, _), v in grid.items()}
+    grid = {}
+    for p in precisions:
+        for rc in sorted(recomputes, reverse=True):  # recomputation first: the larger
+            how = (p, rc)                          # splits prove the line for both
+            cases = [(g, o, s, n) for g in kinds for o in optimizers for s in stages
+                     for n in counts]
+            state = {(o, s, n): max(sum(d.values())
+                                    for d in memory.model_state(model, o, s, n, p))
+                     for o in optimizers for s in stages for n in counts}
+            budgets = [gpus.usable_bytes(g, reserved) - state[o, s, n] for g, o, s, n in cases]
+            for (g, o, s, n), per in zip(cases, memory.split_limits(model, budgets, *how)):
+                grid[g.name, o, s, n, *how] = (per, memory.estimate(model, max(per, 1), o, s,
+                                                                    n, *how))
+    if tuple(precisions) == ("fp32",) and tuple(recomputes) == (False,):
+        if tuple(stages) == (0,) and tuple(counts) == (1,):
+            return {(g, o): v for (g, o, _, _, _, _), v in grid.items()}
+        return {k[:4]: v for k, v in grid.items()}
     return grid
+
+
+def how_key(precision, recompute):
+    """The key of a precision and recomputation setting in the grid's ``step`` table:
+    "fp32", "fp16", "fp32+recompute", "fp16+recompute" (the page's script builds it alike)."""
+    return precision + ("+recompute" if recompute else "")
 
 
 def memory_parts(est):
@@ -111,8 +138,9 @@ def memory_parts(est):
 
 def batch_limits_data(sizes=LIMIT_SIZES, depths=LIMIT_DEPTHS, kinds=None, cache=True):
     """Everything chapter 7's explorer shows: per-GPU limit and memory parts (bytes) for
-    every GPU kind x image size x depth x optimizer x sharding (ZeRO stage) x number of
-    GPUs, flattened in that order (kept on disk with ``cache``: see :func:`_cached`)."""
+    every GPU kind x image size x depth x optimizer x sharding (ZeRO stage) x precision x
+    recomputation x number of GPUs, flattened in that order (kept on disk with ``cache``:
+    see :func:`_cached`)."""
     kinds = list(kinds or gpus.gpu_names())
     args = (list(sizes), list(depths), kinds)
     if cache:
@@ -122,9 +150,10 @@ def batch_limits_data(sizes=LIMIT_SIZES, depths=LIMIT_DEPTHS, kinds=None, cache=
 
 def _limits_data(sizes, depths, kinds):
     """The grid, factored so that the page stays small: ``per_gpu`` for every setting
-    (flat, in axis order); ``state[size x depth][optimizer][stage][N - 1]``: parameters,
-    gradients, optimizer bytes; ``step[size x depth][split]``: activations and other bytes
-    at each split that occurs. :func:`limits_parts` puts a setting's five parts together."""
+    (flat, in axis order); ``state[size x depth][precision][optimizer][stage][N - 1]``:
+    parameters, gradients, optimizer bytes; ``step[size x depth][how][split]`` (``how``:
+    :func:`how_key`): activations and other bytes at each split that occurs.
+    :func:`limits_parts` puts a setting's five parts together."""
     t0 = time.perf_counter()
     kinds = [gpus.get_gpu(g) for g in kinds]
     per_gpu, state, step, grids = [], {}, {}, {}
@@ -132,24 +161,32 @@ def _limits_data(sizes, depths, kinds):
         for depth in depths:
             key = f"{size}x{depth}"
             grids[key] = limits_grid(models.resnet_like(depth, image_size=size), kinds,
-                                     stages=SHARDING, counts=LIMIT_GPUS)
-            state[key] = {o: [[None] * len(LIMIT_GPUS) for _ in SHARDING] for o in OPTIMIZERS}
-            step[key] = {}
-            for (_, o, stage, n), (per, est) in grids[key].items():
+                                     stages=SHARDING, counts=LIMIT_GPUS,
+                                     precisions=LIMIT_PRECISIONS, recomputes=RECOMPUTE)
+            state[key] = {p: {o: [[None] * len(LIMIT_GPUS) for _ in SHARDING]
+                              for o in OPTIMIZERS} for p in LIMIT_PRECISIONS}
+            step[key] = {how_key(p, rc): {} for p in LIMIT_PRECISIONS for rc in RECOMPUTE}
+            for (_, o, stage, n, p, rc), (per, est) in grids[key].items():
                 parts = [int(v) for v in memory_parts(est)]
-                state[key][o][stage][n - 1] = parts[:3]
-                step[key][str(max(per, 1))] = parts[3:]
+                state[key][p][o][stage][n - 1] = parts[:3]
+                step[key][how_key(p, rc)][str(max(per, 1))] = parts[3:]
     for g in kinds:
         for size in sizes:
             for depth in depths:
+                grid = grids[f"{size}x{depth}"]
                 for o in OPTIMIZERS:
                     for stage in SHARDING:
-                        for n in LIMIT_GPUS:
-                            per_gpu.append(int(grids[f"{size}x{depth}"][g.name, o, stage, n][0]))
+                        for p in LIMIT_PRECISIONS:
+                            for rc in RECOMPUTE:
+                                for n in LIMIT_GPUS:
+                                    per_gpu.append(int(grid[g.name, o, stage, n, p, rc][0]))
     return {"axes": {"gpu": [g.name for g in kinds], "image_size": list(sizes),
                      "depth": list(depths), "optimizer": list(OPTIMIZERS),
-                     "sharding": list(SHARDING), "n_gpus": list(LIMIT_GPUS)},
+                     "sharding": list(SHARDING), "precision": list(LIMIT_PRECISIONS),
+                     "recompute": list(RECOMPUTE), "n_gpus": list(LIMIT_GPUS)},
             "sharding_labels": [SHARDING_LABELS[k] for k in SHARDING],
+            "precision_labels": [PRECISION_LABELS[p] for p in LIMIT_PRECISIONS],
+            "recompute_labels": [RECOMPUTE_LABELS[r] for r in RECOMPUTE],
             "gpus": {g.name: {"memory_bytes": g.memory_bytes, "source": g.source,
                               "usable_bytes": gpus.usable_bytes(g)} for g in kinds},
             "reserved_bytes": gpus.DEFAULT_RESERVED, "parts": list(MEMORY_PARTS),
@@ -161,9 +198,10 @@ def limits_parts(d, **setting):
     """The five memory parts (bytes) of :func:`batch_limits_data` ``d`` at ``setting``
     (a value for every axis), as the page's script looks them up."""
     per = d["per_gpu"][_flat_index(d["axes"], **setting)]
-    key = f"{setting['image_size']}x{setting['depth']}"
-    state = d["state"][key][setting["optimizer"]][setting["sharding"]]
-    return state[d["axes"]["n_gpus"].index(setting["n_gpus"])] + d["step"][key][str(max(per, 1))]
+    key, p = f"{setting['image_size']}x{setting['depth']}", setting["precision"]
+    state = d["state"][key][p][setting["optimizer"]][setting["sharding"]]
+    step = d["step"][key][how_key(p, setting["recompute"])]
+    return state[d["axes"]["n_gpus"].index(setting["n_gpus"])] + step[str(max(per, 1))]
 
 
 # -- chapter 6: the cost model over the grid --------------------------------------------
@@ -274,11 +312,12 @@ def _page(kind, controls, body, provenance, data, after=""):
 
 # -- chapter 7's explorer -----------------------------------------------------------------
 def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
-                 sharding=0, data=None):
+                 sharding=0, precision="fp32", recompute=False, data=None):
     """Chapter 7's explorer (a :class:`~.labcharts.Explorer`: HTML in the web book,
     Vega-Lite in JupyterLab): the predicted largest batch per GPU and for N GPUs, and the
     busiest GPU's memory at it, for every setting of its controls (``sharding``: the ZeRO
-    stage, 0 for none; chapter 9)."""
+    stage, 0 for none, chapter 9; ``precision``: "fp32" (or tf32) or "fp16" (or bf16,
+    mixed); ``recompute``: activation recomputation)."""
     d = data or batch_limits_data()
     ax, labels = d["axes"], d["sharding_labels"]
     controls = (_select("gpu", "GPU", ax["gpu"], gpu)
@@ -286,13 +325,21 @@ def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="mome
                 + _select("depth", "depth", ax["depth"], depth)
                 + _slider("n_gpus", "GPUs", 1, 8, n_gpus)
                 + _select("optimizer", "optimizer", ax["optimizer"], optimizer)
-                + _select("sharding", "sharding", ax["sharding"], sharding, labels))
+                + _select("sharding", "sharding", ax["sharding"], sharding, labels)
+                + _select("precision", "precision", ax["precision"], precision,
+                          d["precision_labels"])
+                + _select("recompute", "recomputation", ax["recompute"], recompute,
+                          d["recompute_labels"]))
     label = labels[ax["sharding"].index(sharding)]
+    p_label = d["precision_labels"][ax["precision"].index(precision)]
+    rc_label = d["recompute_labels"][ax["recompute"].index(recompute)]
     parts = ", ".join(f"{p} {_field('bytes_' + p)}" for p in d["parts"])
     body = (f'<p class="mgpu-summary">ResNet-{_field("depth", depth)}-like at '
             f'{_field("image_size", image_size)} px on {_field("n_gpus", n_gpus)} x '
             f'{_field("gpu", gpu)} ({_field("gpu_gib")} GiB each), optimizer '
-            f'{_field("optimizer", optimizer)}, sharding {_field("sharding", label)}: at most '
+            f'{_field("optimizer", optimizer)}, sharding {_field("sharding", label)}, '
+            f'precision {_field("precision", p_label)}, recomputation '
+            f'{_field("recompute", rc_label)}: at most '
             f'{_field("per_gpu")} images per GPU, a global batch of {_field("global_batch")} '
             f'(predicted).{_field("none_fits")}</p><p style="font-size:0.85em">The busiest '
             f'GPU at that split, GiB: {parts}; total {_field("bytes_total")}.</p>')
@@ -300,22 +347,30 @@ def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="mome
     prov = ("predicted by mgpu_lab.predict.memory from each network's graph "
             "(mgpu_lab.models.resnet_like); GPU figures from: "
             f'<span data-field="source">{html.escape(d["gpus"][gpu]["source"])}</span>. '
-            f"All {sizes} settings (GPU x image size x depth x optimizer x sharding x GPUs) "
+            f"All {sizes} settings (GPU x image size x depth x optimizer x sharding x "
+            "precision x recomputation x GPUs) "
             "were computed when the book was built; N GPUs hold N times one GPU's split. "
             "Sharding (ZeRO stages 1-3, chapter 9) keeps 1/N of the optimizer state, the "
-            "gradients, the parameters on each GPU; stages 2 and 3 are predicted only. All of "
+            "gradients, the parameters on each GPU; stages 2 and 3 are predicted only. Mixed "
+            "precision (fp16 or bf16) stores activations, gradients and the weights' working "
+            "copy in 16 bits and keeps float32 master weights with the optimizer state "
+            "(ZeRO's accounting); tf32 stores float32. Recomputation keeps about sqrt(L) of "
+            "the L activations the backward pass reads and makes the rest again (Chen et al. "
+            "2016), at about one more forward pass per step. All of "
             f"each GPU's memory less {d['reserved_bytes'] // 2 ** 20} MiB reserved for the CUDA "
             "context and the framework (an assumption: mgpu_lab.predict.gpus.DEFAULT_RESERVED), "
-            "as in memory.max_batch_size(model, gpus.usable_bytes(gpu), N, optimizer, sharding);"
-            " the book trains with momentum.")
+            "as in memory.max_batch_size(model, gpus.usable_bytes(gpu), N, optimizer, sharding,"
+            " precision, recompute); the book trains with momentum.")
     i = _flat_index(ax, gpu=gpu, image_size=image_size, depth=depth, optimizer=optimizer,
-                    sharding=sharding, n_gpus=n_gpus)
+                    sharding=sharding, precision=precision, recompute=recompute, n_gpus=n_gpus)
     text = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {gpu}, {optimizer}, "
-            f"sharding {label}: at most {d['per_gpu'][i]:,} images per GPU, a global batch of "
+            f"sharding {label}, {p_label}, recomputation {rc_label}: at most "
+            f"{d['per_gpu'][i]:,} images per GPU, a global batch of "
             f"{n_gpus * d['per_gpu'][i]:,} (predicted)")
     return labcharts.Explorer(
         _page("batch-limits", controls, body, prov, d),
-        labcharts.batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding),
+        labcharts.batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding,
+                                    precision, recompute),
         text)
 
 

@@ -73,21 +73,25 @@ def _summary(expr, width, before=()):
 
 
 # -- chapter 7 ---------------------------------------------------------------------------
-def _limits_rows(d, sharding):
-    """One row per GPU x size x depth x optimizer x N at one ``sharding`` (ZeRO stage: the
-    lab chart keeps it fixed; every stage at once would be 4 times the rows). The parts
-    are looked up as the web page does (explorers.limits_parts)."""
+def _limits_rows(d, sharding, precision="fp32", recompute=False):
+    """One row per GPU x size x depth x optimizer x N at one ``sharding`` (ZeRO stage),
+    ``precision`` and ``recompute`` (the lab chart keeps them fixed; every combination at
+    once would be 16 times the rows). The parts are looked up as the web page does
+    (explorers.limits_parts)."""
     ax, rows = d["axes"], []
+    how = precision + ("+recompute" if recompute else "")  # explorers.how_key
     for gpu in ax["gpu"]:
         for size in ax["image_size"]:
             for depth in ax["depth"]:
                 for opt in ax["optimizer"]:
                     for n in ax["n_gpus"]:
                         at = dict(gpu=gpu, image_size=size, depth=depth, optimizer=opt,
-                                  sharding=sharding, n_gpus=n)
+                                  sharding=sharding, precision=precision,
+                                  recompute=recompute, n_gpus=n)
                         per, key = d["per_gpu"][_index(ax, at)], f"{size}x{depth}"
-                        nbytes = (d["state"][key][opt][sharding][ax["n_gpus"].index(n)]
-                                  + d["step"][key][str(max(per, 1))])
+                        state = d["state"][key][precision][opt][sharding]
+                        nbytes = (state[ax["n_gpus"].index(n)]
+                                  + d["step"][key][how][str(max(per, 1))])
                         row = {"gpu": gpu, "image_size": size, "depth": depth,
                                "optimizer": opt, "n_gpus": n, "per_gpu": per,
                                "usable_gib": d["gpus"][gpu]["usable_bytes"] / 2 ** 30}
@@ -104,11 +108,14 @@ def _index(axes, setting):
     return i
 
 
-def batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding=0):
+def batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding=0,
+                      precision="fp32", recompute=False):
     """Chapter 7's explorer as Vega-Lite: the summary line and the busiest GPU's memory
-    bar, at one ``sharding`` (ZeRO stage)."""
+    bar, at one ``sharding`` (ZeRO stage), ``precision`` and ``recompute``."""
     ax, parts = d["axes"], list(d["parts"])
     label = d["sharding_labels"][ax["sharding"].index(sharding)]
+    label += (f", {d['precision_labels'][ax['precision'].index(precision)]}, recomputation "
+              f"{d['recompute_labels'][ax['recompute'].index(recompute)]}")
     summary = ("'ResNet-' + depth + '-like at ' + image_size + ' px on ' + n_gpus + ' x ' "
                f"+ gpu + ', ' + optimizer + ', sharding {label}:\\nat most ' "
                "+ format(datum.per_gpu, ',') "
@@ -134,7 +141,7 @@ def batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding=0):
                    _param("depth", "depth", depth, ax["depth"]),
                    _param("n_gpus", "GPUs", n_gpus, lo=1, hi=8),
                    _param("optimizer", "optimizer", optimizer, ax["optimizer"])],
-        "data": {"values": _limits_rows(d, sharding)},
+        "data": {"values": _limits_rows(d, sharding, precision, recompute)},
         "transform": [_filter(["gpu", "image_size", "depth", "optimizer", "n_gpus"])],
         "vconcat": [_summary(summary, 560),
                     {"width": 540, "height": 46, "layer": [bar, cap],

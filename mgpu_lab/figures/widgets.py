@@ -3,7 +3,7 @@ on every change, so they need a running kernel. The web book shows
 :mod:`mgpu_lab.figures.explorers` instead (computed when the book is built).
 
     batch_limits_widget()   chapter 7: GPU kind, image size, depth, number of GPUs,
-                            optimizer, sharding (ZeRO stage)
+                            optimizer, sharding (ZeRO stage), precision, recomputation
     throughput_widget()     chapter 6: measure the benchmark on 1..N local devices
 """
 import contextlib
@@ -17,15 +17,18 @@ from IPython.display import Image, display
 
 from .. import models, presets
 from ..measure import bench
-from ..predict import gpus, memory
+from ..predict import gpus, memory, precision as _precision
 from . import plots, tables
 
-__all__ = ["SHARDING_CHOICES", "network", "limits_figure", "untracked", "show_figure",
+__all__ = ["SHARDING_CHOICES", "PRECISION_CHOICES", "network", "limits_figure", "untracked", "show_figure",
            "limits_view", "batch_limits_widget", "measure_view", "throughput_widget"]
 
 # The widget's sharding menu: (label, ZeRO stage).
 SHARDING_CHOICES = (("none", 0), ("1: optimizer state", 1), ("2: + gradients", 2),
                     ("3: + parameters", 3))
+# The widget's precision menu: (label, precision), every one the memory model knows.
+PRECISION_CHOICES = tuple((p + (", mixed" if _precision.is_mixed(p) else ""), p)
+                          for p in _precision.PRECISIONS)
 
 
 @functools.lru_cache(maxsize=32)
@@ -35,25 +38,30 @@ def network(depth, image_size):
 
 
 def limits_figure(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
-                  sharding=0):
+                  sharding=0, precision="fp32", recompute=False):
     """(summary, figure): the predicted limit, and the busiest GPU's memory at its largest
     split, on the GPU's memory less :data:`~mgpu_lab.predict.gpus.DEFAULT_RESERVED`, with
-    the model state sharded over ``n_gpus`` GPUs as ZeRO stage ``sharding`` (0: none)."""
+    the model state sharded over ``n_gpus`` GPUs as ZeRO stage ``sharding`` (0: none), at
+    ``precision`` (mixed for "fp16" and "bf16"), with or without activation ``recompute``."""
     model, kind = network(depth, image_size), gpus.get_gpu(gpu)
-    stage = memory.check_sharding(sharding)
+    stage, precision = memory.check_sharding(sharding), _precision.check_precision(precision)
+    how = (precision, bool(recompute))
     usable, reserve = gpus.usable_bytes(kind), gpus.DEFAULT_RESERVED // 2 ** 20
-    per = memory.max_batch_size(model, usable, n_gpus, optimizer, stage) // n_gpus
+    per = memory.max_batch_size(model, usable, n_gpus, optimizer, stage, *how) // n_gpus
     shard = "no sharding" if not stage else f"sharding {stage} ({memory.SHARDING_STAGES[stage]})"
+    mode = (f"{precision}{' mixed' if _precision.is_mixed(precision) else ''}, "
+            f"recomputation {'on' if recompute else 'off'}")
     summary = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {kind.name} "
-               f"({kind.memory_gib:.0f} GiB, {reserve} MiB reserved), {optimizer}, {shard}: "
-               f"at most {per} images per GPU, a global batch of {n_gpus * per} (predicted)")
+               f"({kind.memory_gib:.0f} GiB, {reserve} MiB reserved), {optimizer}, {shard}, "
+               f"{mode}: at most {per} images per GPU, a global batch of {n_gpus * per} "
+               "(predicted)")
     sizes = sorted({1, max(1, per // 4), max(1, per // 2), max(1, per)})
     fig = plots.memory_breakdown(
-        {n: memory.estimate(model, n, optimizer, stage, n_gpus) for n in sizes},
+        {n: memory.estimate(model, n, optimizer, stage, n_gpus, *how) for n in sizes},
         xlabel="images per GPU (the split)",
         capacity=(usable, f"{kind.name} memory less {reserve} MiB reserved"),
         title=f"One of {n_gpus} {kind.name}s, ResNet-{depth}-like at {image_size} px, "
-              f"sharding {stage or 'none'} (predicted)",
+              f"sharding {stage or 'none'}, {mode} (predicted)",
         source=f"predicted by mgpu_lab.predict.memory from the graph;\n"
                f"GPU memory: {kind.source}")
     return summary, fig
@@ -85,10 +93,11 @@ def show_figure(fig):
 
 
 def limits_view(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="momentum",
-                sharding=0):
+                sharding=0, precision="fp32", recompute=False):
     """Print the summary and show the figure (what the widget redraws on each change)."""
     with untracked():  # the inline backend neither tracks nor shows it: show_figure does
-        summary, fig = limits_figure(gpu, image_size, depth, n_gpus, optimizer, sharding)
+        summary, fig = limits_figure(gpu, image_size, depth, n_gpus, optimizer, sharding,
+                                     precision, recompute)
     print(summary)
     show_figure(fig)
 
@@ -106,7 +115,10 @@ def batch_limits_widget():
         optimizer=widgets.Dropdown(options=list(memory.OPTIMIZER_SLOTS), value="momentum",
                                    description="optimizer"),
         sharding=widgets.Dropdown(options=list(SHARDING_CHOICES), value=0,
-                                  description="sharding"))
+                                  description="sharding"),
+        precision=widgets.Dropdown(options=list(PRECISION_CHOICES), value="fp32",
+                                   description="precision"),
+        recompute=widgets.Checkbox(value=False, description="recompute activations"))
     return widgets.interact(limits_view, **controls)
 
 
