@@ -155,11 +155,17 @@ def test_catalogue_gpus_by_name(mlp, linear_flops):
     assert host.gpu == ring.gpu == "V100"
     assert host.comm_s == pytest.approx(2 * 2 * 19240 / v100.host_bw)
     assert ring.comm_s == pytest.approx(2 * 1 / 2 * 19240 / v100.peer_bw)
-    # the catalogue's calibration, with the default (Winograd F(4x4,3x3)) count
-    eff = v100.calibration["fp32"].efficiency(v100.fp32_flops, costmodel.DEFAULT_WINOGRAD)
-    assert host.efficiency == pytest.approx(eff) and 0.2 < eff < 0.8
+    # the catalogue's calibration, with the default (Winograd F(4x4,3x3)) count: the
+    # roofline's compute efficiency, which gives the published figure back
+    assert host.efficiency == pytest.approx(costmodel.calibrated_efficiency(v100, "fp32"))
+    assert 0.2 < host.efficiency < 0.8 and host.memory_efficiency == costmodel.MEMORY_EFFICIENCY
     assert host.calibrated and host.label.startswith("calibrated (NVIDIA DeepLearningExamples")
-    assert host.compute_s == pytest.approx(32e9 / (v100.fp32_flops * eff))
+    # the FLOPs-only model, as before the roofline: FLOPs / (peak x FLOPs-only efficiency)
+    flat = predict(mlp, "V100", 2, 64, strategy="host", latency=0, host_memory_bw=1e30,
+                   roofline=False)
+    eff = v100.calibration["fp32"].efficiency(v100.fp32_flops, costmodel.DEFAULT_WINOGRAD)
+    assert flat.efficiency == pytest.approx(eff) and flat.memory_efficiency is None
+    assert flat.compute_s == pytest.approx(32e9 / (v100.fp32_flops * eff))
     no_peer = SimpleNamespace(name="no peer link", fp32_flops=1e12, host_bw=1e9, peer_bw=None)
     assert predict(mlp, no_peer, 2, 64, strategy="ring", latency=0).comm_s == \
         pytest.approx(19240 / 1e9)  # falls back to the host link
@@ -258,8 +264,8 @@ def test_published_rows_are_sourced_and_complete():
     from mgpu_lab.predict import published
     rows = published.load()
     multi = [r for r in rows if r["n_gpus"] > 1]
-    assert len(rows) == 76 and len(multi) == 52
-    assert len({r["source_id"] for r in rows}) == 4
+    assert len(rows) == 78 and len(multi) == 54
+    assert len({r["source_id"] for r in rows}) == 5
     for r in rows:
         assert r["url"].startswith("https://") and r["table"] and r["date"][:2] == "20"
         assert r["network"] in published.NETWORKS and r["strategy"] in ("host", "ring")
@@ -268,10 +274,12 @@ def test_published_rows_are_sourced_and_complete():
         assert r["optimizer"] == ("sgd" if r["source_id"] == "tf" else "momentum")
         for column in ("source", "table", "date", "framework_setting", "data", "interconnect"):
             assert r[column].strip(), (column, r)
-    # every multi-GPU row has its single-GPU row (same source, network, GPU, batch, precision)
+    # every multi-GPU row has its single-GPU row (same source, network, GPU, batch, precision),
+    # but MLPerf's, which publishes whole servers only (8 GPUs)
     key = lambda r: (r["source_id"], r["network"], r["gpu"], r["batch_per_gpu"], r["precision"])  # noqa: E731
     singles = {key(r) for r in rows if r["n_gpus"] == 1}
-    assert all(key(r) in singles for r in multi)
+    assert all(key(r) in singles for r in multi if r["source_id"] != "mlperf-v2.1")
+    assert {r["n_gpus"] for r in rows if r["source_id"] == "mlperf-v2.1"} == {8}
     # the figures the catalogue calibrates on are single-GPU ResNet-50 rows of this file
     for g in CATALOGUE.values():
         for precision, cal in g.calibration.items():
@@ -289,7 +297,7 @@ def test_every_published_multi_gpu_row_gets_a_prediction(mlp, linear_flops):
     for r, o in zip(rows, out):
         assert o["predicted"] > 0 and o["error"] == pytest.approx(o["predicted"] / r["images_per_s"] - 1)
         assert o["prediction"].n_gpus == r["n_gpus"] and o["prediction"].strategy == r["strategy"]
-        fused = r["source_id"] in ("nvidia-dle", "nvidia-dle-tf")  # DDP buckets, Horovod fusion
+        fused = r["source_id"] in ("nvidia-dle", "nvidia-dle-tf", "mlperf-v2.1")  # DDP, Horovod
         assert o["buckets"] == (1 if fused else len(mlp.params))
         if r["strategy"] == "host":  # TensorFlow's benchmarks ran plain SGD: no momentum slot
             assert o["prediction"].host_s == pytest.approx(

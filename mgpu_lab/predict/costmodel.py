@@ -3,7 +3,14 @@
 A step is computed, not simulated (P parameters, so 4P bytes of float32 gradient; alpha:
 latency per transfer or collective step; F and B the forward and backward compute):
 
-    compute  = FLOPs of the largest split / (peak FLOP/s * efficiency)     (per device)
+    compute  = a roofline per kernel of the largest split's step (per device): each
+               convolution, matrix product, reduction and fused elementwise chain, forward
+               and backward (mgpu_lab.predict.graph.kernels), takes
+               max(FLOPs_k / (peak FLOP/s * efficiency),
+                   bytes_k / (memory_bw * memory_efficiency)),
+               bytes_k its activations, weights and gradients read and written at the
+               precision's bytes per number; compute is their sum. (A GPU without
+               ``memory_bw``, or ``roofline=False``: FLOPs / (peak FLOP/s * efficiency).)
     comm     = one exchange of the 4P-byte gradient (mgpu_lab.predict.algorithms):
                host gather 2 N (4P / host_bw + alpha), its transfers queued one after
                another at the host (a pessimistic bound), + the host's stacking and update
@@ -21,13 +28,16 @@ latency per transfer or collective step; F and B the forward and backward comput
     images/s = batch / step;  speed-up = images/s(N) / images/s(1) (strong scaling: the
                same global batch; weak scaling, ``batch_per_gpu=b``: 1 GPU with b)
 
-FLOPs come from the model's own gradient graph (:func:`mgpu_lab.predict.graph.count_flops`),
+FLOPs and bytes come from the model's own gradient graph (:func:`mgpu_lab.predict.graph.kernels`),
 optionally with 3x3 stride-1 convolutions divided by a ``winograd`` factor (fast convolution
-algorithms do fewer multiplications than the direct count). Peak FLOP/s, link bandwidths
-and the efficiency come from the GPU catalogue (:mod:`mgpu_lab.predict.gpus`). The
-efficiency is *calibrated* (on one cited, published single-GPU throughput of that GPU at
-that precision) or *uncalibrated* (assumed: a calibrated relative's efficiency,
-:func:`borrowed_calibration`, else :data:`DEFAULT_EFFICIENCY`); every
+algorithms do fewer multiplications than the direct count). Peak FLOP/s, memory and link
+bandwidths come from the GPU catalogue (:mod:`mgpu_lab.predict.gpus`). Two efficiencies
+scale the two roofs. The memory efficiency is one number for every GPU
+(:data:`MEMORY_EFFICIENCY`, see :mod:`mgpu_lab.predict.gpus` for how it is fixed); the
+compute efficiency is *calibrated* (solved so that the roofline gives one cited, published
+single-GPU throughput of that GPU at that precision back: :func:`calibrated_efficiency`)
+or *uncalibrated* (assumed: a calibrated relative's compute efficiency, with the GPU's own
+peak and bandwidth, :func:`borrowed_calibration`, else :data:`DEFAULT_EFFICIENCY`); every
 :class:`Prediction` says which in ``calibrated`` and ``efficiency_source``, and
 ``Prediction.label`` says it in words. "fp32" on Ampere and later is charged at the TF32
 peak, as frameworks run it (:meth:`mgpu_lab.predict.gpus.GPU.framework_precision`).
@@ -50,7 +60,7 @@ from .algorithms import (ALGORITHMS as _ALGORITHMS, ALIASES, DEFAULT_HOST_MEMORY
                          halving_doubling_seconds, host_gather_seconds, host_update_seconds,
                          latency_steps, mpi_host_seconds, recursive_doubling_seconds,
                          ring_allreduce_seconds, sharded_seconds, tree_allreduce_seconds)
-from .gpus import get_gpu
+from .gpus import MEMORY_EFFICIENCY, ROOFLINE_EFFICIENCY, get_gpu
 from .memory import OPTIMIZER_SLOTS
 from .precision import check_precision, value_bytes
 
@@ -58,7 +68,8 @@ __all__ = ["Prediction", "ALGORITHMS", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
            "DEFAULT_HOST_MEMORY_BW", "WINOGRAD_F2", "WINOGRAD_F4", "DEFAULT_WINOGRAD",
            "gradient_bytes", "largest_split", "winograd_flops", "effective_flops",
            "efficiency_for", "calibration_for", "borrowed_calibration", "SAME_UNITS",
-           "uncalibrated_label", "compute_seconds",
+           "uncalibrated_label", "compute_seconds", "MEMORY_EFFICIENCY", "float_bytes",
+           "roofline_seconds", "step_compute", "calibrated_efficiency", "calibration_step",
            "host_gather_seconds", "host_update_seconds", "mpi_host_seconds",
            "ring_allreduce_seconds", "halving_doubling_seconds", "recursive_doubling_seconds",
            "tree_allreduce_seconds", "double_tree_seconds", "sharded_seconds",
@@ -98,7 +109,8 @@ class Prediction:
     batch_size: int  # global batch
     strategy: str
     overlap: bool
-    efficiency: float  # fraction of the peak FLOP/s reached (calibrated or assumed)
+    efficiency: float  # compute efficiency: fraction of the peak FLOP/s the arithmetic-bound
+    # kernels reach (calibrated or assumed); the whole step's fraction: sustained_efficiency
     latency: float  # assumed seconds per transfer / collective step
     split: int  # samples on the busiest device: ceil(batch / N)
     flops: int  # FLOPs of that device's split (one training step), as counted (direct)
@@ -121,6 +133,9 @@ class Prediction:
     assumed_precision: str = ""  # ... and at which precision
     wire_precision: str = "fp32"  # the gradients' precision in the exchange
     recompute: bool = False  # activation recomputation: one more forward pass in compute_s
+    memory_efficiency: float | None = None  # fraction of memory_bw reached; None: no roofline
+    memory_bound_s: float = 0.0  # of compute_s, the kernels bound by memory bandwidth
+    sustained_efficiency: float = 0.0  # the split's FLOPs / (compute_s * peak): whole step
 
     @property
     def label(self):
@@ -183,38 +198,61 @@ def effective_flops(model, batch_size, winograd=1.0):
     return total - winograd_flops(model, batch_size) * (1 - 1 / winograd)
 
 
-def calibration_for(gpu, precision="fp32", winograd=None):
-    """How ``gpu`` at ``precision`` is predicted: a dict with ``efficiency``,
-    ``calibrated`` (bool), ``source`` (the published figure, or why it is assumed),
-    ``peak_precision`` (the peak charged: "fp32" on Ampere and later runs as "tf32") and
-    ``label`` ('calibrated (...)' or 'uncalibrated (assumed efficiency 11%, ...)'),
-    ``assumed_like`` and ``assumed_precision`` (the calibrated GPU and precision an
-    uncalibrated one borrows its efficiency from, :func:`borrowed_calibration`; "" when it
-    borrows none and :data:`DEFAULT_EFFICIENCY` is assumed)."""
+def calibration_for(gpu, precision="fp32", winograd=None, roofline=True):
+    """How ``gpu`` at ``precision`` is predicted: a dict with ``efficiency`` (the compute
+    efficiency), ``memory_efficiency`` (:data:`MEMORY_EFFICIENCY`; None where the model is
+    FLOPs-only: ``roofline=False``, or a GPU without ``memory_bw``), ``calibrated`` (bool),
+    ``source`` (the published figure, or why it is assumed), ``peak_precision`` (the peak
+    charged: "fp32" on Ampere and later runs as "tf32") and ``label`` ('calibrated (...)'
+    or 'uncalibrated (assumed efficiency 11%, ...)'), ``assumed_like`` and
+    ``assumed_precision`` (the calibrated GPU and precision an uncalibrated one borrows its
+    compute efficiency from, :func:`borrowed_calibration`; "" when it borrows none and
+    :data:`DEFAULT_EFFICIENCY` is assumed). With ``roofline=False`` the efficiency is the
+    FLOPs-only one (:meth:`mgpu_lab.predict.gpus.Calibration.efficiency`), as before the
+    roofline."""
     gpu = _gpu(gpu)
     winograd = DEFAULT_WINOGRAD if winograd is None else winograd
     run, why = (gpu.framework_precision(precision) if hasattr(gpu, "framework_precision")
                 else (precision, "as requested"))
     cal = getattr(gpu, "calibration", {}).get(run)
+    roof = _has_roofline(gpu, roofline)
     like, like_precision = "", ""
     if cal is None:
         lent = borrowed_calibration(gpu, run)
         if lent:
             lender, like_precision, lent_cal = lent
-            like, eff = lender.name, lent_cal.efficiency(_peak(lender, like_precision), winograd)
+            like = lender.name
+            eff = _efficiency(lender, like_precision, lent_cal, winograd, roof)
         else:
             eff = DEFAULT_EFFICIENCY
+        own = ", with its own peak and memory bandwidth" if roof else ""
         source = (f"no published single-GPU figure for {gpu.name} at {run}; assumed"
-                  + (f" equal to the {like}'s at {like_precision} ({lent_cal.source})" if like else ""))
+                  + (f" equal to the {like}'s at {like_precision}{own} ({lent_cal.source})"
+                     if like else ""))
         label = uncalibrated_label(eff, like, like_precision)
     else:
-        eff, source = cal.efficiency(_peak(gpu, run), winograd), cal.source
+        eff, source = _efficiency(gpu, run, cal, winograd, roof), cal.source
         label = f"calibrated ({source})"
     if run != precision:
         source, label = f"{source}; {why}", f"{label}; {why}"
-    return {"efficiency": eff, "calibrated": cal is not None, "source": source,
-            "peak_precision": run, "label": label,
-            "assumed_like": like, "assumed_precision": like_precision}
+    return {"efficiency": eff, "memory_efficiency": MEMORY_EFFICIENCY if roof else None,
+            "calibrated": cal is not None, "source": source, "peak_precision": run,
+            "label": label, "assumed_like": like, "assumed_precision": like_precision}
+
+
+def _has_roofline(gpu, roofline=True):
+    """Whether ``gpu`` is predicted with the roofline: it has a memory bandwidth."""
+    return bool(roofline) and getattr(gpu, "memory_bw", None) is not None
+
+
+def _efficiency(owner, precision, cal, winograd, roofline):
+    """The compute efficiency ``cal`` gives: solved on the GPU that published the figure
+    (for a carried figure, the GPU it was carried from) with the roofline, or FLOPs-only."""
+    if cal.carried_from:
+        owner = get_gpu(cal.carried_from)
+    if roofline and _has_roofline(owner):
+        return calibrated_efficiency(owner, precision, cal, winograd)
+    return cal.efficiency(_peak(owner, precision), winograd)
 
 
 # BF16 runs on the same Tensor Cores at the same dense peak as FP16 (the A100 and H100
@@ -237,10 +275,12 @@ def borrowed_calibration(gpu, precision):
 
 
 def efficiency_for(gpu, precision="fp32", winograd=1.0):
-    """(efficiency, label): :func:`calibration_for`'s two main fields, for the direct FLOP
-    count unless ``winograd`` says otherwise (None: :data:`DEFAULT_WINOGRAD`, as
-    :func:`predict` uses)."""
-    c = calibration_for(gpu, precision, winograd)
+    """(efficiency, label) in the FLOPs-only view of chapter 11's calibration: the
+    fraction of the peak the published single-GPU step sustains, images/s x FLOPs per
+    image / peak (:func:`calibration_for` with ``roofline=False``), for the direct FLOP
+    count unless ``winograd`` says otherwise (None: :data:`DEFAULT_WINOGRAD`). The
+    roofline's compute efficiency is :func:`calibration_for`'s ``efficiency``."""
+    c = calibration_for(gpu, precision, winograd, roofline=False)
     return c["efficiency"], c["label"]
 
 
@@ -259,6 +299,121 @@ def compute_seconds(flops, peak_flops, efficiency=DEFAULT_EFFICIENCY, waves=1):
         raise ValueError(f"need peak_flops > 0 and 0 < efficiency <= 1, got "
                          f"{peak_flops} and {efficiency}")
     return waves * flops / (peak_flops * efficiency)
+
+
+def float_bytes(precision="fp32"):
+    """Bytes of one activation, weight or gradient a kernel reads or writes at
+    ``precision``: 2 in mixed precision ("fp16", "bf16"), else 4 (TF32 stores float32)."""
+    return value_bytes(precision)
+
+
+def roofline_seconds(flops, nbytes, peak_flops, memory_bw, efficiency=DEFAULT_EFFICIENCY,
+                     memory_efficiency=MEMORY_EFFICIENCY):
+    """Seconds of kernels with ``flops`` and ``nbytes`` each (numbers or arrays of one
+    length): each takes max(flops / (peak_flops * efficiency), nbytes / (memory_bw *
+    memory_efficiency)), the slower of its arithmetic and its memory traffic; the sum."""
+    if peak_flops <= 0 or memory_bw <= 0:
+        raise ValueError(f"need peak_flops > 0 and memory_bw > 0, got {peak_flops} and {memory_bw}")
+    for name, e in (("efficiency", efficiency), ("memory_efficiency", memory_efficiency)):
+        if not 0 < e <= 1:
+            raise ValueError(f"need 0 < {name} <= 1, got {e}")
+    compute = np.asarray(flops, dtype=float) / (peak_flops * efficiency)
+    memory = np.asarray(nbytes, dtype=float) / (memory_bw * memory_efficiency)
+    return float(np.sum(np.maximum(compute, memory)))
+
+
+def _kernel_arrays(model, batch_size, winograd):
+    """(FLOPs with 3x3 stride-1 convolutions / winograd, numbers moved, forward?) per kernel."""
+    ks = graph.kernels(model, batch_size)
+    flops = np.array([k.flops - k.fast_conv_flops * (1 - 1 / winograd) for k in ks])
+    elements = np.array([k.elements for k in ks], dtype=float)
+    return flops, elements, np.array([k.phase == "forward" for k in ks])
+
+
+def step_compute(model, batch_size, gpu, precision="fp32", efficiency=DEFAULT_EFFICIENCY,
+                 memory_efficiency=MEMORY_EFFICIENCY, winograd=1.0):
+    """One device's compute for a step on ``batch_size`` samples at ``precision`` (the peak
+    charged, e.g. "tf32"), kernel by kernel (:func:`roofline_seconds`): a dict with
+    ``compute_s``, ``forward_s``, ``memory_bound_s`` (the kernels whose memory term is the
+    larger), ``forward_memory_bound_s`` and ``flops`` (after the Winograd division). A GPU
+    without ``memory_bw``, or ``memory_efficiency=None``: FLOPs-only."""
+    flops, elements, fwd = _kernel_arrays(model, batch_size, winograd)
+    peak = _peak(gpu, precision)
+    compute = flops / (peak * efficiency)
+    if memory_efficiency is None or getattr(gpu, "memory_bw", None) is None:
+        memory = np.zeros_like(compute)
+    else:
+        roofline_seconds(1, 1, peak, gpu.memory_bw, efficiency, memory_efficiency)  # checks
+        memory = elements * float_bytes(precision) / (gpu.memory_bw * memory_efficiency)
+    time, bound = np.maximum(compute, memory), memory > compute
+    return {"compute_s": float(time.sum()), "forward_s": float(time[fwd].sum()),
+            "memory_bound_s": float(time[bound].sum()),
+            "forward_memory_bound_s": float(time[bound & fwd].sum()),
+            "flops": float(flops.sum())}
+
+
+# The network every calibration figure is of: ResNet-50 at 224 px, 1000 classes.
+_CALIBRATION_NET = []
+
+
+def calibration_step(batch_size):
+    """The kernels of one ResNet-50 training step at ``batch_size``: the step every
+    published calibration figure is of (built once; a few seconds)."""
+    if not _CALIBRATION_NET:
+        from ..models import resnet_like
+        _CALIBRATION_NET.append(resnet_like(50))
+    return graph.kernels(_CALIBRATION_NET[0], batch_size)
+
+
+_SOLVED = {}
+
+
+def calibrated_efficiency(gpu, precision, cal=None, winograd=None, memory_efficiency=None):
+    """The compute efficiency at which the roofline gives ``cal``'s published throughput
+    (default: ``gpu``'s calibration at ``precision``) back: ResNet-50's step at the
+    figure's batch, with ``gpu``'s peak at ``precision`` and its memory bandwidth at
+    ``memory_efficiency`` (None: :data:`MEMORY_EFFICIENCY`). Precomputed for the default
+    count and memory efficiency (``gpus.ROOFLINE_EFFICIENCY``, which a test recomputes);
+    otherwise solved by bisection and remembered."""
+    gpu = _gpu(gpu)
+    cal = gpu.calibration[precision] if cal is None else cal
+    w = float(DEFAULT_WINOGRAD if winograd is None else winograd)
+    mem = MEMORY_EFFICIENCY if memory_efficiency is None else memory_efficiency
+    key = (gpu.name, precision, cal.images_per_s, cal.batch)
+    if (w, mem) == (DEFAULT_WINOGRAD, MEMORY_EFFICIENCY) and key in ROOFLINE_EFFICIENCY:
+        return ROOFLINE_EFFICIENCY[key]
+    key += (_peak(gpu, precision), gpu.memory_bw, w, mem)
+    if key not in _SOLVED:
+        _SOLVED[key] = _solve_efficiency(gpu, precision, cal, w, mem)
+    return _SOLVED[key]
+
+
+def _solve_efficiency(gpu, precision, cal, winograd, memory_efficiency):
+    step = _CalibrationStep(gpu, precision, cal.batch, winograd, memory_efficiency)
+    target = cal.batch / cal.images_per_s  # seconds per published step
+    if step(1.0) > target:
+        raise ValueError(f"{cal.images_per_s} images/s on {gpu.name} at {precision} is faster "
+                         f"than the roofline allows at memory efficiency {memory_efficiency} "
+                         f"even at the full peak: raise memory_efficiency")
+    lo, hi = 1e-6, 1.0  # the step time falls as the efficiency rises
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if step(mid) > target else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
+class _CalibrationStep:
+    """ResNet-50's step time on ``gpu`` as a function of the compute efficiency."""
+
+    def __init__(self, gpu, precision, batch, winograd, memory_efficiency):
+        ks = calibration_step(batch)
+        self.flops = np.array([k.flops - k.fast_conv_flops * (1 - 1 / winograd) for k in ks])
+        self.memory = (np.array([k.elements for k in ks], dtype=float) * float_bytes(precision)
+                       / (gpu.memory_bw * memory_efficiency))
+        self.peak = _peak(gpu, precision)
+
+    def __call__(self, efficiency):
+        return float(np.sum(np.maximum(self.flops / (self.peak * efficiency), self.memory)))
 
 
 def step_seconds(compute_s, comm_s, overlap=False, forward_s=0.0):
@@ -336,14 +491,25 @@ def _peer_bw(gpu):
 
 
 def _one(model, gpu, n, batch, strategy, overlap, efficiency, latency, cores, o):
-    """(split, flops, compute_s, comm_s, host_s, step_s) of one configuration; ``o``: the
-    keyword options (peak_precision, winograd, buckets, host_memory_bw, optimizer)."""
+    """(split, flops, compute_s, comm_s, host_s, step_s, parts) of one configuration; ``o``:
+    the keyword options (peak_precision, winograd, buckets, host_memory_bw, optimizer,
+    memory_efficiency, ...); ``parts``: :func:`step_compute`'s dict, waves included."""
     split = largest_split(batch, n)
     counts = graph.count_flops(model, split)
-    flops = effective_flops(model, split, o["winograd"])
     waves = 1 if cores is None else math.ceil(n / cores)  # devices pinned round-robin
-    compute = compute_seconds(flops, _peak(gpu, o["peak_precision"]), efficiency, waves)
-    fwd = compute * counts["forward"] / counts["total"]
+    if o["memory_efficiency"] is None:  # FLOPs-only: no kernel table needed
+        compute = compute_seconds(effective_flops(model, split, o["winograd"]),
+                                  _peak(gpu, o["peak_precision"]), efficiency, waves)
+        fwd = compute * counts["forward"] / counts["total"]
+        parts = {"memory_bound_s": 0.0, "forward_memory_bound_s": 0.0,
+                 "flops": effective_flops(model, split, o["winograd"])}
+    else:
+        parts = step_compute(model, split, gpu, o["peak_precision"], efficiency,
+                             o["memory_efficiency"], o["winograd"])
+        compute, fwd = waves * parts["compute_s"], waves * parts["forward_s"]
+    bound = waves * (parts["memory_bound_s"]
+                     + (parts["forward_memory_bound_s"] if o["recompute"] else 0.0))
+    parts = {**parts, "memory_bound_s": bound}
     compute += fwd if o["recompute"] else 0.0  # recomputation: about one more forward pass
     k, P4 = o["buckets"] or 1, gradient_bytes(model, o["wire_precision"])
     if strategy == "host":  # k buckets up, the update, the parameters back in one piece
@@ -360,14 +526,14 @@ def _one(model, gpu, n, batch, strategy, overlap, efficiency, latency, cores, o)
         up = step_seconds(compute, k * bucket, True, fwd) if o["buckets"] is None else \
             bucketed_step_seconds(fwd, compute - fwd, bucket, k, True)
         step = up + host + max(0.0, back - fwd)
-    return split, counts["total"], compute, k * bucket + back + host, host, step
+    return split, counts["total"], compute, k * bucket + back + host, host, step, parts
 
 
 def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
             efficiency=None, latency=DEFAULT_LATENCY, cores=None, *, batch_per_gpu=None,
             precision="fp32", winograd=None, buckets=None,
             host_memory_bw=DEFAULT_HOST_MEMORY_BW, optimizer="momentum",
-            wire_precision="fp32", recompute=False):
+            wire_precision="fp32", recompute=False, memory_efficiency=None, roofline=True):
     """Predicted step of ``model`` on ``n_gpus`` GPUs of kind ``gpu`` (a catalogue name or
     an object with ``name``, ``fp32_flops``, ``host_bw``, ``peer_bw``).
 
@@ -384,7 +550,11 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
     gradients' precision in the exchange ("fp32", the default, 4P bytes; "fp16" or "bf16",
     2P: every transfer's bytes halve; the host's update stays float32). ``recompute``:
     activation recomputation (:mod:`mgpu_lab.predict.memory`), charged as one more forward
-    pass in the compute. Returns a :class:`Prediction`.
+    pass in the compute. ``memory_efficiency``: the fraction of the GPU's memory
+    bandwidth its memory-bound kernels reach (None: :data:`MEMORY_EFFICIENCY`; a
+    calibrated compute efficiency is solved again for another value). ``roofline=False``:
+    the FLOPs-only model (compute = FLOPs / (peak x efficiency), FLOPs-only calibration),
+    as before the roofline. Returns a :class:`Prediction`.
     """
     batch_size, batch_1, mode = _batches(n_gpus, batch_size, batch_per_gpu)
     _check(n_gpus, batch_size, strategy, cores, buckets)
@@ -392,7 +562,12 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_SLOTS)}")
     model, gpu = build(model), _gpu(gpu)
     winograd = float(DEFAULT_WINOGRAD if winograd is None else winograd)
-    cal = calibration_for(gpu, precision, winograd)
+    cal = calibration_for(gpu, precision, winograd, roofline)
+    mem = cal["memory_efficiency"]
+    if mem is not None and memory_efficiency is not None:
+        mem = float(memory_efficiency)
+        if efficiency is None:  # the calibration solved again at that memory efficiency
+            cal = {**cal, "efficiency": _memory_recalibrated(gpu, precision, winograd, mem)}
     borrowed = (cal["assumed_like"], cal["assumed_precision"]) if efficiency is None else ("", "")
     calibrated = cal["calibrated"] and efficiency is None
     source = cal["source"] if efficiency is None else "given by the caller (assumed)"
@@ -400,9 +575,10 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
     strategy = ALIASES.get(strategy, strategy)
     opts = dict(peak_precision=cal["peak_precision"], winograd=winograd, buckets=buckets,
                 host_memory_bw=host_memory_bw, optimizer=optimizer,
-                wire_precision=check_precision(wire_precision), recompute=bool(recompute))
+                wire_precision=check_precision(wire_precision), recompute=bool(recompute),
+                memory_efficiency=mem)
     args = (strategy, overlap, efficiency, latency, cores, opts)
-    split, flops, compute, comm, host, step = _one(model, gpu, n_gpus, batch_size, *args)
+    split, flops, compute, comm, host, step, parts = _one(model, gpu, n_gpus, batch_size, *args)
     step_1 = step if n_gpus == 1 else _one(model, gpu, 1, batch_1, *args)[5]
     speedup = (batch_size / step) / (batch_1 / step_1)
     return Prediction(gpu.name, int(n_gpus), int(batch_size), strategy, bool(overlap),
@@ -411,7 +587,26 @@ def predict(model, gpu, n_gpus, batch_size=None, strategy="host", overlap=False,
                       None if buckets is None else int(buckets), host, calibrated, source,
                       cal["peak_precision"], mode,
                       None if batch_per_gpu is None else int(batch_per_gpu), *borrowed,
-                      wire_precision=wire_precision, recompute=bool(recompute))
+                      wire_precision=wire_precision, recompute=bool(recompute),
+                      memory_efficiency=mem, memory_bound_s=parts["memory_bound_s"],
+                      sustained_efficiency=parts["flops"] / (
+                          compute * _peak(gpu, cal["peak_precision"])))
+
+
+def _memory_recalibrated(gpu, precision, winograd, memory_efficiency):
+    """:func:`calibration_for`'s compute efficiency, solved at another memory efficiency."""
+    run = gpu.framework_precision(precision)[0] if hasattr(gpu, "framework_precision") \
+        else precision
+    cal = getattr(gpu, "calibration", {}).get(run)
+    owner, p = gpu, run
+    if cal is None:
+        lent = borrowed_calibration(gpu, run)
+        if lent is None:
+            return DEFAULT_EFFICIENCY
+        owner, p, cal = lent
+    if cal.carried_from:
+        owner = get_gpu(cal.carried_from)
+    return calibrated_efficiency(owner, p, cal, winograd, memory_efficiency)
 
 
 def scaling(model, gpus, n_range, batch_size=None, strategies=("host", "ring"), **kwargs):

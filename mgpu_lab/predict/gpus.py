@@ -36,21 +36,34 @@ are the datasheet's, not measurements of ours). Conventions, so the numbers can 
   slowest neighbouring pair of the best single ring through n of its GPUs, and one link's
   bytes/s per direction. :meth:`GPU.ring_bw` multiplies them.
 * ``calibration``: {precision: :class:`Calibration`}, one published single-GPU training
-  throughput of ResNet-50 that fixes the GPU's sustained efficiency (the fraction of
-  :meth:`GPU.peak` a training step reaches). Only single-GPU figures are used: the
-  multi-GPU figures of the same sources stay unseen, to test the model
-  (``data/published_throughput.csv``, chapter 11 of the book). A calibration is per GPU
-  *and* precision. The A100 40GB carries the A100 80GB's over: both are the same GA100
-  chip with the same clocks and peaks in NVIDIA's A100 datasheet (only memory size and
-  bandwidth differ, 1,555 against 2,039 GB/s, which the carried figure does not see).
+  throughput of ResNet-50 that fixes the GPU's compute efficiency: the fraction of
+  :meth:`GPU.peak` its arithmetic-bound kernels reach, solved so that the cost model's
+  roofline gives the published figure back (:data:`ROOFLINE_EFFICIENCY`;
+  :meth:`Calibration.efficiency` is the older, FLOPs-only view: the fraction of the peak
+  the whole step sustains). Only single-GPU figures are used: the multi-GPU figures of
+  the same sources stay unseen, to test the model (``data/published_throughput.csv``,
+  chapter 11 of the book). A calibration is per GPU *and* precision. The A100 40GB carries
+  the A100 80GB's over: both are the same GA100 chip with the same clocks and peaks in
+  NVIDIA's A100 datasheet; only memory size and bandwidth differ (1,555 against 2,039
+  GB/s), and the roofline charges each its own bandwidth.
   A GPU and precision without a calibration is *uncalibrated*: predictions for it use an
   assumed efficiency and say so (:func:`mgpu_lab.predict.costmodel.calibration_for`).
-  The assumption is a calibrated sibling's efficiency where there is one (``assume_like``):
-  the P100 SXM2's for the P100 PCIe (the same GP100 chip at lower clocks), the A100
-  80GB's for the H100 (the newest calibrated Tensor Core GPU: that the H100 reaches the
-  same fraction of its peak is an assumption, and labelled as one). BF16, on the same
+  The assumption is a calibrated sibling's compute efficiency where there is one
+  (``assume_like``): the P100 SXM2's for the P100 PCIe (the same GP100 chip at lower
+  clocks), the A100 80GB's for the H100 SXM5 and PCIe (the newest calibrated Tensor Core
+  GPU). The H100 keeps its own peak and its own memory bandwidth: that its kernels reach
+  the A100's fractions of them is the assumption, and labelled as one. BF16, on the same
   Tensor Cores at the same dense peak as FP16, borrows the FP16 figure
   (:func:`mgpu_lab.predict.costmodel.borrowed_calibration`).
+* ``memory_bw``: the datasheet's GPU memory bandwidth, bytes/s (for the K80, half the
+  board's 480 GB/s, as for its FLOP/s): the second roof of the cost model's roofline
+  (:func:`mgpu_lab.predict.costmodel.roofline_seconds`). ``generation``: the architecture
+  (Kepler ... Hopper). Each figure is the datasheet's named in ``source``: K80 480 GB/s per
+  board; P100 (SXM2 and PCIe 16 GB) 732 GB/s; V100 SXM2 (16 and 32 GB) 900 GB/s; A100 40GB
+  1,555 GB/s and A100 80GB SXM 2,039 GB/s; H100 SXM5 3.35 TB/s and H100 PCIe 2 TB/s.
+* :data:`MEMORY_EFFICIENCY`: the fraction of ``memory_bw`` a training step's memory-bound
+  kernels reach, one number for every GPU and precision (see its comment for how it is
+  fixed: no published figure here can separate it from the compute efficiency).
 * Precision as frameworks run it (:meth:`GPU.framework_precision`): on Ampere and later,
   "fp32" convolutions run on TF32 Tensor Cores by default (PyTorch's CUDA semantics notes,
   "TensorFloat-32 (TF32) on Ampere devices": ``torch.backends.cudnn.allow_tf32`` defaults
@@ -63,7 +76,7 @@ are the datasheet's, not measurements of ours). Conventions, so the numbers can 
 from dataclasses import dataclass, field
 
 __all__ = ["GPU", "Calibration", "CATALOGUE", "BOOK_GPUS", "PRECISIONS", "DEFAULT_RESERVED",
-           "NVIDIA_SMI_MIB",
+           "NVIDIA_SMI_MIB", "MEMORY_EFFICIENCY", "ROOFLINE_EFFICIENCY",
            "get_gpu", "gpu_names", "usable_bytes", "offered_precisions"]
 
 GiB = 2 ** 30
@@ -79,6 +92,37 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # with the GPU, the driver and the framework; users report a few hundred MiB to ~0.8 GB for
 # a bare PyTorch process (e.g. github.com/pytorch/pytorch/issues/34323: 781 MB in nvidia-smi).
 DEFAULT_RESERVED = 512 * 2 ** 20
+
+# The fraction of the datasheet memory bandwidth the memory-bound kernels of a training
+# step reach, as the cost model counts their bytes (mgpu_lab.predict.graph.kernels): one
+# number for every GPU and precision. One published figure per GPU and precision cannot
+# separate it from the compute efficiency (one equation, two unknowns), and the sources
+# with several networks per GPU (TensorFlow's, on the K80 and P100) are bound by their
+# arithmetic, so their figures hardly move with it. So it is fixed by a rule, on the
+# calibration figures alone: the smallest value (to 0.01) at which no calibrated compute
+# efficiency exceeds it, i.e. streaming kernels reach at least the fraction of their roof
+# that the best-calibrated convolutions reach of theirs. Lower values are impossible
+# (every calibration needs at least 0.33 to 0.48 even with its arithmetic at the full
+# peak); a streaming copy reaches more (80-90 % of datasheet bandwidth), but the library's
+# networks lack batch normalization and the layout changes real frameworks make, so the
+# bytes counted are fewer than a real step moves. mgpu_lab.predict.validation.
+# memory_efficiency_rule recomputes it (a test checks it).
+MEMORY_EFFICIENCY = 0.6
+
+# Compute efficiencies the roofline calibration gives at MEMORY_EFFICIENCY with the
+# Winograd F(4x4,3x3) count (the cost model's default), keyed (GPU, precision, published
+# images/s, batch): mgpu_lab.predict.costmodel.calibrated_efficiency returns these
+# without building ResNet-50's graph, and solves anything else; a test recomputes them.
+ROOFLINE_EFFICIENCY = {
+    ('K80', 'fp32', 51.9, 64): 0.24848528740275574,
+    ('P100', 'fp32', 219, 64): 0.4668403330427453,
+    ('V100', 'fp32', 367, 112): 0.5901752971946789,
+    ('V100', 'fp16', 1200, 256): 0.36274547335880325,
+    ('V100-32GB', 'fp32', 356, 112): 0.564932783889337,
+    ('V100-32GB', 'fp16', 1156, 256): 0.3311792047937148,
+    ('A100-80GB', 'tf32', 938, 256): 0.1610102682402474,
+    ('A100-80GB', 'fp16', 2470, 256): 0.26355996573517615,
+}
 
 # Total memory as nvidia-smi reports it (MiB), beside which the catalogue's GiB are a
 # rounding: (GPU, MiB, where it was reported). Not used by any prediction.
@@ -137,6 +181,8 @@ class GPU:
     assume_like: str | None = None  # a calibrated GPU whose efficiency is assumed here
     ring_links: dict = field(default_factory=dict, hash=False)  # {n GPUs: links, slowest hop}
     link_bw: float | None = None  # one peer link, bytes/s per direction (with ring_links)
+    memory_bw: float | None = None  # GPU memory bytes/s (datasheet); None: FLOPs-only model
+    generation: str = ""  # architecture: Kepler, Pascal, Volta, Ampere, Hopper
 
     @property
     def memory_gib(self):
@@ -178,6 +224,7 @@ _PCIE3 = ("PCIe 3.0 x16", 32 * GB / 2)  # datasheets: "32 GB/s" both directions 
 _PCIE4 = ("PCIe 4.0 x16", 64 * GB / 2)
 _PCIE5 = ("PCIe 5.0 x16", 128 * GB / 2)
 _PCIE3_PEER = ("PCIe 3.0 x16 peer-to-peer (no NVLink)", 32 * GB / 2)
+_PCIE5_PEER = ("PCIe 5.0 x16 peer-to-peer (NVLink bridges join pairs only)", 128 * GB / 2)
 # K80: the board's two GPUs sit behind an on-board PCIe switch and share its one x16 link
 # to the host. The host gather queues its transfers at the host, one at a time (the
 # model's pessimistic bound), so a transfer never shares the link: each has the board's
@@ -243,20 +290,23 @@ _A100_80_CAL = {"tf32": _rn50(938, 256, _DLE + ", DGX A100 80GB, TF32, 1 GPU"),
 
 CATALOGUE = {g.name: g for g in [
     # K80: a board with two GK210 GPUs; the datasheet gives the board's totals
-    # (8.74 TFLOPS float32 with GPU Boost, 5.6 at base clock, 24 GB GDDR5); one GPU gets half.
+    # (8.74 TFLOPS float32 with GPU Boost, 5.6 at base clock, 24 GB GDDR5, 480 GB/s); one
+    # GPU gets half.
     GPU("K80", 12 * GiB, 8.74 * TFLOPS / 2, *_K80_LINK, *_K80_PEER,
         "NVIDIA Tesla K80 GPU Accelerator datasheet, 2014 (per GPU = half the board)",
         calibration={"fp32": _rn50(51.9, 64,
                                    _TF + ", Google Compute Engine K80, synthetic data, 1 GPU")},
-        gpus_per_board=2, base_fp32_flops=5.6 * TFLOPS / 2),
+        gpus_per_board=2, base_fp32_flops=5.6 * TFLOPS / 2, memory_bw=480 * GB / 2,
+        generation="Kepler"),
     GPU("P100-PCIe", 16 * GiB, 9.3 * TFLOPS, *_PCIE3, *_PCIE3_PEER,
         "NVIDIA Tesla P100 datasheet, 2016 (P100 for PCIe-based servers, 16 GB)",
-        assume_like="P100"),
+        assume_like="P100", memory_bw=732 * GB, generation="Pascal"),
     GPU("P100", 16 * GiB, 10.6 * TFLOPS, *_PCIE3, "NVLink 1.0 (4 links)", 160 * GB / 2,
         "NVIDIA Tesla P100 datasheet, 2016 (P100 for NVLink-optimized servers, SXM2)",
         ring_links=_DGX1_P100_RING_LINKS, link_bw=_NVLINK1,
         calibration={"fp32": _rn50(219, 64,
-                                   _TF + ", NVIDIA DGX-1 (P100), synthetic data, 1 GPU")}),
+                                   _TF + ", NVIDIA DGX-1 (P100), synthetic data, 1 GPU")},
+        memory_bw=732 * GB, generation="Pascal"),
     GPU("V100", 16 * GiB, 15.7 * TFLOPS, *_PCIE3, "NVLink 2.0 (6 links)", 300 * GB / 2,
         "NVIDIA Tesla V100 GPU Accelerator datasheet, 2018 (V100 SXM2, 16 GB)",
         tensor_flops={"fp16": 125 * TFLOPS},
@@ -264,7 +314,8 @@ CATALOGUE = {g.name: g for g in [
         calibration={"fp32": _rn50(367, 112,
                                    _DLE + ", DGX-1 16GB, FP32, 1 GPU"),
                      "fp16": _rn50(1200, 256,
-                                   _DLE + ", DGX-1 16GB, mixed precision, 1 GPU")}),
+                                   _DLE + ", DGX-1 16GB, mixed precision, 1 GPU")},
+        memory_bw=900 * GB, generation="Volta"),
     GPU("V100-32GB", 32 * GiB, 15.7 * TFLOPS, *_PCIE3, "NVLink 2.0 (6 links)", 300 * GB / 2,
         "NVIDIA Tesla V100 GPU Accelerator datasheet, 2018 (V100 SXM2, 32 GB)",
         tensor_flops={"fp16": 125 * TFLOPS},
@@ -272,22 +323,31 @@ CATALOGUE = {g.name: g for g in [
         calibration={"fp32": _rn50(356, 112,
                                    _DLE + ", DGX-1 32GB, FP32, 1 GPU"),
                      "fp16": _rn50(1156, 256,
-                                   _DLE + ", DGX-1 32GB, mixed precision, 1 GPU")}),
+                                   _DLE + ", DGX-1 32GB, mixed precision, 1 GPU")},
+        memory_bw=900 * GB, generation="Volta"),
     GPU("A100", 40 * GiB, 19.5 * TFLOPS, *_PCIE4, "NVLink 3.0 (12 links)", 600 * GB / 2,
         "NVIDIA A100 Tensor Core GPU datasheet, 2020 (A100 40GB SXM)",
         tensor_flops={"tf32": 156 * TFLOPS, "bf16": 312 * TFLOPS, "fp16": 312 * TFLOPS},
-        calibration=_carried(_A100_80_CAL, "A100-80GB")),
+        calibration=_carried(_A100_80_CAL, "A100-80GB"), memory_bw=1555 * GB,
+        generation="Ampere"),
     GPU("A100-80GB", 80 * GiB, 19.5 * TFLOPS, *_PCIE4, "NVLink 3.0 (12 links)", 600 * GB / 2,
         "NVIDIA A100 Tensor Core GPU datasheet, 2021 (A100 80GB SXM)",
         tensor_flops={"tf32": 156 * TFLOPS, "bf16": 312 * TFLOPS, "fp16": 312 * TFLOPS},
-        calibration=_A100_80_CAL),
-    # H100 SXM5: the datasheet prints Tensor Core peaks with sparsity (989 TF32, 1,979
-    # BF16/FP16 TFLOPS); the dense peaks used here are half of them.
+        calibration=_A100_80_CAL, memory_bw=2039 * GB, generation="Ampere"),
+    # H100 SXM5 and PCIe: the datasheet prints Tensor Core peaks with sparsity (SXM5: 989
+    # TF32, 1,979 BF16/FP16 TFLOPS; PCIe: 756 and 1,513); the dense peaks used here are half.
     GPU("H100", 80 * GiB, 67 * TFLOPS, *_PCIE5, "NVLink 4.0 (18 links)", 900 * GB / 2,
         "NVIDIA H100 Tensor Core GPU datasheet, 2022 (H100 SXM5, 80 GB)",
         tensor_flops={"tf32": 989 / 2 * TFLOPS, "bf16": 1979 / 2 * TFLOPS,
                       "fp16": 1979 / 2 * TFLOPS},
-        assume_like="A100-80GB"),
+        assume_like="A100-80GB", memory_bw=3350 * GB, generation="Hopper"),
+    # H100 PCIe: NVLink bridges join pairs of cards only (600 GB/s, both directions), so a
+    # ring through more of them, as the catalogue's reference server has, runs over PCIe.
+    GPU("H100-PCIe", 80 * GiB, 51 * TFLOPS, *_PCIE5, *_PCIE5_PEER,
+        "NVIDIA H100 Tensor Core GPU datasheet, 2022 (H100 PCIe, 80 GB)",
+        tensor_flops={"tf32": 756 / 2 * TFLOPS, "bf16": 1513 / 2 * TFLOPS,
+                      "fp16": 1513 / 2 * TFLOPS},
+        assume_like="A100-80GB", memory_bw=2000 * GB, generation="Hopper"),
 ]}
 
 # The kinds the book's tables and figures show (one per generation).

@@ -10,6 +10,15 @@ evaluator computes it from constants and the shapes found so far. A 152-layer Re
 
 Each node is tagged *forward* (an ancestor of the loss) or *backward* (only in the
 gradient), which is what :mod:`mgpu_lab.predict.memory` and :func:`count_flops` need.
+
+For the cost model's roofline, :func:`kernels` groups the nodes as a GPU runs them: one
+kernel per convolution (forward, gradient w.r.t. inputs, gradient w.r.t. weights), matrix
+product, reduction or pool, and one per chain of elementwise ops fused together (Theano's
+compiler fuses an elementwise op into the one that reads its result when nothing else
+does, as GPU frameworks fuse bias, activation and their gradients). A kernel reads its
+float inputs (activations, weights, gradients) once and writes its float outputs once:
+:attr:`Kernel.elements` numbers of ``float_bytes`` each (4 in float32, 2 in 16-bit).
+Views and shape arithmetic move nothing.
 """
 import sys
 import weakref
@@ -21,8 +30,9 @@ from .._theano import T, theano
 from theano.graph.basic import Constant, NoParams, ancestors, graph_inputs  # noqa: E402
 from theano.compile.sharedvalue import SharedVariable  # noqa: E402
 
-__all__ = ["NodeInfo", "GraphInfo", "training_graph", "vm_order", "analyse", "count_flops",
-           "NO_FLOP_OPS", "FLOPS_PER_ELEMENT"]
+__all__ = ["NodeInfo", "GraphInfo", "Kernel", "training_graph", "vm_order", "analyse",
+           "count_flops", "kernels", "count_bytes", "is_fast_conv", "NO_FLOP_OPS",
+           "FLOPS_PER_ELEMENT"]
 
 # Ops that only move or reinterpret data: no arithmetic. (Which of them are also free in
 # memory, being views in the compiled graph, is mgpu_lab.predict.memory's VIEW_OPS.)
@@ -250,6 +260,20 @@ def node_flops(info, ev=None):
     return FLOPS_PER_ELEMENT.get(op, 1) * sum(_size(s) for s in outs)
 
 
+def _tabulate(model, batch_size):
+    """One graph walk at ``batch_size`` fills both per-model caches: the FLOPs by phase
+    (:func:`count_flops`) and the kernels (:func:`kernels`)."""
+    info = analyse(model, batch_size)
+    fwd = sum(n.flops for n in info.nodes if n.phase == "forward")
+    bwd = sum(n.flops for n in info.nodes if n.phase == "backward")
+    model.__dict__.setdefault("_flops_by_batch", {})[batch_size] = {
+        "forward": int(fwd), "backward": int(bwd), "total": int(fwd + bwd)}
+    groups, clients, outputs = _fused_groups(info)
+    ks = (_kernel(g, info, clients, outputs) for g in groups)
+    model.__dict__.setdefault("_kernels_by_batch", {})[batch_size] = [
+        k for k in ks if k.flops or k.elements]  # a cast of an integer scalar: nothing
+
+
 def count_flops(model, batch_size):
     """FLOPs of one training step (loss and all gradients) for one batch of ``batch_size``.
 
@@ -260,8 +284,121 @@ def count_flops(model, batch_size):
     """
     cache = model.__dict__.setdefault("_flops_by_batch", {})  # a graph walk costs seconds
     if batch_size not in cache:
-        info = analyse(model, batch_size)
-        fwd = sum(n.flops for n in info.nodes if n.phase == "forward")
-        bwd = sum(n.flops for n in info.nodes if n.phase == "backward")
-        cache[batch_size] = {"forward": int(fwd), "backward": int(bwd), "total": int(fwd + bwd)}
+        _tabulate(model, batch_size)
     return dict(cache[batch_size])
+
+
+# -- kernels: what the roofline charges ------------------------------------------------
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel of the training step (one op, or a chain of fused elementwise ops)."""
+
+    ops: tuple  # op names in execution order, e.g. ("AbstractConv2d",) or ("Elemwise", ...)
+    phase: str  # "forward" or "backward"
+    flops: int  # as counted by :func:`node_flops`
+    elements: int  # float numbers read (distinct inputs) plus written (outputs used later)
+    fast_conv_flops: int  # of ``flops``, those in 3x3 stride-1 convolutions (Winograd)
+    label: str  # e.g. "conv 3x3 64->64 56x56 forward", "elementwise (3 ops)"
+
+    def nbytes(self, float_bytes=4):
+        """Bytes moved to and from GPU memory with ``float_bytes`` per number."""
+        return self.elements * int(float_bytes)
+
+    def intensity(self, float_bytes=4):
+        """Arithmetic intensity: FLOPs per byte moved (0 for a kernel that moves nothing)."""
+        return self.flops / self.nbytes(float_bytes) if self.elements else 0.0
+
+
+def is_fast_conv(info):
+    """True for a 3x3 stride-1 convolution node, whichever direction it computes: the
+    ones Winograd's algorithms do with fewer multiplications (chapter 11)."""
+    if not info.op.startswith("AbstractConv2d"):
+        return False
+    kernel = {"AbstractConv2d": lambda: info.in_shapes[1],
+              "AbstractConv2d_gradWeights": lambda: info.out_shapes[0],
+              "AbstractConv2d_gradInputs": lambda: info.in_shapes[0]}[info.op]()
+    return tuple(info.node.op.subsample) == (1, 1) and tuple(kernel[-2:]) == (3, 3)
+
+
+def _fused_groups(info):
+    """Lists of NodeInfo, one per kernel, in execution order: an Elemwise node joins the
+    Elemwise node that reads its output when that is the output's only reader (and it is
+    not a result of the step); views and shape arithmetic form no kernel."""
+    clients = {}
+    for n in info.nodes:
+        for v in set(n.node.inputs):
+            clients.setdefault(v, []).append(n.node)
+    by_node = {n.node: n for n in info.nodes}
+    root = {n.node: n.node for n in info.nodes}
+
+    def find(a):
+        while root[a] is not a:
+            root[a] = root[root[a]]  # path halving
+            a = root[a]
+        return a
+    outputs = set(info.outputs)
+    for n in info.nodes:
+        if n.op != "Elemwise":
+            continue
+        for v in n.node.inputs:
+            p = by_node.get(v.owner)
+            if p is not None and p.op == "Elemwise" and clients[v] == [n.node] \
+                    and v not in outputs:
+                root[find(p.node)] = find(n.node)
+    groups = {}
+    for n in info.nodes:
+        if n.op not in NO_FLOP_OPS:
+            groups.setdefault(find(n.node), []).append(n)
+    return list(groups.values()), clients, outputs
+
+
+def _is_float(var):
+    return var.dtype.startswith("float")
+
+
+def _kernel(group, info, clients, outputs):
+    members = {n.node for n in group}
+    read = {v for n in group for v in n.node.inputs if _is_float(v) and v.owner not in members}
+    written = {v for n in group for v in n.node.outputs if _is_float(v) and (
+        v in outputs or any(c not in members for c in clients.get(v, [])))}
+    elements = sum(int(np.prod(info.shapes[v], dtype=np.int64)) for v in read | written)
+    ops = tuple(n.op for n in group)
+    return Kernel(ops, group[0].phase, int(sum(n.flops for n in group)), int(elements),
+                  int(sum(n.flops for n in group if is_fast_conv(n))), _label(group))
+
+
+def _label(group):
+    """A short description of a kernel for tables and figures."""
+    n = group[0]
+    if n.op == "Elemwise":
+        return f"elementwise ({len(group)} op{'s' if len(group) > 1 else ''}), {n.phase}"
+    if not n.op.startswith("AbstractConv2d"):
+        return f"{n.op}, {n.phase}"
+    cout, cin, kh, kw = {"AbstractConv2d": n.in_shapes[1],
+                         "AbstractConv2d_gradWeights": n.out_shapes[0],
+                         "AbstractConv2d_gradInputs": n.in_shapes[0]}[n.op]
+    # the layer's output (N, Cout, Ho, Wo): the forward result, or the gradient read
+    side = (n.out_shapes[0] if n.op == "AbstractConv2d" else n.in_shapes[1])[-1]
+    what = {"AbstractConv2d": "forward", "AbstractConv2d_gradWeights": "grad weights",
+            "AbstractConv2d_gradInputs": "grad inputs"}[n.op]
+    return f"conv {kh}x{kw} {cin}->{cout} out {side}x{side}, {what}"
+
+
+def kernels(model, batch_size):
+    """The step's :class:`Kernel` list at ``batch_size``, in execution order (cached per
+    batch size on the model, as :func:`count_flops`)."""
+    cache = model.__dict__.setdefault("_kernels_by_batch", {})
+    if batch_size not in cache:
+        _tabulate(model, batch_size)
+    return list(cache[batch_size])
+
+
+def count_bytes(model, batch_size, float_bytes=4):
+    """Bytes one training step moves to and from GPU memory, kernel by kernel, at
+    ``float_bytes`` per number: ``{"forward", "backward", "total"}`` as :func:`count_flops`."""
+    if float_bytes not in (2, 4):
+        raise ValueError(f"float_bytes must be 4 (float32) or 2 (16-bit), got {float_bytes!r}")
+    ks = kernels(model, batch_size)
+    fwd = sum(k.nbytes(float_bytes) for k in ks if k.phase == "forward")
+    bwd = sum(k.nbytes(float_bytes) for k in ks if k.phase == "backward")
+    return {"forward": int(fwd), "backward": int(bwd), "total": int(fwd + bwd)}

@@ -51,15 +51,15 @@ _CSV_NETWORKS = ("ResNet-50", "ResNet-152", "VGG-16")  # ResNet-101: the multi-n
 
 def buckets_for(row, model):
     """How many pieces the framework sends the gradient in: PyTorch DDP fills 25 MiB
-    buckets; Horovod fuses tensors into buffers of 64 MiB (HOROVOD_FUSION_THRESHOLD's
-    default, Horovod's tensor-fusion documentation); TensorFlow's benchmarks and MXNet send
-    each parameter tensor on its own."""
+    buckets; Horovod (under TensorFlow or MXNet) fuses tensors into buffers of 64 MiB
+    (HOROVOD_FUSION_THRESHOLD's default, Horovod's tensor-fusion documentation);
+    TensorFlow's benchmarks and MXNet's own kvstore send each parameter tensor on its own."""
     setting = row["framework_setting"]
-    for prefix, size in (("PyTorch", DDP_BUCKET_BYTES), ("TensorFlow 1 with Horovod",
-                                                         HOROVOD_FUSION_BYTES)):
-        if setting.startswith(prefix):
-            return math.ceil(costmodel.gradient_bytes(model) / size)
-    return len(model.params)
+    size = (DDP_BUCKET_BYTES if setting.startswith("PyTorch") else
+            HOROVOD_FUSION_BYTES if "Horovod" in setting else None)
+    if size is None:
+        return len(model.params)
+    return math.ceil(costmodel.gradient_bytes(model) / size)
 
 
 def compare(rows=None, nets=None, winograd=None, overlap=True, **kwargs):

@@ -9,6 +9,12 @@ the others are *held out*: none of their figures entered the model. Tables here:
   (calibration rows left out: their error is 0 by construction), of the multi-GPU
   throughputs, and of the speed-ups (predicted speed-up against the source's own
   N-GPU / 1-GPU ratio);
+* :func:`held_out_split`: which sources calibrate (any of their rows enters the model:
+  a compute efficiency, or the memory efficiency's rule, :func:`memory_efficiency_rule`)
+  and which are held out; :func:`one_gpu_errors`: every held-out single-GPU row with its
+  error under two predictions (the FLOPs-only model before the roofline and the roofline);
+  :func:`reference_ratio`: one GPU's predicted speed over another's against the same
+  source's published ratio (MLPerf's H100 against its A100: the software both ran cancels);
 * :func:`winograd_held_out`: the FLOP-count choice (direct, Winograd F(2x2,3x3),
   F(4x4,3x3)) made on one source's rows and scored on the others', for each source in
   turn. Only TensorFlow's rows have networks besides ResNet-50, so only they can decide:
@@ -16,13 +22,16 @@ the others are *held out*: none of their figures entered the model. Tables here:
   sources (ResNet-50 only, whose calibration absorbs the factor) cannot tell the counts
   apart. The name says how the table is built, not that the choice is tested out of sample.
 """
+import math
+
 import numpy as np
 
 from . import costmodel
 from .published import compare, load, networks
 
 __all__ = ["WINOGRAD_CHOICES", "CALIBRATION_SOURCES", "published_speedup",
-           "errors_by_source", "winograd_held_out", "best_winograd"]
+           "errors_by_source", "winograd_held_out", "best_winograd", "held_out_split",
+           "one_gpu_errors", "reference_ratio", "memory_efficiency_rule"]
 
 WINOGRAD_CHOICES = {"direct": 1.0, "Winograd F(2x2,3x3)": costmodel.WINOGRAD_F2,
                     "Winograd F(4x4,3x3)": costmodel.WINOGRAD_F4}
@@ -143,3 +152,75 @@ def implied_link_bandwidth(row, nets, winograd=None, lo=1e8, hi=1e12):
 
 
 __all__ += ["implied_link_bandwidth"]
+
+
+def held_out_split(compared):
+    """{"calibration": sources whose rows enter the model, "held out": the others} (sorted
+    lists). A source calibrates when any of its rows is a calibration row: those figures
+    fix the compute efficiencies and, through them, the memory efficiency
+    (:func:`memory_efficiency_rule` reads the catalogue's calibrations, nothing else)."""
+    cal = set(_calibration_sources(compared))
+    return {"calibration": sorted(cal),
+            "held out": sorted({r["source_id"] for r in compared} - cal)}
+
+
+def one_gpu_errors(before, after):
+    """One dict per single-GPU row that is no calibration row: the row's source, network,
+    GPU, batch, precision and published images/s, with ``before`` and ``after``
+    (:func:`mgpu_lab.predict.published.compare` outputs of the same rows) predictions and
+    errors, and the source's ``role``."""
+    roles = {s: role for role, ss in held_out_split(after).items() for s in ss}
+    out = []
+    for b, a in zip(before, after):
+        if a["n_gpus"] != 1 or a["calibration_row"]:
+            continue
+        out.append({k: a[k] for k in ("source_id", "network", "gpu", "batch_per_gpu",
+                                      "precision", "images_per_s")}
+                   | {"role": roles[a["source_id"]], "before": b["predicted"],
+                      "error_before": b["error"], "after": a["predicted"],
+                      "error_after": a["error"]})
+    return out
+
+
+def reference_ratio(compared, gpu, reference, source_id):
+    """``gpu``'s images/s over ``reference``'s, predicted and published, for the rows of
+    ``source_id`` that have both (same network, precision and GPU count): a dict with
+    ``published``, ``predicted`` and ``error`` (predicted / published - 1). What the two
+    rows' software adds or loses is common to both and cancels in the ratio."""
+    rows = [r for r in compared if r["source_id"] == source_id]
+    pairs = [(r, q) for r in rows for q in rows if r["gpu"] == gpu and q["gpu"] == reference
+             and (r["network"], r["precision"], r["n_gpus"]) ==
+             (q["network"], q["precision"], q["n_gpus"])]
+    if not pairs:
+        raise ValueError(f"{source_id!r} has no rows of both {gpu} and {reference} with the "
+                         "same network, precision and number of GPUs")
+    r, q = pairs[0]
+    published = r["images_per_s"] / q["images_per_s"]
+    predicted = r["predicted"] / q["predicted"]
+    return {"gpu": gpu, "reference": reference, "source_id": source_id,
+            "network": r["network"], "precision": r["precision"], "n_gpus": r["n_gpus"],
+            "published": published, "predicted": predicted, "error": predicted / published - 1}
+
+
+def memory_efficiency_rule(step=0.01):
+    """The memory efficiency the catalogue uses, recomputed: the smallest multiple of
+    ``step`` at which no compute efficiency calibrated on a published figure (each figure
+    once: a carried figure is its own GPU's) exceeds it, with the default FLOP count.
+    Returns (value, {(GPU, precision): compute efficiency at that value})."""
+    from .gpus import CATALOGUE
+    figures = [(g, p, c) for g in CATALOGUE.values() for p, c in g.calibration.items()
+               if not c.carried_from]
+
+    def worst(m):
+        return max(costmodel.calibrated_efficiency(g, p, c, memory_efficiency=m)
+                   for g, p, c in figures)
+    lo, hi = 0.3, 1.0  # worst(m) - m falls as m rises; at 0.3 some figure is impossible
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        try:
+            lo, hi = (mid, hi) if worst(mid) > mid else (lo, mid)
+        except ValueError:  # too low for some figure even at the full peak
+            lo = mid
+    value = round(math.ceil(hi / step - 1e-9) * step, 10)
+    return value, {(g.name, p): costmodel.calibrated_efficiency(g, p, c, memory_efficiency=value)
+                   for g, p, c in figures}
