@@ -117,7 +117,7 @@ def test_each_subpackage_says_what_it_holds(pkg):
 
 
 # -- strategies are objects; optimizers are pure ------------------------------------------
-STRATEGY_NAMES = {"host", "ring", "sharded", "hierarchical"}
+STRATEGY_NAMES = {"host", "ring", "sharded", "hierarchical", "ring16"}
 
 
 def strategy_name_comparisons(source, where="<test>"):

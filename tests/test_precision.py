@@ -293,3 +293,53 @@ def test_the_widget_and_the_lab_chart_take_precision_and_recomputation(small_gri
     assert [r["per_gpu"] for r in rows] == [per]
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         widgets.limits_figure("V100", 32, 26, 2, "momentum", 0, "fp8")
+
+
+# -- the 16-bit ring on the pool -------------------------------------------------------------
+def test_ring16_names_and_the_transports_that_carry_it(cnn):
+    from types import SimpleNamespace
+    from mgpu_lab.engines import strategies as S
+    from mgpu_lab.engines.device import Device
+    assert S.get_strategy("ring16").wire_dtype == "float16"
+    assert S.RingAllReduce().wire_dtype == "float32"
+    assert repr(S.get_strategy("ring16")) == "RingAllReduce(wire_dtype='float16')"
+    with pytest.raises(ValueError, match="wire_dtype must be one of float32, float16"):
+        S.RingAllReduce(wire_dtype="float64")
+    mpi_like = SimpleNamespace(rank=0, size=2)  # a link without wire_dtype carries float32
+    with pytest.raises(ValueError, match="sends float16 between devices; this transport "
+                                         "carries float32 only"):
+        Device(0, 2, cnn, S.RingAllReduce16(), mpi_like)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_16_bit_ring_on_the_pool_halves_the_bytes_and_stays_close(digits):
+    """One pool of 2 devices, 20 steps of the digits CNN with float16 on the wire, against
+    the float32 host gather (serial, no transport) from the same start and batches."""
+    from mgpu_lab.optim import Momentum
+    from mgpu_lab.presets import digits_model
+    from mgpu_lab.trainer import DataParallelTrainer
+    x, y = digits
+    model = digits_model("cnn")
+    rng = np.random.default_rng(0)
+    batches = [rng.choice(len(x), 64, replace=False) for _ in range(20)]
+    flat = lambda tr: np.concatenate([np.ravel(v) for v in tr.model.get_values()])  # noqa: E731
+    with DataParallelTrainer(model.spec, n_devices=2, optimizer=Momentum(0.05),
+                             engine="serial") as ref:
+        for i in batches:
+            ref.step(x[i], y[i])
+        want = flat(ref)
+    with DataParallelTrainer(model.spec, n_devices=2, optimizer=Momentum(0.05),
+                             engine="local", strategy="ring16") as tr:
+        for i in batches:
+            tr.step(x[i], y[i])
+            sent = [m["sent"] for m in tr.engine.last_bytes]
+            # each device sends half the gradient's values, 2 bytes each: half of float32's
+            assert sent == [algorithms.bytes_per_device(
+                "ring", costmodel.gradient_bytes(model, "fp16"), 2)] * 2 == \
+                [algorithms.bytes_per_device("ring", costmodel.gradient_bytes(model), 2) / 2] * 2
+        replicas = tr.engine.device_parameters()
+        got = flat(tr)
+    assert np.array_equal(replicas[0], replicas[1])  # every device ran the same update
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert 1e-6 < rel < 1e-2, rel  # rounded on the wire, yet close to float32 after 20 steps

@@ -147,12 +147,12 @@ def test_split_weights_are_written_once_and_agree():
 
 
 def test_the_registry_and_bad_settings():
-    assert list(S.STRATEGIES) == ["host", "ring", "sharded", "hierarchical"]
+    assert list(S.STRATEGIES) == ["host", "ring", "sharded", "hierarchical", "ring16"]
     assert isinstance(S.get_strategy("sharded"), S.ShardedOptimizer)
     ring = S.RingAllReduce()
     assert S.get_strategy(ring) is ring
     with pytest.raises(ValueError, match="unknown strategy 'tree'; choose one of host, ring, "
-                                         "sharded, hierarchical"):
+                                         "sharded, hierarchical, ring16"):
         S.get_strategy("tree")
     for bad in (0, -1, True, "2", 1.5):
         with pytest.raises(ValueError, match="devices_per_node must be a positive integer"):

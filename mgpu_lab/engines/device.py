@@ -44,6 +44,11 @@ class Device:
 
     def __init__(self, rank, size, model, strategy, link, params=None, grad=None):
         self.rank, self.size, self.strategy, self.link = rank, size, strategy, link
+        carries = np.dtype(getattr(link, "wire_dtype", floatX))  # MPI's link: float32 only
+        if strategy.needs_links and np.dtype(strategy.wire_dtype) != carries:
+            raise ValueError(f"{strategy!r} sends {strategy.wire_dtype} between devices; this "
+                             f"transport carries {carries} only (use the pool: "
+                             f"engine='local')")
         self.fn = model.loss_and_gradients_function()  # each device compiles its own
         self.shapes, self.input_shape = model.param_shapes, model.input_shape
         P = self.n_params = model.n_params

@@ -102,8 +102,8 @@ class DevicePool(Engine):
             shapes = {"params": (P,), "grads": (N, P)}
         else:
             shapes = {"outbox": (N, max(1, mailbox_floats(self.strategy, N, P)))}
-        for key, shape in shapes.items():
-            self._bufs[key] = Buffer(shape, floatX)
+        for key, shape in shapes.items():  # the mailboxes carry the strategy's wire dtype
+            self._bufs[key] = Buffer(shape, self.strategy.wire_dtype if key == "outbox" else floatX)
         return {k: self._bufs[k].spec for k in shapes}
 
     def _allocate(self, batch_capacity):

@@ -7,6 +7,8 @@ on its own buffers, over a *link* the engine supplies. It owns:
     state_range(r, N, P)    the part [a, b) of the flat optimizer state device r owns
     host_range(r, N, P)     what the host reads from device r when it consolidates
     message_floats(N, P)    the largest message a device receives (its scratch, sized once)
+    wire_dtype              what a value travels as between devices: float32, or float16
+                            for "ring16" (the link must carry it: the pool's does)
     on_device(link, dev)    what a device does after computing its gradient
     updates_on_host         where the update runs: on the host, or on the devices
     on_host(view, ...)      the host's part of a step (the host gather: stack and update)
@@ -15,7 +17,8 @@ on its own buffers, over a *link* the engine supplies. It owns:
                           sum_i (n_i/B) g_i and runs the update (the chapter's way); the
                           devices hold only their replica, received every step
     RingAllReduce         devices scale by n_i/B, reduce-scatter + all-gather around a ring,
-                          and every device runs the same update on its own replica and state
+                          and every device runs the same update on its own replica and state;
+                          "ring16": the same with float16 on the wire, float32 sums
     ShardedOptimizer      ZeRO stage 1: reduce-scatter, each device updates only its 1/N
                           shard with its 1/N of the optimizer state, all-gather the shards
     HierarchicalAllReduce nodes of G devices: reduce-scatter inside a node, one ring per
@@ -46,7 +49,7 @@ from ..collectives import device_steps, ring_chunks
 from ..gradients import split_weights, stack_gradients
 from .update import apply_update, unflatten
 
-__all__ = ["Strategy", "HostGather", "RingAllReduce", "ShardedOptimizer",
+__all__ = ["Strategy", "HostGather", "RingAllReduce", "RingAllReduce16", "ShardedOptimizer",
            "HierarchicalAllReduce", "STRATEGIES", "get_strategy", "Group",
            "ring_allreduce", "reduce_scatter", "all_gather", "owned_chunk", "HostView",
            "agree"]
@@ -129,6 +132,7 @@ class Strategy:
 
     name, updates_on_host, needs_links = "?", False, True
     zero_stage = 0  # the memory model's sharding stage for a device's state (ZeRO)
+    wire_dtype = floatX  # what a value travels as between devices
 
     def weights(self, sizes):
         return split_weights(sizes)
@@ -191,15 +195,58 @@ class HostGather(Strategy):
 
 
 class RingAllReduce(Strategy):
-    """Scale by n_i/B, ring all-reduce, every device runs the same update on its copy."""
+    """Scale by n_i/B, ring all-reduce, every device runs the same update on its copy.
+
+    ``wire_dtype="float16"`` (the name "ring16"): each chunk travels as float16, half the
+    bytes, and is added to the receiver's float32 partial sum (as PyTorch DDP's
+    ``fp16_compress_hook`` casts a bucket to float16 for the exchange; here the sums stay
+    float32). A partial sum is rounded to float16 at every hop, about 2^-11 of its size;
+    the device that completes a chunk rounds its own copy too, so that after the
+    all-gather every device holds the same bits and runs the same update. A sum beyond
+    float16's range (65504) arrives infinite: the step is refused on every device.
+    """
 
     name = "ring"
+    WIRE_DTYPES = ("float32", "float16")
+
+    def __init__(self, wire_dtype=floatX):
+        if str(wire_dtype) not in self.WIRE_DTYPES:
+            raise ValueError(f"wire_dtype must be one of {', '.join(self.WIRE_DTYPES)} (what "
+                             f"a gradient value travels as), got {wire_dtype!r}")
+        self.wire_dtype = str(wire_dtype)
 
     def on_device(self, link, dev):
         dev.scale_gradient()
-        ring_allreduce(link, dev.grad)
+        if self.wire_dtype == floatX:
+            ring_allreduce(link, dev.grad)
+        else:
+            reduce_scatter(link, dev.grad)
+            a, b = ring_chunks(dev.n_params, link.size)[owned_chunk(link.rank, link.size)]
+            _round_to(dev.grad[a:b], self.wire_dtype)  # as the others will receive it
+            all_gather(link, dev.grad)
         dev.refuse_if_not_finite(0, dev.n_params)  # the same bits on every device
         dev.update_range(0, dev.n_params)
+
+    def __repr__(self):
+        return "RingAllReduce()" if self.wire_dtype == floatX else \
+            f"RingAllReduce(wire_dtype={self.wire_dtype!r})"
+
+
+class RingAllReduce16(RingAllReduce):
+    """The ring with float16 on the wire: ``RingAllReduce(wire_dtype="float16")``."""
+
+    name = "ring16"
+
+    def __init__(self, wire_dtype="float16"):
+        super().__init__(wire_dtype)
+
+
+def _round_to(buf, dtype, block=2 ** 18):
+    """``buf`` (float32) rounded to ``dtype`` and back, in place, a block at a time (no
+    temporary of the chunk's size); beyond the dtype's range a value becomes infinite."""
+    with np.errstate(over="ignore"):
+        for i in range(0, buf.size, block):
+            buf[i:i + block] = buf[i:i + block].astype(dtype)
 
 
 class ShardedOptimizer(Strategy):
@@ -306,7 +353,7 @@ class HierarchicalAllReduce(Strategy):
 
 
 STRATEGIES = {s.name: s for s in (HostGather, RingAllReduce, ShardedOptimizer,
-                                  HierarchicalAllReduce)}
+                                  HierarchicalAllReduce, RingAllReduce16)}
 
 
 def get_strategy(strategy, **options):

@@ -10,8 +10,10 @@ the pool created:
     params     floatX[P]        host gather only: the host's parameters, which every
                                 device's replica views (the broadcast: one copy, all read it)
     grads      floatX[N, P]     host gather only: device i's gradient is row i (the fetch)
-    outbox     floatX[N, M]     the other strategies: device i's mailbox, one packet of
-                                M <= PACKET floats (a ring chunk travels in packets)
+    outbox     wire[N, M]       the other strategies: device i's mailbox, one packet of
+                                M <= PACKET values (a ring chunk travels in packets), in
+                                the strategy's ``wire_dtype`` (float16 for "ring16": a
+                                packet is cast on the way in, added in float32 on the way out)
 
 Loading and consolidating (``load`` / ``export``) use a block made for that one request
 and freed after it: nothing of size P is shared between steps except where the algorithm
@@ -79,7 +81,7 @@ class ShmLink:
 
     def __init__(self, rank, size, pipes, parent):
         self.rank, self.size, self.pipes, self.parent = rank, size, pipes, parent
-        self.outbox, self.scratch_bytes = None, 0
+        self.outbox, self.scratch_bytes, self.wire_dtype = None, 0, np.dtype(floatX)
         self.reset()
 
     def reset(self):
@@ -98,7 +100,7 @@ class ShmLink:
         while i < ns or j < nr:
             k = min(M, ns - i)
             if k:
-                box[self.rank, :k] = send[i:i + k]
+                box[self.rank, :k] = send[i:i + k]  # cast to the mailbox's wire dtype
                 self._signal(dest, b"s")
             if j < nr:
                 m = min(M, nr - j)
@@ -112,8 +114,8 @@ class ShmLink:
             if k:
                 self._expect(dest, b"r")  # dest has read it: my mailbox is free again
                 i += k
-        self.sent += 4 * ns
-        self.received += 4 * nr
+        self.sent += self.wire_dtype.itemsize * ns
+        self.received += self.wire_dtype.itemsize * nr
 
     def _signal(self, peer, byte):
         try:
@@ -147,7 +149,8 @@ class _Worker:
         grad = self.static["grads"].array[device] if "grads" in self.static else None
         if "outbox" in self.static:
             self.link.outbox = self.static["outbox"].array
-            self.link.scratch_bytes = 4 * self.link.outbox.shape[1]  # its mailbox
+            self.link.wire_dtype = self.link.outbox.dtype  # the strategy's wire_dtype
+            self.link.scratch_bytes = self.link.outbox[0].nbytes  # its mailbox
         self.device = Device(device, n_devices, built, strategy, self.link, params, grad)
         self.batch = {}
 

@@ -1,4 +1,5 @@
 """Layer 4: measurements, each saved with its machine: ``bench`` (images/s on 1..N local
 devices; ``baseline`` and ``cpuload`` serve it), ``mpi_bench`` (host gather against
 all-reduce on MPI ranks), ``memory_check`` (the memory model against Theano's profiler and
-the pool), ``soak`` (leaks over many steps), ``machine`` (provenance). Imports layers 1-3."""
+the pool), ``soak`` (leaks over many steps), ``ring16`` (float16 on the ring's wire against
+float32), ``machine`` (provenance). Imports layers 1-3."""
