@@ -81,7 +81,8 @@ def _merge_copies(merge):
 
 
 VENDOR_JS = ("vendor/vega.min.js", "vendor/vega-lite.min.js")  # in book/_static
-EXPLORER_JS = ("mgpu-explorer.js", "explorer-batch-limits.js", "explorer-throughput.js")
+EXPLORER_JS = ("mgpu-explorer.js", "explorer-batch-limits.js", "explorer-throughput.js",
+               "explorer-time-to-accuracy.js")
 WEB_BOOK_ENV = "MGPU_WEB_BOOK"  # as mgpu_lab.figures.labcharts.WEB_BOOK_ENV
 EXPLORER_MARK = 'class="mgpu-explorer"'
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
