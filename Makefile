@@ -12,7 +12,7 @@ LAB_ARGS ?=
 # After `make wheels`, setup installs from wheels/ only, without the network.
 PIP_FROM := $(if $(wildcard wheels/*.whl),--no-index --find-links wheels,)
 
-.PHONY: setup book test test-all student timings lab wheels clean hub students assignments
+.PHONY: setup book test test-all student timings critical lab wheels clean hub students assignments
 
 setup: $(STAMP)
 
@@ -51,6 +51,12 @@ student: book
 # Seconds each chapter takes as a notebook, cold and warm Theano cache (teacher's guide).
 timings: setup
 	$(PY) book/_ext/lab_timings.py data/lab_timings.json
+
+# The critical batch, measured (a few minutes on 2 cores): steps to a target validation loss
+# at batch 2..1024 with SGD's rate tuned per batch, the noise scale B_simple, the fitted
+# B_crit; rewrites data/critical_batch.json with its provenance (data/README.md).
+critical: setup
+	$(PY) -m mgpu_lab critical-sweep --out data/critical_batch.json
 
 # JupyterLab opened at the chapters (book/): they open as notebooks (jupyter/start-lab.sh).
 lab: setup

@@ -1,4 +1,5 @@
-"""``python -m mgpu_lab {train,limits,bench,mpi-bench}``: one function per command."""
+"""``python -m mgpu_lab {train,limits,bench,mpi-bench,mem-bench,critical-sweep}``: one
+function per command."""
 import argparse
 import sys
 
@@ -6,7 +7,7 @@ from .data import load_digits, train_test_split
 from .engines.mpi import install_abort_hook, world
 from .engines.strategies import STRATEGIES
 from .figures import plots
-from .measure import bench, mem_bench, mpi_bench
+from .measure import bench, critical_sweep, mem_bench, mpi_bench
 from .measure.machine import save_result
 from .models import fold
 from .optim import make_optimizer
@@ -303,12 +304,53 @@ def _run_membench(args):
     return 0
 
 
+# -- critical-sweep (the statistical batch limit, measured) ----------------------------------
+def _add_critical(sub):
+    d = critical_sweep.DEFAULTS
+    p = sub.add_parser("critical-sweep", help="measure the critical batch on the digits "
+                       "(steps to a target per batch) and the gradient noise scale",
+                       description="For each batch size, SGD's learning rate tuned on a grid, "
+                       "the steps and samples to a target validation loss, the gradient noise "
+                       "scale B_simple from the devices' gradients, Goyal et al.'s linear "
+                       "scaling rule beside; McCandlish et al.'s trade-off fitted (B_crit). "
+                       "Serial engine with 2 devices, digits MLP; a few minutes on 2 cores.")
+    p.add_argument("--batch", type=parse_range, default=list(d["batch_sizes"]),
+                   help="batch sizes, A,B,C (default 2,4,...,1024)")
+    p.add_argument("--seeds", type=_seed_list, default=list(d["seeds"]),
+                   help="seeds to average over, e.g. 0,1 (default)")
+    p.add_argument("--target", type=_positive_float, default=d["target"],
+                   help=f"target validation loss (default {d['target']})")
+    p.add_argument("--budget", type=_positive, default=d["budget"],
+                   help=f"most steps per run (default {d['budget']})")
+    p.add_argument("--out", default=str(critical_sweep.DATA_FILE),
+                   help="the JSON to write (default data/critical_batch.json)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_run_critical)
+
+
+def _seed_list(text):
+    """'0,1' -> [0, 1]: seeds, each one numpy's RandomState takes."""
+    return [_seed(v) for v in text.split(",")]
+
+
+def _run_critical(args):
+    try:
+        result = critical_sweep.run(progress=not args.no_progress, batch_sizes=args.batch,
+                                    seeds=args.seeds, target=args.target, budget=args.budget)
+    except ValueError as e:
+        _usage_error("critical-sweep", str(e))
+    print(critical_sweep.format_table(result))
+    print(f"saved: {critical_sweep.save(result, args.out)}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m mgpu_lab",
         description="Data-parallel training with Theano on simulated devices (CPU processes).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_limits, _add_bench, _add_mpibench, _add_membench):
+    for add in (_add_train, _add_limits, _add_bench, _add_mpibench, _add_membench,
+                _add_critical):
         add(sub)
     return parser
 

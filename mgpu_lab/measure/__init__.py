@@ -2,4 +2,5 @@
 devices; ``baseline`` and ``cpuload`` serve it), ``mpi_bench`` (host gather against
 all-reduce on MPI ranks), ``memory_check`` (the memory model against Theano's profiler and
 the pool), ``soak`` (leaks over many steps), ``ring16`` (float16 on the ring's wire against
-float32), ``machine`` (provenance). Imports layers 1-3."""
+float32), ``critical_sweep`` (steps to a target per batch on the digits: the critical
+batch and the noise scale), ``machine`` (provenance). Imports layers 1-3."""

@@ -7,5 +7,6 @@ gradient: host gather, ring, sharded, halving-doubling, recursive doubling, doub
 ``costmodel`` (step time on N GPUs of one node, overlap and buckets), ``network`` (nodes
 joined by a network; the published multi-node figures), ``critical`` (the critical batch
 per device below which a step is communication-bound), ``published`` (published
-throughputs to hold the model against) and ``validation`` (its errors, per source, held
-out). Imports layer 1 only."""
+throughputs to hold the model against), ``validation`` (its errors, per source, held
+out) and ``batch_scaling`` (the statistical batch limit: McCandlish et al.'s steps-samples
+trade-off fitted to measured steps). Imports layer 1 only."""
