@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from mgpu_lab.cli import main
+from mgpu_lab.data import load_digits, train_test_split
 from mgpu_lab.measure import critical_sweep as cs
 from mgpu_lab.optim import SGD
 from mgpu_lab.predict.batch_scaling import fit_tradeoff
+from mgpu_lab.presets import digits_model
 from mgpu_lab.trainer import DataParallelTrainer, batch_indices
 
 TINY = dict(batch_sizes=(8, 64, 512), lr_grid=(0.4, 0.8), seeds=(0, 1), target=0.5, budget=300)
@@ -97,8 +99,6 @@ def test_a_run_matches_the_trainer_step_for_step(tiny):
     row = tiny["rows"][1]
     run = next(r for r in tiny["runs"] if r["rule"] == "grid" and r["batch"] == row["batch"]
                and r["lr"] == row["lr"] and r["seed"] == 1)
-    from mgpu_lab.data import load_digits, train_test_split
-    from mgpu_lab.presets import digits_model
     x, y = load_digits(flat=True)
     (xt, yt), (xv, yv) = train_test_split(x, y, seed=0)
     with DataParallelTrainer(digits_model("mlp", seed=1), 2, SGD(row["lr"]), engine="serial",
