@@ -39,9 +39,10 @@ def gone(pid):
 
 
 def worker_pids():
-    """Pids of this process's live spawned children (workers; not the resource tracker)."""
+    """Pids of this process's live spawned children (workers; not the resource tracker, and
+    not the workers of the book's build, which runs beside the tests in a process of its own)."""
     found = set()
-    for c in psutil.Process().children(recursive=True):
+    for c in psutil.Process().children():
         try:
             if "spawn_main" in " ".join(c.cmdline()) and not gone(c.pid):
                 found.add(c.pid)
