@@ -216,3 +216,38 @@ def test_predictions_report_the_memory_bound_share(resnet50):
     other = predict(resnet50, "V100", 1, 256, strategy="ring", precision="fp16",
                     memory_efficiency=0.8)
     assert other.efficiency != p.efficiency and other.images_per_s == pytest.approx(1200)
+
+
+# -- chapter 11's figure: intensities against ridges --------------------------------------
+def test_intensities_and_ridges(mlp):
+    rows = costmodel.kernel_intensities(mlp, 5)
+    ks = graph.kernels(mlp, 5)
+    assert [r["bytes"] for r in rows] == [4 * k.elements for k in ks]
+    assert [r["intensity"] for r in costmodel.kernel_intensities(mlp, 5, "fp16")] == pytest.approx(
+        [2 * r["intensity"] for r in rows])  # 16-bit numbers: half the bytes, twice the intensity
+    assert {r["kind"] for r in rows} == {"matrix product", "elementwise", "reduction, pool, softmax"}
+    ridges = {r["gpu"]: r for r in costmodel.ridge_points(gpus.BOOK_GPUS, "fp16")}
+    assert set(ridges) == {"V100", "A100", "H100"}  # no FP16 Tensor Cores on the K80 and P100
+    h = ridges["H100"]
+    assert h["ridge"] == pytest.approx(989.5e12 / 3350e9)
+    assert h["model_ridge"] == pytest.approx(h["ridge"] * h["efficiency"] / h["memory_efficiency"])
+    assert not h["calibrated"] and h["label"].startswith("uncalibrated")
+
+
+def test_the_roofline_figure_marks_every_kernel_and_every_ridge(mlp):
+    import matplotlib.pyplot as plt
+
+    from mgpu_lab.figures import plots
+    rows = costmodel.kernel_intensities(mlp, 8)
+    ridges = costmodel.ridge_points(["V100", "H100"], "fp16")
+    fig = plots.roofline([{"title": "one panel", "kernels": {"mlp": rows}, "ridges": ridges}],
+                         "predicted: by the test")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel().startswith("arithmetic intensity (FLOPs")
+    assert fig.texts[0].get_text().endswith("(predicted)") and ax.get_title() == "one panel"
+    marks = sorted(x for c in ax.collections for x in c.get_offsets()[:, 0])
+    assert marks == pytest.approx(sorted(r["intensity"] for r in rows if r["intensity"] > 0))
+    drawn = {round(line.get_xdata()[0], 6) for line in ax.lines}
+    assert drawn == {round(r[k], 6) for r in ridges for k in ("ridge", "model_ridge")}
+    assert "predicted: by the test" in " ".join(t.get_text() for t in ax.texts)
+    plt.close(fig)

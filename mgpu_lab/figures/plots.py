@@ -523,3 +523,52 @@ def noise_scale(histories, machine=None, title="Gradient noise scale during trai
         f"exponential moving averages of tr(Σ) and |G|², then their ratio"))
     fig.subplots_adjust(top=0.84)  # room for the suptitle above the panels' titles
     return fig
+
+
+# -- the roofline: each kernel's arithmetic intensity against each GPU's ridge (chapter 11) --
+__all__ += ["roofline"]
+
+_KIND_STYLE = {"convolution": ("tab:blue", "o"), "matrix product": ("tab:purple", "s"),
+               "elementwise": ("tab:orange", "^"), "reduction, pool, softmax": ("tab:gray", "v")}
+
+
+def roofline(panels, source, title="Arithmetic intensity of every kernel against each GPU's "
+                                   "ridge point (predicted)"):
+    """One panel per entry of ``panels`` (dicts with ``title``, ``kernels`` {network:
+    :func:`mgpu_lab.predict.costmodel.kernel_intensities` rows} and ``ridges``
+    (:func:`~mgpu_lab.predict.costmodel.ridge_points` rows)): every kernel a mark at its
+    FLOPs per byte, one strip per network; each GPU's ridge a vertical line, solid at its
+    datasheet peak / bandwidth, dashed where the cost model puts it (the calibrated compute
+    and memory efficiencies). A kernel left of a GPU's line is bound by memory there."""
+    import random
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10.4, 1.4 + 2.3 * len(panels)),
+                             squeeze=False)
+    rng = random.Random(0)  # the vertical jitter only spreads the marks
+    names = list(dict.fromkeys(r["gpu"] for p in panels for r in p["ridges"]))
+    for ax, panel in zip(axes[:, 0], panels):
+        nets = list(panel["kernels"])
+        for y, net in enumerate(nets):
+            for kind, (colour, marker) in _KIND_STYLE.items():
+                xs = [k["intensity"] for k in panel["kernels"][net]
+                      if k["kind"] == kind and k["intensity"] > 0]
+                ax.scatter(xs, [y + rng.uniform(-0.3, 0.3) for _ in xs], s=9, color=colour,
+                           marker=marker, alpha=0.6, lw=0, label=kind if y == 0 and xs else None)
+        kinds = ax.legend(frameon=False, fontsize=7, loc="upper left", ncol=4,
+                          title="kernels", title_fontsize=7)
+        lines = []
+        for r in panel["ridges"]:
+            colour = f"C{names.index(r['gpu']) % 10}"
+            lines.append(ax.axvline(r["ridge"], color=colour, lw=1.5,
+                                    label=f"{r['gpu']} {r['runs_as']}: {r['ridge']:.0f} "
+                                          f"({r['model_ridge']:.0f} as charged)"))
+            ax.axvline(r["model_ridge"], color=colour, lw=1.0, ls="--", alpha=0.8)
+        ax.legend(handles=lines, frameon=False, fontsize=7, loc="center left",
+                  bbox_to_anchor=(1.01, 0.5), title="ridge, FLOPs per byte", title_fontsize=7)
+        ax.add_artist(kinds)
+        ax.set(xscale="log", yticks=range(len(nets)), yticklabels=nets,
+               ylim=(-0.6, len(nets) + 0.1), title=panel["title"],
+               xlabel="arithmetic intensity (FLOPs per byte moved to and from GPU memory)")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3, axis="x", which="major")
+    fig.suptitle(title, fontsize=10)
+    return _finish(fig, axes[-1, 0], source)

@@ -70,6 +70,7 @@ __all__ = ["Prediction", "ALGORITHMS", "DEFAULT_EFFICIENCY", "DEFAULT_LATENCY",
            "efficiency_for", "calibration_for", "borrowed_calibration", "SAME_UNITS",
            "uncalibrated_label", "compute_seconds", "MEMORY_EFFICIENCY", "float_bytes",
            "roofline_seconds", "step_compute", "calibrated_efficiency", "calibration_step",
+           "kernel_intensities", "ridge_points",
            "host_gather_seconds", "host_update_seconds", "mpi_host_seconds",
            "ring_allreduce_seconds", "halving_doubling_seconds", "recursive_doubling_seconds",
            "tree_allreduce_seconds", "double_tree_seconds", "sharded_seconds",
@@ -350,6 +351,50 @@ def step_compute(model, batch_size, gpu, precision="fp32", efficiency=DEFAULT_EF
             "memory_bound_s": float(time[bound].sum()),
             "forward_memory_bound_s": float(time[bound & fwd].sum()),
             "flops": float(flops.sum())}
+
+
+def _kind(ops):
+    first = ops[0]
+    return ("convolution" if first.startswith("AbstractConv2d") else
+            "matrix product" if first in ("Dot", "Dot22", "Gemm", "Gemv", "Dot22Scalar") else
+            "elementwise" if first == "Elemwise" else "reduction, pool, softmax")
+
+
+def kernel_intensities(model, batch_size, precision="fp32", winograd=None):
+    """One dict per kernel of a step on ``batch_size`` samples: ``label``, ``kind``
+    (convolution, matrix product, elementwise, or reduction, pool, softmax), ``phase``,
+    ``flops`` (as the model charges them: 3x3 stride-1 convolutions / ``winograd``, None:
+    :data:`DEFAULT_WINOGRAD`), ``bytes`` (at ``precision``) and ``intensity``, FLOPs per
+    byte. A kernel is bound by memory on a GPU when its intensity is below the GPU's ridge
+    (:func:`ridge_points`)."""
+    w = float(DEFAULT_WINOGRAD if winograd is None else winograd)
+    fb = float_bytes(precision)
+    out = []
+    for k in graph.kernels(build(model), batch_size):
+        flops = k.flops - k.fast_conv_flops * (1 - 1 / w)
+        out.append({"label": k.label, "kind": _kind(k.ops), "phase": k.phase, "flops": flops,
+                    "bytes": k.nbytes(fb), "intensity": flops / k.nbytes(fb) if k.elements else 0.0})
+    return out
+
+
+def ridge_points(gpus, precision="fp32", winograd=None):
+    """One dict per GPU (catalogue names or objects) at ``precision`` as frameworks run it:
+    ``gpu``, ``runs_as``, ``peak``, ``memory_bw``, ``ridge`` (the datasheet's, peak /
+    bandwidth, FLOPs per byte), ``model_ridge`` (as the cost model charges it: peak x
+    efficiency / (bandwidth x memory efficiency)), ``efficiency``, ``memory_efficiency``
+    and ``label`` (calibrated or assumed). A GPU without a peak at ``precision`` is left out."""
+    out = []
+    for g in map(_gpu, gpus):
+        if precision != "fp32" and precision not in getattr(g, "tensor_flops", {}):
+            continue
+        c = calibration_for(g, precision, winograd)
+        peak = _peak(g, c["peak_precision"])
+        out.append({"gpu": g.name, "runs_as": c["peak_precision"], "peak": peak,
+                    "memory_bw": g.memory_bw, "ridge": peak / g.memory_bw,
+                    "model_ridge": peak * c["efficiency"] / (g.memory_bw * c["memory_efficiency"]),
+                    "efficiency": c["efficiency"], "memory_efficiency": c["memory_efficiency"],
+                    "calibrated": c["calibrated"], "label": c["label"]})
+    return out
 
 
 # The network every calibration figure is of: ResNet-50 at 224 px, 1000 classes.

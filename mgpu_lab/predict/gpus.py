@@ -101,12 +101,12 @@ DEFAULT_RESERVED = 512 * 2 ** 20
 # arithmetic, so their figures hardly move with it. So it is fixed by a rule, on the
 # calibration figures alone: the smallest value (to 0.01) at which no calibrated compute
 # efficiency exceeds it, i.e. streaming kernels reach at least the fraction of their roof
-# that the best-calibrated convolutions reach of theirs. Lower values are impossible
-# (every calibration needs at least 0.33 to 0.48 even with its arithmetic at the full
-# peak); a streaming copy reaches more (80-90 % of datasheet bandwidth), but the library's
-# networks lack batch normalization and the layout changes real frameworks make, so the
-# bytes counted are fewer than a real step moves. mgpu_lab.predict.validation.
-# memory_efficiency_rule recomputes it (a test checks it).
+# that the best-calibrated convolutions reach of theirs. Much lower values are impossible:
+# even with its arithmetic at the full peak, each figure needs at least 0.16 (the K80's)
+# to 0.48 (the V100's in mixed precision; validation.memory_efficiency_floor). It is a
+# fraction of the bytes *counted*: the library's networks have no batch normalization,
+# whose traffic real ResNets add, so it is no measured fraction of a GPU's bandwidth.
+# mgpu_lab.predict.validation.memory_efficiency_rule recomputes it (a test checks it).
 MEMORY_EFFICIENCY = 0.6
 
 # Compute efficiencies the roofline calibration gives at MEMORY_EFFICIENCY with the

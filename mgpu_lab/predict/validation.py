@@ -31,7 +31,8 @@ from .published import compare, load, networks
 
 __all__ = ["WINOGRAD_CHOICES", "CALIBRATION_SOURCES", "published_speedup",
            "errors_by_source", "winograd_held_out", "best_winograd", "held_out_split",
-           "one_gpu_errors", "reference_ratio", "memory_efficiency_rule"]
+           "one_gpu_errors", "reference_ratio", "memory_efficiency_rule",
+           "memory_efficiency_floor"]
 
 WINOGRAD_CHOICES = {"direct": 1.0, "Winograd F(2x2,3x3)": costmodel.WINOGRAD_F2,
                     "Winograd F(4x4,3x3)": costmodel.WINOGRAD_F4}
@@ -224,3 +225,18 @@ def memory_efficiency_rule(step=0.01):
     value = round(math.ceil(hi / step - 1e-9) * step, 10)
     return value, {(g.name, p): costmodel.calibrated_efficiency(g, p, c, memory_efficiency=value)
                    for g, p, c in figures}
+
+
+def memory_efficiency_floor(gpu, precision, cal=None):
+    """The lowest memory efficiency at which the roofline can give ``gpu``'s published
+    figure at ``precision`` back at all: the one where its compute efficiency reaches 1
+    (the full peak); below it even free arithmetic would leave the step too slow."""
+    lo, hi = 0.01, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        try:
+            costmodel.calibrated_efficiency(gpu, precision, cal, memory_efficiency=mid)
+            hi = mid
+        except ValueError:
+            lo = mid
+    return hi
