@@ -12,7 +12,7 @@ LAB_ARGS ?=
 # After `make wheels`, setup installs from wheels/ only, without the network.
 PIP_FROM := $(if $(wildcard wheels/*.whl),--no-index --find-links wheels,)
 
-.PHONY: setup book test test-all student timings critical lab wheels clean hub students assignments
+.PHONY: setup book test test-all student timings critical time-to-target lab wheels clean hub students assignments
 
 setup: $(STAMP)
 
@@ -57,6 +57,12 @@ timings: setup
 # B_crit; rewrites data/critical_batch.json with its provenance (data/README.md).
 critical: setup
 	$(PY) -m mgpu_lab critical-sweep --out data/critical_batch.json
+
+# Time to target on 1 and 2 local devices at two batch sizes, measured beside its prediction
+# (S from data/critical_batch.json's fit x the cost model's step on this machine; under a
+# minute): rewrites data/time_to_target.json with its provenance (chapter 13 reads it).
+time-to-target: setup
+	$(PY) -m mgpu_lab.measure.tta_bench
 
 # JupyterLab opened at the chapters (book/): they open as notebooks (jupyter/start-lab.sh).
 lab: setup
