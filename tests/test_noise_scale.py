@@ -7,7 +7,6 @@ for the digits CNN and MLP; (c) the trainer tracks B_simple (None on one device)
 import json
 import math
 import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -21,7 +20,7 @@ from mgpu_lab.engines.serial import SerialEngine
 from mgpu_lab.engines.update import Update, flatten
 from mgpu_lab.optim import SGD, Momentum
 from mgpu_lab.split import split_bounds
-from mgpu_lab.statistics import gradient_noise_scale
+from mgpu_lab.statistics import NoiseScaleEMA, gradient_noise_scale
 from mgpu_lab.trainer import DataParallelTrainer
 
 # The norms are float32 sums of float32 terms (|g|^2 of ~6,000 terms) and the devices add
@@ -110,13 +109,15 @@ MPI_JOB = textwrap.dedent("""
     values = model.get_values()
     x, y = load_digits()
     x, y = x[:{batch}], y[:{batch}]
+    rows = []
     for s in ("host", "ring", "sharded", "hierarchical"):
         eng = MPIEngine(model, 2, strategy=s)
         opt = SGD(0.1)
         for update in (None, Update(opt, opt.init_state(values) if s == "host" else None, 0)):
             r = eng.step(values, x, y, update)
-            print("NORMS", json.dumps([eng.rank, s, r.split_sq_norms, r.batch_sq_norm]))
-    sys.stdout.flush()
+            rows.append([eng.rank, s, r.split_sq_norms, r.batch_sq_norm])
+    with open(sys.argv[1] + f"-{{eng.rank}}.json", "w") as f:  # one file per rank
+        json.dump(rows, f)
 """)
 
 
@@ -130,10 +131,10 @@ def test_mpi_ranks_report_the_hosts_norms_under_every_strategy(at_init, batch, t
     ref = reference_norms(model, values, *batch, 2)
     script = tmp_path / "job.py"
     script.write_text(MPI_JOB.format(batch=BATCH))
-    job = subprocess.run(mpi.mpiexec_command(2, [script]), capture_output=True, text=True,
-                         timeout=200)
+    job = subprocess.run(mpi.mpiexec_command(2, [script, tmp_path / "norms"]),
+                         capture_output=True, text=True, timeout=200)
     assert job.returncode == 0, job.stderr[-3000:]
-    rows = [json.loads(line[6:]) for line in job.stdout.splitlines() if line.startswith("NORMS ")]
+    rows = [row for r in (0, 1) for row in json.loads((tmp_path / f"norms-{r}.json").read_text())]
     assert sorted({(r, s) for r, s, _, _ in rows}) == sorted(
         (r, s) for r in (0, 1) for s in ("host", "ring", "sharded", "hierarchical"))
     assert len(rows) == 16
@@ -237,7 +238,6 @@ def test_trainer_tracks_b_simple_and_none_on_one_device(cnn, digits, tmp_path):
     two = histories[2]
     assert all(h["sq_norms"]["split_sizes"] == [16, 16] for h in two)
     # the recorded B_simple is the ratio of the moving averages of the two estimators
-    from mgpu_lab.statistics import NoiseScaleEMA
     ema = NoiseScaleEMA(0.9)
     for h in two:
         n = h["sq_norms"]
@@ -253,3 +253,22 @@ def test_trainer_tracks_b_simple_and_none_on_one_device(cnn, digits, tmp_path):
 def test_trainer_refuses_a_bad_noise_beta(cnn):
     with pytest.raises(ValueError, match=r"beta must be a number in \[0, 1\)"):
         DataParallelTrainer(cnn.spec, 2, engine="serial", noise_beta=1.0)
+
+
+# -- (d) the figure ------------------------------------------------------------------------
+def test_noise_scale_plot_is_labelled_and_refuses_one_device_histories():
+    import matplotlib
+    matplotlib.use("Agg")
+    from mgpu_lab.figures import plots
+    hist = [{"step": s, "b_simple": 10.0 + s, "trace_sigma": 20.0, "grad_sq": 2.0 / (1 + s)}
+            for s in range(5)]
+    fig = plots.noise_scale({"2 devices": hist}, machine={"cpu": "Test CPU", "cores": 2})
+    ax_b, ax_e = fig.axes
+    assert "(samples per batch)" in ax_b.get_ylabel() and "(nats²)" in ax_e.get_ylabel()
+    assert ax_b.get_xlabel() == "training step" and fig._suptitle.get_text()
+    assert list(ax_b.lines[0].get_ydata()) == [10.0, 11.0, 12.0, 13.0, 14.0]
+    text = " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+    assert "measured on Test CPU" in text and "mgpu_lab.statistics" in text
+    one = [{"step": 0, "b_simple": None, "trace_sigma": None, "grad_sq": None}]
+    with pytest.raises(ValueError, match="no noise scale: train on 2 or more devices"):
+        plots.noise_scale(one)

@@ -15,8 +15,8 @@ engine's step is the same moves:
 The squared norms are computed where the gradients live, one float per device crosses:
 each device's |g_i|^2 of its split's mean gradient (``Device.compute``), and |g|^2 of the
 stacked gradient by whoever holds it after the exchange (the host gather's host; under
-the others each device over its ``host_range`` of the reduced gradient, summed here:
-device 0's whole copy for the ring, the shards for the sharded optimizer).
+the others each device over its ``strategy.norm_range`` of the reduced gradient, summed
+here: a ring chunk each where all hold the sum, the shards for the sharded optimizer).
 
 The base class owns the checks and the host's part; an engine supplies ``_run_devices``,
 a transport and the on-demand view of the devices' state (``state_dict`` /

@@ -15,9 +15,9 @@ lives"):
 One step: compute the gradient of its split, copy it out of Theano into ``grad`` (the
 fetch, which also takes |g_i|^2: one pass over P, no copy), then
 ``strategy.on_device(link, self)``: the exchange, and the update where the devices
-update. After the exchange a device that updates takes |g|^2 over its ``host_range`` of
-the reduced gradient (the whole of it on device 0 for the ring, its shard for the sharded
-optimizer); the host sums those parts (the gradient noise scale's inputs,
+update. After the exchange a device that updates takes |g|^2 over its ``norm_range`` of
+the reduced gradient (its ring chunk where every device holds the whole sum, its shard for
+the sharded optimizer); the host sums those parts (the gradient noise scale's inputs,
 :mod:`mgpu_lab.statistics`). Only these floats cross, never a second gradient. The
 update runs on blocks of ``BLOCK`` floats, in place, so nothing of size P is allocated
 per step, and the rule's temporaries stay a few MiB.
@@ -62,7 +62,7 @@ class Device:
         self.update, self.weight, self.loss, self.lost = None, 1.0, 0.0, False
         self.seconds_update = 0.0
         self.split_sq_norm = 0.0  # |g_i|^2 of this device's mean gradient (last step)
-        self.batch_sq_part = 0.0  # |g|^2 over its host range of the reduced gradient
+        self.batch_sq_part = 0.0  # |g|^2 over its norm_range of the reduced gradient
 
     # -- what the host loads and reads, on demand -----------------------------------
     def load(self, params=None, state=None):
@@ -125,12 +125,10 @@ class Device:
                 "update": self.seconds_update}
 
     def _batch_sq_part(self):
-        """|g|^2 over this device's host range of the reduced gradient, sum_i (n_i/B) g_i,
+        """|g|^2 over this device's ``norm_range`` of the reduced gradient, sum_i (n_i/B) g_i,
         which ``grad`` holds there after a device-side exchange (an update reads it, never
         writes it). The host gather's devices hold only their own g_i: 0, the host takes it."""
-        if self.strategy.updates_on_host:
-            return 0.0
-        a, b = self.strategy.host_range(self.rank, self.size, self.n_params)
+        a, b = self.strategy.norm_range(self.rank, self.size, self.n_params)
         return float(np.dot(self.grad[a:b], self.grad[a:b])) if b > a else 0.0
 
     @property

@@ -6,6 +6,7 @@ on its own buffers, over a *link* the engine supplies. It owns:
     weights(sizes)          the split weights n_i / B (gradients.split_weights, once)
     state_range(r, N, P)    the part [a, b) of the flat optimizer state device r owns
     host_range(r, N, P)     what the host reads from device r when it consolidates
+    norm_range(r, N, P)     device r's share of |g|^2 of the reduced gradient (a partition)
     message_floats(N, P)    the largest message a device receives (its scratch, sized once)
     wire_dtype              what a value travels as between devices: float32, or float16
                             for "ring16" (the link must carry it: the pool's does)
@@ -154,6 +155,13 @@ class Strategy:
         """The part of the optimizer state device ``rank`` holds: all of it by default."""
         return (0, P)
 
+    def norm_range(self, rank, size, P):
+        """The part [a, b) of the reduced gradient over which device ``rank`` takes its
+        share of |g|^2 after the exchange (the ranges partition P; the host sums the
+        shares). By default every device holds the whole sum: each takes its ring chunk,
+        1/N of the pass, at the same time."""
+        return ring_chunks(P, size)[rank]
+
     def message_floats(self, size, P):
         """The most floats a device receives in one message: a ring chunk."""
         return _max_chunk(P, size)
@@ -175,6 +183,9 @@ class HostGather(Strategy):
 
     def state_range(self, rank, size, P):
         return (0, 0)  # the state lives on the host
+
+    def norm_range(self, rank, size, P):
+        return (0, 0)  # the host takes |g|^2 of its own stack
 
     def message_floats(self, size, P):
         return 0  # devices never receive from each other
@@ -265,7 +276,7 @@ class ShardedOptimizer(Strategy):
     def _shard(self, rank, size, P):
         return ring_chunks(P, size)[owned_chunk(rank, size)]
 
-    host_range = state_range = _shard
+    host_range = state_range = norm_range = _shard  # a device holds only its shard's sum
 
     def on_device(self, link, dev):
         dev.scale_gradient()
