@@ -423,9 +423,12 @@ def throughput(measured=None, net="ResNet-50-like", gpu="V100", n_gpus=4, strate
             "inside the compute is the communication hidden by overlap.</p>")
     g = d["gpus"][gpu]
     efficiency = f"{100 * g['efficiency']:.1f} %"
-    prov = ("predicted by mgpu_lab.predict.costmodel: FLOPs from each network's graph, "
-            f"sustained {_field('efficiency', efficiency)} of peak FLOP/s "
-            f"({_field('efficiency_source', g['efficiency_source'])}), assumed "
+    prov = ("predicted by mgpu_lab.predict.costmodel: a roofline per kernel of each "
+            "network's graph, its FLOPs at "
+            f"{_field('efficiency', efficiency)} of peak FLOP/s "
+            f"({_field('efficiency_source', g['efficiency_source'])}) or its bytes at "
+            f"{100 * costmodel.MEMORY_EFFICIENCY:.0f} % of the memory bandwidth, whichever "
+            "takes longer; assumed "
             f"{1e6 * d['latency_s']:.0f} us per transfer; GPU figures from: "
             f'<span data-field="source">{html.escape(g["source"])}</span>.')
     extra = _measured_block(measured) if measured else ""
