@@ -18,15 +18,18 @@ import numpy as np
 
 from .collectives import ring_bytes_per_device
 from .engines.pinning import cores
-from .predict import costmodel
+from .predict import costmodel, time_to_accuracy
 from .models import resnet_like
+from .predict.batch_scaling import fit_tradeoff
 from .predict.critical import critical_batch_table
 from .predict.gpus import get_gpu, usable_bytes
 from .predict.memory import estimate, max_batch_size, shard_sizes, state_bytes_per_parameter
 from .presets import digits_model
 from .split import split_sizes
+from .statistics import gradient_noise_scale
 
-__all__ = ["Answer", "ANSWERS", "check", "is_right", "checked_exercises"]
+__all__ = ["Answer", "ANSWERS", "check", "is_right", "checked_exercises", "EXERCISE_13_1",
+           "EXERCISE_13_2"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,23 @@ def _gpus_for_adam_state(n_params, stage):
     Adam model state at ZeRO ``stage`` (activations and the gathered layer left out)."""
     return next(n for n in range(1, 100_000) if n_params * state_bytes_per_parameter(
         "adam", stage, n) <= usable_bytes("V100"))
+
+
+# Exercise 13.1's data: two devices of 64 samples, their mean gradients' squared norms,
+# and the stacked batch gradient's (chapter 13 states them).
+EXERCISE_13_1 = ([64, 64], [1.30, 1.10], 0.70)
+# Exercise 13.2's sweep: batch sizes and the steps each took to the target.
+EXERCISE_13_2 = ((16, 32, 64, 128, 256, 512, 1024), (3400, 1800, 1000, 600, 400, 300, 250))
+
+
+def _fewest_hours_n():
+    """Exercise 13.3: the N (1, 2, 4, ..., 1024) with the shortest predicted time to target
+    for ResNet-50 on ImageNet (B_crit assumed), V100s, host gather, each GPU at its memory
+    limit (momentum), as chapter 13 computes it."""
+    work = time_to_accuracy.imagenet_resnet50()
+    b_mem = time_to_accuracy.memory_limit(work.model, "V100")
+    return time_to_accuracy.best_plan(work, "V100", [2 ** k for k in range(11)], [b_mem],
+                                      "host").n_gpus
 
 
 ANSWERS = {
@@ -150,6 +170,19 @@ ANSWERS = {
     "12.1": Answer(lambda: [256 // 4, len(split_sizes(256 // 4, math.ceil(256 / 4 / 12)))], 0,
                    "a list of 2 integers: samples per GPU per step, micro-batches per GPU",
                    "each GPU's share of 256 is cut into micro-batches of at most 12."),
+    "13.1": Answer(lambda: gradient_noise_scale(*EXERCISE_13_1).b_simple, 0.01,
+                   "a number: B_simple in samples",
+                   "estimate |G|^2 = (B |g|^2 - n |g_i|^2) / (B - n) and tr(Sigma) = "
+                   "(|g_i|^2 - |g|^2) / (1/n - 1/B) for each device, average them (equal "
+                   "splits), then divide."),
+    "13.2": Answer(lambda: fit_tradeoff(*EXERCISE_13_2).b_crit, 0.05,
+                   "a number: B_crit in samples",
+                   "S(B) = S_min (1 + B_crit / B): S_min is where the steps level off, and at "
+                   "B = B_crit a run takes twice S_min; or fit S against 1/B."),
+    "13.3": Answer(_fewest_hours_n, 0, "an integer: the number of GPUs",
+                   "time = S(N b_mem) x step(N, b_mem): compute both for N = 1, 2, 4, ... "
+                   "with time_to_accuracy.time_to_target; the host gather's exchange grows "
+                   "with N."),
     "7.2": Answer(_gpus_for_512, 0, "a list of 2 integers: V100s, A100s",
                   "per-GPU limit from memory.max_batch_size, then divide 512 by it and round up."),
     "7.3": Answer(_digits_memory_line, 0,

@@ -17,7 +17,7 @@ from bookbuild import HTML, ROOT, built_book, chapters  # noqa: F401  (fixture)
 pytestmark = [pytest.mark.book, pytest.mark.timeout(1800)]  # the session's first test waits for the build
 
 BOOK = ROOT / "book"
-NUMBERED = [c for c in chapters() if re.match(r"book/\d\d_", c)]  # chapters 1..12
+NUMBERED = [c for c in chapters() if re.match(r"book/\d\d_", c)]  # chapters 1..13
 NOTEBOOKS = sorted(p for p in BOOK.glob("*.md") if "kernelspec:" in p.read_text())
 
 # Figures each page must show (at least): generated plots are PNG files in _images/.
@@ -26,7 +26,7 @@ EXPECTED_FIGURES = {
     "book/03_four_steps": 0, "book/04_checking_the_maths": 1, "book/05_training": 2,
     "book/06_throughput": 3, "book/07_batch_limits": 4, "book/08_collectives": 8, "book/09_sharding": 3, "book/10_communication": 3,
     "book/12_beyond": 4, "book/teachers_guide": 0, "book/references": 0,
-    "book/11_cost_model": 3,
+    "book/11_cost_model": 3, "book/13_time_to_accuracy": 5,
 }
 
 
@@ -72,7 +72,7 @@ def _parse(docname):
 
 
 def test_toc_lists_every_chapter_and_the_guide():
-    assert len(NUMBERED) == 12, NUMBERED  # chapters 1-12
+    assert len(NUMBERED) == 13, NUMBERED  # chapters 1-13
     assert "book/teachers_guide" in chapters()
     for c in chapters():
         assert (ROOT / f"{c}.md").exists(), f"_toc.yml lists {c}, but {c}.md is missing"

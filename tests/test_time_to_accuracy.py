@@ -12,10 +12,13 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mgpu_lab import models
+from mgpu_lab import exercises, models
+from mgpu_lab.figures import tta_explorer
+from mgpu_lab.measure import tta_bench
 from mgpu_lab.predict import costmodel, gpus, memory, network
 from mgpu_lab.predict import time_to_accuracy as tta
-from mgpu_lab.predict.batch_scaling import TradeOff, steps_to_target
+from mgpu_lab.predict.batch_scaling import TradeOff, fit_tradeoff, steps_to_target
+from mgpu_lab.statistics import gradient_noise_scale
 
 GiB = 2 ** 30
 # A made-up GPU, slow enough (1 GFLOP/s) that the digits MLP's exchange over a 1 GB/s link
@@ -198,3 +201,85 @@ def test_a_measured_workload_is_the_sweep_s_fit_labelled_measured():
     assert w.model.n_params == 4810  # the digits MLP
     with pytest.raises(ValueError, match="no fitted trade-off"):
         tta.measured_workload(_sweep(None))
+
+
+# -- chapter 13's exercises ----------------------------------------------------------------
+def test_exercise_13_1_is_the_library_s_noise_scale():
+    a = exercises.ANSWERS["13.1"]
+    want = gradient_noise_scale(*exercises.EXERCISE_13_1).b_simple
+    assert a.expected() == pytest.approx(want)
+    assert want == pytest.approx(320.0)  # worked by hand in the solution
+    assert exercises.is_right("13.1", 320) and not exercises.is_right("13.1", 64)
+
+
+def test_exercise_13_2_reads_b_crit_off_the_sweep():
+    b, s = exercises.EXERCISE_13_2
+    assert exercises.ANSWERS["13.2"].expected() == pytest.approx(fit_tradeoff(b, s).b_crit)
+    assert exercises.is_right("13.2", 256) and not exercises.is_right("13.2", 128)
+
+
+def test_exercise_13_3_is_the_best_plan_at_the_memory_limit():
+    n = exercises.ANSWERS["13.3"].expected()
+    w = tta.imagenet_resnet50()
+    b_mem = tta.memory_limit(w.model, "V100")
+    every = tta.plans(w, "V100", tta_explorer.TTA_N, [b_mem], "host")
+    assert n == min(every, key=lambda p: p.seconds).n_gpus
+    assert 1 < n < max(tta_explorer.TTA_N)  # the host gather's exchange grows with N
+
+
+# -- measured on this machine (mgpu_lab.measure.tta_bench) ---------------------------------
+def _fake_sweep():
+    fit = {"s_min": 80.0, "e_min": 2400.0, "b_crit": 30.0}
+    rows = [{"batch": 16, "lr": 0.4, "steps_by_seed": [230, 232], "steps": 231},
+            {"batch": 64, "lr": 0.8, "steps_by_seed": [110, 112], "steps": 111},
+            {"batch": 256, "lr": None, "steps_by_seed": None, "steps": None}]
+    return {**_sweep(fit), "rows": rows, "seeds": [0, 1], "budget": 3000,
+            "library_hash": "x"}
+
+
+def test_the_bench_refuses_a_batch_the_sweep_did_not_tune():
+    with pytest.raises(ValueError, match="batch 256: the sweep has no tuned learning rate"):
+        tta_bench.run(sweep=_fake_sweep(), batch_sizes=(16, 256), progress=False)
+    with pytest.raises(ValueError, match="unknown setting"):
+        tta_bench.run(sweep=_fake_sweep(), batchsizes=(16,), progress=False)
+    with pytest.raises(ValueError, match="no fitted trade-off"):
+        tta_bench.run(sweep={**_fake_sweep(), "fit": None}, progress=False)
+
+
+def test_the_bench_reads_the_sweep_s_own_steps_per_seed():
+    sweep = _fake_sweep()
+    assert tta_bench._seed_steps(sweep["rows"][0], sweep, 1) == 232
+    assert tta_bench._seed_steps(sweep["rows"][0], sweep, 7) is None
+
+
+def test_the_bench_s_table_fits_the_page(tmp_path):
+    row = {"n_devices": 2, "batch": 256, "lr": 0.8, "steps": 96, "predicted_steps": 90.0,
+           "step_s": 0.004872, "predicted_step_s": 0.000269, "measured_s": 0.53,
+           "predicted_s": 0.024, "foreign_load_cores": 1.48}
+    result = {"rows": [row, {**row, "steps": None, "measured_s": None}],
+              "machine_label": "measured on a test machine", "created": "2026-01-02T03:04:05"}
+    text = tta_bench.format_table(result)
+    assert all(len(line) <= 88 for line in text.splitlines())
+    assert "   96 " in text and "   - " in text
+    path = tta_bench.save(result, tmp_path / "t.json")
+    assert tta_bench.load(path) == result
+    with pytest.raises(FileNotFoundError, match="make time-to-target"):
+        tta_bench.load(tmp_path / "missing.json")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_bench_trains_to_the_target_on_a_local_device():
+    """One device, one batch: the steps are the sweep's protocol (the same batches and check
+    after every step), so the run reaches the target; times are positive and predicted."""
+    sweep = _fake_sweep()
+    r = tta_bench.run(sweep=sweep, devices=(1,), batch_sizes=(64,), bare_steps=2, repeats=2,
+                      progress=False)
+    (row,) = r["rows"]
+    assert row["steps"] is not None and row["final_loss"] <= 0.15
+    assert row["measured_s"] > 0 and row["predicted_step_s"] > 0
+    assert row["predicted_steps"] == pytest.approx(steps_to_target(64, TradeOff(80.0, 2400.0, 30.0)))
+    assert r["machine"]["cores"] >= 1 and r["kind"] == "measured"
+    assert len(row["train_s_runs"]) == 2 and row["train_s"] == pytest.approx(
+        sum(row["train_s_runs"]) / 2)

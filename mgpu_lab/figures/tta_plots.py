@@ -5,6 +5,8 @@ Each figure says what is predicted (by :mod:`mgpu_lab.predict.time_to_accuracy`:
 workload's trade-off, measured or assumed, times the cost model's step) and what is
 measured (and on which machine).
 """
+import math
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,10 +21,17 @@ LIMIT_STYLES = {"memory": ("memory: b_mem", "tab:brown"),
                 "statistics": ("statistics: B_crit / N", "tab:red")}
 
 
-def _plain_log(ax):
-    """Log axis ticks as plain numbers (100, 200, not 2 x 10^2)."""
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
+def _plain_log(ax, batches=None):
+    """Log axes ticked at 1, 2, 5 x 10^k on y and at ``batches`` (or powers of four) on x,
+    labelled as plain numbers (200, not 2 x 10^2; 64, not 2^6)."""
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if batches:
+        ticks = [b for b in batches if math.log2(b) % 2 == 1] or list(batches)
+        ax.set_xticks(ticks, [f"{b:,}" for b in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def _log2_axis(ax, ns):
@@ -114,7 +123,7 @@ def sweep(result):
         ax.set(xscale="log", yscale="log", xlabel="batch B (samples)",
                ylabel=f"{what} to the target" + (" (samples)" if key == "samples" else ""))
         ax.set_xscale("log", base=2)
-        _plain_log(ax)
+        _plain_log(ax, result["batch_sizes"])
         ax.grid(alpha=0.3, which="both")
     ax_s.set_title("steps to the target")
     ax_e.set_title("samples to the target")
@@ -154,7 +163,7 @@ def learning_rates(result):
              title="steps to the target")
     for ax in (ax_l, ax_s):
         ax.set_xscale("log", base=2)
-        _plain_log(ax)
+        _plain_log(ax, result["batch_sizes"])
         ax.grid(alpha=0.3, which="both")
         ax.legend(frameon=False, fontsize=7)
     fig.suptitle("Tuned learning rates against Goyal et al.'s linear scaling rule")

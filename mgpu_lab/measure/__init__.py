@@ -3,4 +3,5 @@ devices; ``baseline`` and ``cpuload`` serve it), ``mpi_bench`` (host gather agai
 all-reduce on MPI ranks), ``memory_check`` (the memory model against Theano's profiler and
 the pool), ``soak`` (leaks over many steps), ``ring16`` (float16 on the ring's wire against
 float32), ``critical_sweep`` (steps to a target per batch on the digits: the critical
-batch and the noise scale), ``machine`` (provenance). Imports layers 1-3."""
+batch and the noise scale), ``tta_bench`` (time to target on 1 and 2 local devices, beside
+its prediction), ``machine`` (provenance). Imports layers 1-3."""

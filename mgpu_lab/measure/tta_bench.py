@@ -22,6 +22,7 @@ batches and check after every step as its runs of seed 0), and time it:
     python -m mgpu_lab.measure.tta_bench   run, print and save (make time-to-target)
 """
 import json
+import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -210,7 +211,7 @@ def format_table(result):
                      f"{1e3 * r['step_s']:>8.3f} {1e3 * r['predicted_step_s']:>8.3f} "
                      f"{fmt(r['measured_s'], '.3f'):>7} {r['predicted_s']:>7.3f} "
                      f"{r['foreign_load_cores']:>10.2f}")
-    lines.append(f"{result['machine_label']}; {result['created']}")
+    lines += textwrap.wrap(f"{result['machine_label']}; {result['created']}", 88)
     return "\n".join(lines)
 
 

@@ -8,5 +8,6 @@ gradient: host gather, ring, sharded, halving-doubling, recursive doubling, doub
 joined by a network; the published multi-node figures), ``critical`` (the critical batch
 per device below which a step is communication-bound), ``published`` (published
 throughputs to hold the model against), ``validation`` (its errors, per source, held
-out) and ``batch_scaling`` (the statistical batch limit: McCandlish et al.'s steps-samples
-trade-off fitted to measured steps). Imports layer 1 only."""
+out), ``batch_scaling`` (the statistical batch limit: McCandlish et al.'s steps-samples
+trade-off fitted to measured steps) and ``time_to_accuracy`` (those steps times the cost
+model's step: the three limits on the batch, the best N). Imports layer 1 only."""
