@@ -11,7 +11,7 @@ from .measure import bench, critical_sweep, mem_bench, mpi_bench
 from .measure.machine import save_result
 from .models import fold
 from .optim import make_optimizer
-from .predict.gpus import CATALOGUE, DEFAULT_RESERVED, get_gpu
+from .predict.gpus import CATALOGUE, DEFAULT_RESERVED, PRECISIONS, get_gpu
 from .predict.memory import SHARDING_STAGES, check_sharding, predicted_limits
 from .presets import BENCH_MODELS, DIGITS_MODELS, IMAGENET_MODELS, digits_model, imagenet_model
 from .trainer import ENGINES, DataParallelTrainer
@@ -150,6 +150,11 @@ def _add_limits(sub):
     p.add_argument("--sharding", type=_sharding, default=0,
                    help="ZeRO stage: 0 none (default), 1 optimizer state, 2 + gradients, "
                    "3 + parameters, each sharded over the GPUs (2 and 3 are predicted only)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="fp32 (default) or tf32: 4 bytes a value; fp16 or bf16: mixed "
+                   "precision (16-bit activations and gradients, float32 master weights)")
+    p.add_argument("--recompute", action="store_true",
+                   help="recompute activations in the backward pass (sqrt(L) checkpoints)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_limits)
 
@@ -175,10 +180,12 @@ def _run_limits(args):
         return 2
     rows = predicted_limits({args.model: model}, gpus, args.gpus, args.optimizer,
                             int(args.reserved_mib * 2 ** 20), progress=not args.no_progress,
-                            sharding=args.sharding)
+                            sharding=args.sharding, precision=args.precision,
+                            recompute=args.recompute)
     where = ("its state on every GPU" if not args.sharding else
              f"sharding {args.sharding}: {SHARDING_STAGES[args.sharding]}")
-    print(f"{model!r}; optimizer {args.optimizer} ({where}); "
+    how = f"precision {args.precision}" + (", recomputation" if args.recompute else "")
+    print(f"{model!r}; optimizer {args.optimizer} ({where}); {how}; "
           f"{args.reserved_mib:g} MiB reserved per GPU (CUDA context, framework: an assumption); "
           "bytes per GPU at its largest batch (GiB)")
     gib = lambda v: f"{v / 2 ** 30:.2f}"  # noqa: E731

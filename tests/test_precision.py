@@ -343,3 +343,21 @@ def test_the_16_bit_ring_on_the_pool_halves_the_bytes_and_stays_close(digits):
     assert np.array_equal(replicas[0], replicas[1])  # every device ran the same update
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert 1e-6 < rel < 1e-2, rel  # rounded on the wire, yet close to float32 after 20 steps
+
+
+def test_the_limits_command_takes_precision_and_recomputation(capsys):
+    from mgpu_lab.cli import main
+    args = ["limits", "--model", "mlp", "--image-size", "8", "--depth", "1", "--width", "16",
+            "--gpus", "1", "--gpu", "k80", "--no-progress", "--optimizer", "adam"]
+    net = models.mlp(n_in=192, hidden=(16,), n_classes=1000)  # what those arguments build
+    cap = 12 * 2 ** 30 - 512 * 2 ** 20
+    for extra, p, rc in (([], "fp32", False), (["--precision", "bf16", "--recompute"], "bf16", True)):
+        assert main(args + extra) == 0
+        out = capsys.readouterr().out
+        assert f"precision {p}" in out and ("recomputation" in out) == rc
+        per = memory.max_batch_size(net, cap, optimizer="adam", precision=p, recompute=rc)
+        row = next(line.split() for line in out.splitlines() if line.startswith("K80"))
+        assert row[3:5] == ["1", str(per)]
+    with pytest.raises(SystemExit):
+        main(args + ["--precision", "fp8"])
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
