@@ -18,7 +18,11 @@ paper does) average the two estimators over steps first and divide the averages:
 :class:`NoiseScaleEMA`.
 
 Facts assumed: the samples of a batch are independent draws (with replacement, or from a
-data set much larger than B); Σ is the covariance of single examples' gradients.
+data set much larger than B); Σ is the covariance of single examples' gradients. A batch
+drawn *without* replacement from a data set of D samples (as the trainer's epochs draw
+them) has E|g_b|^2 = |G|^2 + (tr(Σ)/b)(D - b)/(D - 1) instead; then the two-point
+estimators above give tr(Σ) D/(D - 1) and |G|^2 - tr(Σ)/(D - 1): |G|^2 is low by about
+B_simple/D of itself. ``population=D`` undoes both (for data sets small next to B_simple).
 """
 import math
 from typing import NamedTuple
@@ -64,7 +68,7 @@ def _check_sq_norm(value, what):
     return value
 
 
-def gradient_noise_scale(split_sizes, split_sq_norms, batch_sq_norm):
+def gradient_noise_scale(split_sizes, split_sq_norms, batch_sq_norm, population=None):
     """Unbiased tr(Σ) and |G|^2, and B_simple, from one step's squared gradient norms.
 
     split_sizes: n_i, samples on each device (N >= 2 of them; B = sum n_i).
@@ -77,8 +81,11 @@ def gradient_noise_scale(split_sizes, split_sq_norms, batch_sq_norm):
     their average weighted by n_i/B: a weighted mean of unbiased estimators is unbiased,
     and a larger split (a less noisy |g_i|^2) counts more. With equal splits this is
     exactly the paper's estimator with B_small = B/N and |G_small|^2 the devices' mean.
-    Raises ValueError for N < 2 (no second batch size), mismatched lengths, sizes < 1
-    and norms that are negative, NaN or infinite.
+    ``population``: D, when each batch is drawn without replacement from D samples (module
+    docstring): tr(Σ) <- tr(Σ)(D - 1)/D and |G|^2 <- |G|^2 + tr(Σ)/D; None (the default):
+    independent draws, no correction.
+    Raises ValueError for N < 2 (no second batch size), mismatched lengths, sizes < 1,
+    norms that are negative, NaN or infinite, and a population smaller than the batch.
     """
     sizes = _check_sizes(split_sizes)
     norms = [_check_sq_norm(v, f"split_sq_norms[{i}]") for i, v in enumerate(split_sq_norms)]
@@ -92,7 +99,20 @@ def gradient_noise_scale(split_sizes, split_sq_norms, batch_sq_norm):
         weight = n / batch
         grad_sq += weight * (batch * big - n * small) / (batch - n)
         trace_sigma += weight * (small - big) / (1.0 / n - 1.0 / batch)
+    if population is not None:
+        D = _check_population(population, batch)
+        trace_sigma *= (D - 1) / D  # the two-point estimate was tr(Σ) D/(D - 1)
+        grad_sq += trace_sigma / (D - 1)  # ... and |G|^2 - tr(Σ)/(D - 1)
     return NoiseScale(_ratio(trace_sigma, grad_sq), trace_sigma, grad_sq)
+
+
+def _check_population(population, batch):
+    if isinstance(population, bool) or not isinstance(population, (int, np.integer)) \
+            or population < batch or population < 2:
+        raise ValueError(f"population must be the number of samples the batches are drawn "
+                         f"from without replacement, an integer >= the batch ({batch}) and "
+                         f">= 2, or None; got {population!r}")
+    return int(population)
 
 
 class NoiseScaleEMA:

@@ -147,3 +147,46 @@ def test_ema_passes_bad_steps_on_as_errors():
     with pytest.raises(ValueError, match="two batch sizes"):
         ema.update([8], [1.0], 1.0)
     assert ema.steps == 0 and ema.value is None
+
+
+@given(sizes=sizes_lists, trace=st.floats(0.0, 1e3), grad_sq=st.floats(1e-3, 1e3),
+       extra=st.integers(0, 2000))
+def test_population_undoes_sampling_without_replacement(sizes, trace, grad_sq, extra):
+    """Without replacement from D samples, E|g_b|^2 = |G|^2 + (tr(Σ)/b)(D - b)/(D - 1):
+    with ``population=D`` the expected norms give back the truth again."""
+    batch = sum(sizes)
+    D = max(batch, 2) + extra
+    def expected(b):
+        return grad_sq + trace / b * (D - b) / (D - 1)
+    got = gradient_noise_scale(sizes, [expected(n) for n in sizes], expected(batch),
+                               population=D)
+    assert got.trace_sigma == pytest.approx(trace, rel=1e-8, abs=1e-8 * grad_sq)
+    assert got.grad_sq == pytest.approx(grad_sq, rel=1e-8, abs=1e-8 * (trace + 1))
+    plain = gradient_noise_scale(sizes, [expected(n) for n in sizes], expected(batch))
+    assert plain.grad_sq == pytest.approx(grad_sq - trace / (D - 1), rel=1e-8,
+                                          abs=1e-8 * (trace + 1))
+
+
+def test_sampling_without_replacement_on_a_finite_population():
+    """Monte Carlo: batches without replacement from 40 fixed Gaussian 'gradients'; the
+    corrected estimates agree with the population's tr(Σ) and |G|^2 within 4 SE."""
+    rng = np.random.default_rng(0)
+    D, sizes, trials = 40, [7, 5], 20000
+    pop = rng.normal(0.3, 1.0, (D, 3))  # (D, d): the population's per-example gradients
+    mean = pop.mean(axis=0)
+    truth = (((pop - mean) ** 2).sum(axis=1).mean(), float(mean @ mean))
+    est = np.empty((trials, 2))
+    for t in range(trials):
+        batch = pop[rng.permutation(D)[:sum(sizes)]]
+        g1, g2 = batch[:sizes[0]].mean(axis=0), batch[sizes[0]:].mean(axis=0)
+        g = (sizes[0] * g1 + sizes[1] * g2) / sum(sizes)
+        r = gradient_noise_scale(sizes, [g1 @ g1, g2 @ g2], g @ g, population=D)
+        est[t] = r.trace_sigma, r.grad_sq
+    z = (est.mean(axis=0) - truth) / (est.std(axis=0, ddof=1) / math.sqrt(trials))
+    assert np.all(np.abs(z) < 4), (est.mean(axis=0), truth, z)
+
+
+@pytest.mark.parametrize("population", [10, 1, 2.5, True, "100"])
+def test_a_bad_population_is_refused(population):
+    with pytest.raises(ValueError, match="population must be the number of samples"):
+        gradient_noise_scale([8, 8], [1.0, 1.0], 0.5, population=population)
