@@ -12,7 +12,7 @@ LAB_ARGS ?=
 # After `make wheels`, setup installs from wheels/ only, without the network.
 PIP_FROM := $(if $(wildcard wheels/*.whl),--no-index --find-links wheels,)
 
-.PHONY: setup book test test-all student timings critical time-to-target lab wheels clean hub students assignments
+.PHONY: setup book test test-all student timings critical time-to-target ring16 lab wheels clean hub students assignments
 
 setup: $(STAMP)
 
@@ -63,6 +63,12 @@ critical: setup
 # minute): rewrites data/time_to_target.json with its provenance (chapter 13 reads it).
 time-to-target: setup
 	$(PY) -m mgpu_lab.measure.tta_bench
+
+# The 16-bit ring against float32 on the pool (about half a minute): bytes per step and the
+# parameters' difference after 20 steps of the digits CNN; rewrites data/ring16.json with
+# its provenance (data/README.md; chapter 10 reads it).
+ring16: setup
+	$(PY) -m mgpu_lab.measure.ring16 data/ring16.json
 
 # JupyterLab opened at the chapters (book/): they open as notebooks (jupyter/start-lab.sh).
 lab: setup
