@@ -28,7 +28,7 @@ from mgpu_lab.sources import library_hash
 
 __all__ = ["ROOT", "BUILD", "HTML", "LOG", "EXISTING_BUILD", "BookBuild", "chapters",
            "book_flags", "sources_digest",
-           "build_book", "built_book"]
+           "build_book", "start_in_background", "built_book"]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXISTING_BUILD = os.environ.get("MGPU_BOOK_BUILD")  # a finished build to use as it is
@@ -121,10 +121,24 @@ def build_book():
     return BookBuild(code, out[-6000:], True, seconds)
 
 
+_background = []  # the one Future of a build started early (start_in_background)
+
+
+def start_in_background():
+    """Start the build (or its reuse check) on a thread now, so that it runs while the tests
+    that do not need it run; :func:`built_book` then waits for it. Called once per session
+    by tests/conftest.py when a selected test needs the book."""
+    if not _background:
+        import concurrent.futures
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="book-build")
+        _background.append(pool.submit(build_book))
+        pool.shutdown(wait=False)  # the thread ends with the build
+
+
 @pytest.fixture(scope="session")
 def built_book():
     """The built book; fails (with the build's log) if the build did not succeed."""
-    result = build_book()
+    result = _background[0].result() if _background else build_book()
     if result.returncode != 0:
         pytest.fail(f"`jupyter-book build . {' '.join(book_flags())}` failed "
                     f"(exit {result.returncode}); full log in {LOG}. Its end:\n{result.log}",

@@ -29,6 +29,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
+def _needs_book(item):
+    return "built_book" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected: only the tests that will run
+def pytest_collection_finish(session):
+    """If a selected test needs the built book, start its build now, in the background, and
+    run the tests that need it last: the build (minutes of notebooks) overlaps every other
+    test instead of adding to them (tests/README.md, "Tiers")."""
+    items = session.items
+    if any(_needs_book(i) for i in items) and not session.config.option.collectonly:
+        items[:] = [i for i in items if not _needs_book(i)] + [i for i in items if _needs_book(i)]
+        from bookbuild import start_in_background
+        start_in_background()
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_digits()  # x (1797, 1, 8, 8) float32, y (1797,) int32
