@@ -9,6 +9,8 @@ itself (the teacher's guide prints that list).
     from mgpu_lab.exercises import check
     check("3.1", [3, 3, 2, 2])    # prints: 3.1: right.
 """
+import copy
+import functools
 import math
 import textwrap
 from dataclasses import dataclass
@@ -41,6 +43,12 @@ class Answer:
     rel_tol: float
     shape: str  # what to write, e.g. "a list of 4 integers"
     hint: str
+
+    def __post_init__(self):
+        # Computed once per process: some build a ResNet-50 graph (seconds), and a student
+        # may call check() many times. A copy each time, so that no caller can change it.
+        once = functools.cache(self.expected)
+        object.__setattr__(self, "expected", lambda: copy.deepcopy(once()))
 
 
 def _plain_mean_worst_factor(batch=5, n=4):
