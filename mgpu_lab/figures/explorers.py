@@ -36,9 +36,10 @@ __all__ = ["OPTIMIZERS", "LIMIT_SIZES", "LIMIT_DEPTHS", "SHARDING", "SHARDING_LA
            "batch_limits", "throughput_data", "hidden_seconds", "throughput"]
 
 OPTIMIZERS = tuple(memory.OPTIMIZER_SLOTS)
-# The grid of chapter 7. Each network costs a graph build and three graph walks (1-6 s of
-# CPU): 4 sizes x 4 depths took 50 s of CPU on the build machine (ResNet-200 and the
-# sizes 96 and 160 would more than double it; the kernel widget still offers them).
+# The grid of chapter 7. Each network costs a graph build and six graph walks (three per
+# precision; 1-6 s of CPU): 4 sizes x 4 depths x 9 GPUs x every other setting took 31 s of
+# CPU on the 2-core build VM (2026-12-07), its JSON 0.7 MB (ResNet-200 and the sizes 96
+# and 160 would more than double both; the kernel widget still offers them).
 LIMIT_SIZES = (32, 64, 128, 224)
 LIMIT_DEPTHS = (26, 50, 101, 152)
 # ZeRO stages (memory.SHARDING_STAGES) and GPU counts: with sharding the per-GPU limit

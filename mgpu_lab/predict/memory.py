@@ -301,6 +301,16 @@ def _state_bytes(optimizer, precision):
     return vb, vb, 4 * k + master_bytes(precision)
 
 
+_SIZES = weakref.WeakKeyDictionary()  # model -> (P, the largest layer's parameters)
+
+
+def _sizes(model):
+    """(P, L) of ``model``, counted once (an explorer's grid asks thousands of times)."""
+    if model not in _SIZES:
+        _SIZES[model] = (int(model.n_params), max(layer_sizes(model).values()))
+    return _SIZES[model]
+
+
 def model_state(model, optimizer="sgd", sharding=0, n_devices=1, precision="fp32"):
     """Bytes of parameters, gradients and optimizer state on each device: a list of N
     dicts ``{parameters, gradients, optimizer}``, by the tables in the module docstring
@@ -308,10 +318,10 @@ def model_state(model, optimizer="sgd", sharding=0, n_devices=1, precision="fp32
     master weights under ``optimizer``)."""
     w, g, o = _state_bytes(optimizer, precision)
     stage, n = check_sharding(sharding), check_n_devices(n_devices)
-    P = model.n_params
+    P, L = _sizes(model)
     if n == 1:
         stage = 0  # one device holds all: nothing to split or to gather
-    gathered = max(layer_sizes(model).values()) if stage >= 2 else 0  # L, a transient
+    gathered = L if stage >= 2 else 0  # the largest layer, a transient
     rows = []
     for s in shard_sizes(P, n):
         rows.append({"parameters": w * (s + gathered if stage >= 3 else P),
