@@ -311,8 +311,7 @@ def test_ring16_names_and_the_transports_that_carry_it(cnn):
         Device(0, 2, cnn, S.RingAllReduce16(), mpi_like)
 
 
-@pytest.mark.integration
-@pytest.mark.slow
+@pytest.mark.integration  # one pool start: about 2 s on the idle 2-core VM
 def test_the_16_bit_ring_on_the_pool_halves_the_bytes_and_stays_close(digits):
     """One pool of 2 devices, 20 steps of the digits CNN with float16 on the wire, against
     the float32 host gather (serial, no transport) from the same start and batches."""
