@@ -19,14 +19,16 @@ import sys
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import load_digits
+from ..data import DATA_DIR, load_digits
 from ..optim import Momentum
 from ..predict import algorithms, costmodel
 from ..presets import digits_model
 from ..trainer import DataParallelTrainer
 from .machine import machine_info, machine_label
 
-__all__ = ["RUNS", "run", "fp16_rounding", "save"]
+__all__ = ["RUNS", "PATH", "run", "fp16_rounding", "save", "load"]
+
+PATH = DATA_DIR / "ring16.json"  # where make ring16 writes it, and chapter 10 reads it
 
 # (label, engine, strategy): the reference first
 RUNS = (("host, float32 (serial)", "serial", "host"), ("ring, float32", "local", "ring"),
@@ -100,11 +102,17 @@ def run(steps=20, n_devices=2, batch_size=64, lr=0.05, seed=0, progress=True):
     return out
 
 
-def save(result, path):
+def save(result, path=PATH):
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     return path
 
 
+def load(path=PATH):
+    """The saved measurement (:func:`run`'s dict)."""
+    with open(path) as f:
+        return json.load(f)
+
+
 if __name__ == "__main__":
-    print(save(run(), sys.argv[1] if len(sys.argv) > 1 else "data/ring16.json"))
+    print(save(run(), sys.argv[1] if len(sys.argv) > 1 else PATH))
