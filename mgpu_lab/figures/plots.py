@@ -361,8 +361,9 @@ __all__ += ["critical_batch"]
 
 def critical_batch(rows, links=("host link", "NVLink / peer link", "network")):
     """Bars: the critical batch per device b* for every GPU and link
-    (``mgpu_lab.predict.critical.critical_batch_table`` rows); an uncalibrated GPU's bars
-    are hatched and its name says so."""
+    (``mgpu_lab.predict.critical.critical_batch_table`` rows: the rate R is the peak times
+    the roofline's compute efficiency); an uncalibrated GPU's bars are hatched and its name
+    says so."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     width = 0.8 / len(links)
     for j, link in enumerate(links):
@@ -379,9 +380,10 @@ def critical_batch(rows, links=("host link", "NVLink / peer link", "network")):
     ax.grid(alpha=0.3, axis="y")
     net = rows[0]["network_name"]
     return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.critical, b* = (4/3) x "
-                   "sustained FLOP/s / link bytes/s (6P FLOPs per sample or token, 2 x 4P "
-                   "bytes per step); sustained FLOP/s = datasheet peak x efficiency (calibrated, "
-                   f"or uncalibrated: assumed, hatched); links from the datasheets; network: {net}")
+                   "R / link bytes/s (6P FLOPs per sample or token, 2 x 4P bytes per step); "
+                   "R = datasheet peak x the roofline's compute efficiency, the rate of "
+                   "arithmetic-bound kernels (calibrated, or uncalibrated: assumed, hatched); "
+                   f"links from the datasheets; network: {net}")
 
 
 # -- where the state lives (chapter 9) and what crosses (chapter 8) --------------------------

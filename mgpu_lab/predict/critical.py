@@ -3,8 +3,8 @@
 With P parameters, one device's step on b samples costs about 6 P b FLOPs (2 P for the
 forward pass, 4 P for the two gradients of the backward pass, per sample: every weight is
 used once per sample, as in dense layers). It then exchanges about 2 * 4P bytes (a ring's
-2 (N - 1) / N * 4P, for large N). At a sustained ``rate`` FLOP/s and a link of ``bw``
-bytes/s per direction, compute equals communication when
+2 (N - 1) / N * 4P, for large N). At ``rate`` FLOP/s and a link of ``bw`` bytes/s per
+direction, compute equals communication when
 
     6 P b / rate = 8 P / bw    =>    b* = 8 rate / (6 bw) = (4 / 3) rate / bw,
 
@@ -12,6 +12,14 @@ independent of P. Below b* samples per device a step spends more time communicat
 computing (without overlap: communication is more than half of the step). A network
 whose layers reuse their weights many times per sample (a CNN's convolutions) does more
 FLOPs per sample than 6P, so its own b* is smaller; pass ``flops_per_sample`` and P for it.
+
+The rate :func:`critical_batch_table` uses is the cost model's arithmetic roof: the peak
+it charges times the roofline's compute efficiency (``calibration_for``'s ``efficiency``),
+the rate of kernels bound by their arithmetic, as an MLP's or a transformer's large matrix
+products are at batches near b*. For the same FLOPs, kernels bound by memory bandwidth
+only lengthen the roofline's step, so its own break-even is at b* or below.
+(``efficiency_for``'s FLOPs-only fraction, lower, folds a CNN's memory-bound kernels into
+one whole-step rate.)
 
 Precision moves b* twice (:mod:`mgpu_lab.predict.precision`): 16-bit Tensor Cores raise
 the rate several times over, and 16-bit gradients on the wire halve the bytes. With v
@@ -60,18 +68,21 @@ def critical_batch(rate, bw, flops_per_sample=None, n_params=None, n_gpus=None,
 
 
 def _rate(gpu, precision):
+    """(FLOP/s of ``gpu``'s arithmetic-bound kernels at ``precision``: the peak charged x
+    the roofline's compute efficiency, the calibration dict)."""
     c = calibration_for(gpu, precision)
     return gpu.peak(c["peak_precision"]) * c["efficiency"], c
 
 
 def critical_batch_table(network="IB-EDR", precision="fp32", gpus=None, wire_precision="fp32"):
-    """One row per catalogue GPU (or per name in ``gpus``): its sustained FLOP/s at
-    ``precision`` (calibrated or labelled uncalibrated), and b* for its host link, all its
-    peer links together (NVLink, or PCIe where it has none), ``network`` (one port per node,
-    shared by nothing else) and, under :data:`ONE_RING`, one ring through 8 of the GPUs
-    (``ring_bw(8)``); each link's bytes/s under ``bw[link]``. ``wire_precision``: what the
-    exchange sends ("fp32": float32 gradients, the default; "fp16" or "bf16": 16-bit, half
-    the bytes). A GPU without a peak at ``precision`` (a K80 at "fp16") is left out."""
+    """One row per catalogue GPU (or per name in ``gpus``): its ``rate`` at ``precision``,
+    the peak the cost model charges (TF32 for "fp32" on Ampere and later) times the
+    roofline's compute efficiency (calibrated, or labelled uncalibrated), and b* for its
+    host link, all its peer links together (NVLink, or PCIe where it has none), ``network``
+    (one port per node, shared by nothing else) and, under :data:`ONE_RING`, one ring
+    through 8 of the GPUs (``ring_bw(8)``); each link's bytes/s under ``bw[link]``.
+    ``wire_precision``: what the exchange sends ("fp32": float32 gradients, the default;
+    "fp16" or "bf16": 16-bit, half the bytes). A GPU without a peak at ``precision`` (a K80 at "fp16") is left out."""
     net = get_network(network)
     v = _value_bytes(wire_precision)
     out = []
