@@ -170,8 +170,9 @@ ANSWERS = {
     "10.4": Answer(lambda: critical_batch_table(gpus=["V100"])[0]["NVLink / peer link"], 0.02,
                    "a number: samples per GPU, with bw all six NVLinks together",
                    "6 P b / R = 2 x 4P / bw: solve for b (P cancels); R = the charged peak x "
-                   "the efficiency; bw = the V100's peer_bw in the catalogue (all its links), "
-                   "not one ring's ring_bw."),
+                   "calibration_for's efficiency (the roofline's compute efficiency, not "
+                   "efficiency_for's FLOPs-only one); bw = the V100's peer_bw in the catalogue "
+                   "(all its links), not one ring's ring_bw."),
     "11.1": Answer(lambda: costmodel.efficiency_for(get_gpu("P100"))[0], 0.02,
                    "a number: the P100's sustained fraction of its fp32 peak (e.g. 0.3)",
                    "efficiency = images/s x FLOPs per image / peak FLOP/s."),
