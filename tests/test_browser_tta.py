@@ -183,3 +183,45 @@ def test_the_book_s_explorer_shows_the_library_s_plans_offline(page, issues, dat
     _drive(root, data)
     screenshot(root, "explorer-13")
     issues.assert_none(DOCNAME)
+
+
+def test_in_a_kernel_the_explorer_is_a_vega_lite_chart_of_the_same_hours(data, monkeypatch):
+    """JupyterLab runs none of the book's scripts: there the explorer is a Vega-Lite chart
+    whose rows are the grid's plans (hours = seconds / 3600), nothing fetched."""
+    import json
+    from mgpu_lab.figures import labcharts
+    monkeypatch.delenv(labcharts.WEB_BOOK_ENV, raising=False)
+    key = data["axes"]["workload"][1]
+    e = tx.time_to_accuracy(workload=key, gpu="V100", strategy="host", data=data)
+    bundle, _ = e._repr_mimebundle_()
+    spec = bundle[labcharts.VEGALITE_MIME]
+    assert "http" not in json.dumps(spec)
+    rows = [r for r in spec["data"]["values"] if (r["workload"], r["gpu"], r["strategy"],
+                                                   r["split"]) == (key, "V100", "host", tx.BEST)]
+    want = tx.grid_rows(data, key, "V100", "host")
+    assert [r["n"] for r in rows] == [w["n_gpus"] for w in want]
+    assert [r["hours"] for r in rows] == pytest.approx([w["seconds"] / 3600 for w in want])
+    monkeypatch.setenv(labcharts.WEB_BOOK_ENV, "1")
+    assert 'class="mgpu-explorer"' in e._repr_mimebundle_()["text/html"]
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+def test_the_lab_chart_compiles_with_the_vendored_vega_lite(browser, tmp_path, data):
+    spec = tx.time_to_accuracy(data=data).spec
+    static = ROOT / "book" / "_static"
+    scripts = "".join(f'<script src="{(static / p).as_uri()}"></script>' for p in SCRIPTS[:2])
+    path = tmp_path / "lab.html"
+    path.write_text(f"<html><head>{scripts}</head><body><div id='c'></div></body></html>")
+    pg = browser.new_page()
+    try:
+        pg.goto(path.as_uri())
+        n_marks = pg.evaluate("""async spec => {
+          const view = new vega.View(vega.parse(vegaLite.compile(spec).spec),
+                                     {renderer: 'svg', container: '#c'});
+          await view.runAsync();
+          return document.querySelectorAll('#c svg [aria-roledescription="point"]').length;
+        }""", spec)
+        assert n_marks >= 5  # one point per N of the default setting
+    finally:
+        pg.close()

@@ -13,27 +13,34 @@ mgpuExplorers.register('time-to-accuracy', function update(m, s) {
   const w = m.data.workloads[s.workload];
   const key = s.workload + '|' + s.gpu, mark = m.data.marks[key + '|' + s.strategy + '|' + s.split];
   const bstar = m.data.b_star[key + '|' + s.strategy], bmem = m.data.b_mem[key];
-  const hours = NS.some(n => (F.seconds[m.at(s, {n_gpus: n})] || 0) >= 600);
-  const unit = hours ? 'hours' : 'seconds', per = hours ? 3600 : 1;
   const UNITS = [[3600, ' h'], [60, ' min'], [1, ' s'], [1e-3, ' ms'], [1e-6, ' µs']];
   const fmtT = v => {  // a time in seconds, to 3 significant digits in a readable unit
     if (v === null || v === undefined) return '–';
     const [u, name] = UNITS.find(([u]) => v >= u) || UNITS[UNITS.length - 1];
     return (v / u).toPrecision(3) + name;
   };
+  // the time axis is in seconds, each label in a readable unit (one view serves every
+  // workload: ImageNet's hours and the digits' microseconds)
+  const TIME_LABEL = "datum.value >= 3600 ? format(datum.value / 3600, '.3~g') + ' h' : " +
+    "datum.value >= 60 ? format(datum.value / 60, '.3~g') + ' min' : " +
+    "datum.value >= 1 ? format(datum.value, '.3~g') + ' s' : " +
+    "datum.value >= 1e-3 ? format(1e3 * datum.value, '.3~g') + ' ms' : " +
+    "format(1e6 * datum.value, '.3~g') + ' µs'";
   const xN = {field: 'n', type: 'quantitative', scale: {type: 'log', base: 2},
-              axis: {values: NS, format: 'd'}, title: 'number of GPUs N'};
+              axis: {values: NS.filter((n, k) => k % 2 === 0), format: 'd'},
+              title: 'number of GPUs N'};
   const rule = {type: 'rule', strokeDash: [4, 3], strokeWidth: 1.5};
-  const spec = {
+  const spec = {  // resize: the layout follows the labels when another setting is drawn
+    autosize: {type: 'pad', resize: true},
     resolve: {scale: {color: 'independent'}},
     hconcat: [
-      {width: 270, height: 210, title: 'Time to target (predicted)',
+      {width: 230, height: 210, title: 'Time to target (predicted)',
        layer: [
          {data: {name: 'curve'}, mark: {type: 'line', point: true, color: '#4c78a8'},
           encoding: {x: xN, y: {field: 't', type: 'quantitative', scale: {type: 'log'},
-                                title: 'time to target (' + unit + ')'},
+                                title: 'time to target', axis: {labelExpr: TIME_LABEL}},
                      tooltip: [{field: 'n', title: 'GPUs'}, {field: 'b', title: 'per GPU'},
-                               {field: 'batch'}, {field: 't', format: '.3g', title: unit}]}},
+                               {field: 'batch'}, {field: 'time', title: 'time to target'}]}},
          {data: {name: 'marks'}, mark: rule,
           encoding: {x: {field: 'n', type: 'quantitative'},
                      color: {field: 'what', type: 'nominal',
@@ -44,7 +51,7 @@ mgpuExplorers.register('time-to-accuracy', function update(m, s) {
          {data: {name: 'here'}, mark: {type: 'point', size: 160, filled: false,
                                        color: 'black', strokeWidth: 2},
           encoding: {x: xN, y: {field: 't', type: 'quantitative'}}}]},
-      {width: 270, height: 210, title: 'The three limits on the split (predicted)',
+      {width: 230, height: 210, title: 'Three limits on the split (predicted)',
        layer: [
          {data: {name: 'limits'}, mark: {type: 'line', strokeWidth: 2},
           encoding: {x: xN, y: {field: 'v', type: 'quantitative', scale: {type: 'log'},
@@ -82,7 +89,7 @@ mgpuExplorers.register('time-to-accuracy', function update(m, s) {
   NS.forEach((n, k) => {
     const j = m.at(s, {n_gpus: n});
     if (F.seconds[j] !== null) {
-      curve.push({n, t: F.seconds[j] / per, b: F.b[j], batch: F.batch[j]});
+      curve.push({n, t: F.seconds[j], time: fmtT(F.seconds[j]), b: F.b[j], batch: F.batch[j]});
       split.push({n, b: F.b[j]});
     }
     if (bmem > 0) limits.push({n, limit: LIMITS[0], v: bmem});
@@ -93,6 +100,6 @@ mgpuExplorers.register('time-to-accuracy', function update(m, s) {
   if (mark.stat !== null) marks.push({n: mark.stat, what: 'batch reaches B_crit'});
   if (mark.comm !== null) marks.push({n: mark.comm, what: 'communication-bound'});
   if (mark.best !== null) marks.push({n: mark.best, what: 'shortest time'});
-  const here = fits ? [{n: s.n_gpus, t: F.seconds[i] / per}] : [];
+  const here = fits ? [{n: s.n_gpus, t: F.seconds[i]}] : [];
   return m.draw(spec, {curve, marks, here, split, limits});
 });
