@@ -165,6 +165,6 @@ def test_critical_batch_figure_marks_the_uncalibrated():
     from mgpu_lab.predict import critical
     fig = plots.critical_batch(critical.critical_batch_table())
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert "H100\n(uncalibrated)" in ticks and "V100" in ticks
+    assert "H100 (uncalibrated)" in ticks and "V100" in ticks and "A100 40GB" in ticks
     assert "predicted, not measured" in " ".join(t.get_text() for t in fig.axes[0].texts)
     plt.close(fig)

@@ -14,10 +14,19 @@ from ..predict.memory import TERMS  # noqa: E402
 __all__ = ["provenance", "loss_curves"]
 
 
-def provenance(ax, text):
-    """Write where a figure's numbers came from under its axes (measured or predicted)."""
-    ax.annotate(text, xy=(0, 0), xycoords="axes fraction", xytext=(0, -38),
+def provenance(ax, text, below=38):
+    """Write where a figure's numbers came from under its axes (measured or predicted),
+    ``below`` points under the axes' bottom edge (room for tick labels and an x label)."""
+    ax.annotate(text, xy=(0, 0), xycoords="axes fraction", xytext=(0, -below),
                 textcoords="offset points", fontsize=7, color="0.35", va="top")
+
+
+# The catalogue's short names whose part is ambiguous on a figure: "A100" is the 40 GB one.
+_GPU_LABELS = {"A100": "A100 40GB"}
+
+
+def _gpu_label(name):
+    return _GPU_LABELS.get(name, name)
 
 
 def loss_curves(histories, title="Training loss on 1..N devices", source="measured"):
@@ -50,12 +59,13 @@ def _bench_source(result):
             f"(mgpu_lab.measure.bench); shaded: more devices than cores")
 
 
-def _finish(fig, ax, source):
-    """Provenance under the axes, wrapped, with room kept for it below the x label."""
+def _finish(fig, ax, source, below=38):
+    """Provenance under the axes, wrapped, with room kept for it below the x label
+    (``below``: points from the axes' bottom edge to the provenance, :func:`provenance`)."""
     lines = [w for line in source.split("\n") for w in textwrap.wrap(line, 115)]
     fig.tight_layout()  # before the provenance exists, so it does not squeeze the axes
-    provenance(ax, "\n".join(lines))
-    room = (38 + 9 * len(lines)) / 72 / fig.get_figheight()  # points -> figure fraction
+    provenance(ax, "\n".join(lines), below)
+    room = (below + 9 * len(lines)) / 72 / fig.get_figheight()  # points -> figure fraction
     fig.subplots_adjust(bottom=min(0.6, fig.subplotpars.bottom + room - 0.1))
     return fig
 
@@ -364,26 +374,30 @@ def critical_batch(rows, links=("host link", "NVLink / peer link", "network")):
     (``mgpu_lab.predict.critical.critical_batch_table`` rows: the rate R is the peak times
     the roofline's compute efficiency); an uncalibrated GPU's bars are hatched and its name
     says so."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
     width = 0.8 / len(links)
     for j, link in enumerate(links):
         for i, r in enumerate(rows):
             ax.bar(i + (j - (len(links) - 1) / 2) * width, r[link], width, color=f"C{j}",
                    hatch=None if r["label"].startswith("calibrated") else "//",
                    label=link if i == 0 else None)
-    names = [r["gpu"] + ("" if r["label"].startswith("calibrated") else "\n(uncalibrated)")
-             for r in rows]
-    ax.set_xticks(range(len(rows)), names, fontsize=7)
+    names = [_gpu_label(r["gpu"]) + ("" if r["label"].startswith("calibrated")
+                                     else " (uncalibrated)") for r in rows]
+    # slanted: side by side, "H100 (uncalibrated)" and "H100-PCIe (uncalibrated)" overlap
+    ax.set_xticks(range(len(rows)), names, fontsize=7, rotation=30, ha="right",
+                  rotation_mode="anchor")
     ax.set(yscale="log", title="Below b* a step communicates longer than it computes (predicted)",
            ylabel="critical batch per device b*\n(samples of an MLP, tokens of a transformer)")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     net = rows[0]["network_name"]
+    renderer = fig.canvas.get_renderer()  # the slanted labels' height, points
+    tall = max(t.get_window_extent(renderer).height for t in ax.get_xticklabels()) * 72 / fig.dpi
     return _finish(fig, ax, "predicted, not measured: mgpu_lab.predict.critical, b* = (4/3) x "
                    "R / link bytes/s (6P FLOPs per sample or token, 2 x 4P bytes per step); "
                    "R = datasheet peak x the roofline's compute efficiency, the rate of "
                    "arithmetic-bound kernels (calibrated, or uncalibrated: assumed, hatched); "
-                   f"links from the datasheets; network: {net}")
+                   f"links from the datasheets; network: {net}", below=20 + tall)
 
 
 # -- where the state lives (chapter 9) and what crosses (chapter 8) --------------------------
@@ -561,7 +575,7 @@ def roofline(panels, source, title="Arithmetic intensity of every kernel against
         for r in panel["ridges"]:
             colour = f"C{names.index(r['gpu']) % 10}"
             lines.append(ax.axvline(r["ridge"], color=colour, lw=1.5,
-                                    label=f"{r['gpu']} {r['runs_as']}: {r['ridge']:.0f} "
+                                    label=f"{_gpu_label(r['gpu'])} {r['runs_as']}: {r['ridge']:.0f} "
                                           f"({r['model_ridge']:.0f} as charged)"))
             ax.axvline(r["model_ridge"], color=colour, lw=1.0, ls="--", alpha=0.8)
         ax.legend(handles=lines, frameon=False, fontsize=7, loc="center left",

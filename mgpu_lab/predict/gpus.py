@@ -100,8 +100,10 @@ DEFAULT_RESERVED = 512 * 2 ** 20
 # with several networks per GPU (TensorFlow's, on the K80 and P100) are bound by their
 # arithmetic, so their figures hardly move with it. So it is fixed by a rule, on the
 # calibration figures alone: the smallest value (to 0.01) at which no calibrated compute
-# efficiency exceeds it, i.e. streaming kernels reach at least the fraction of their roof
-# that the best-calibrated convolutions reach of theirs. Much lower values are impossible:
+# efficiency exceeds it: two choices, neither measured (that streaming kernels reach at
+# least the fraction of their roof that the best-calibrated convolutions reach of theirs,
+# and that the smallest such value is the one to take). The H100's check against MLPerf
+# depends on it (chapter 11 prints the sensitivity). Much lower values are impossible:
 # even with its arithmetic at the full peak, each figure needs at least 0.16 (the K80's)
 # to 0.48 (the V100's in mixed precision; validation.memory_efficiency_floor). It is a
 # fraction of the bytes *counted*: the library's networks have no batch normalization,

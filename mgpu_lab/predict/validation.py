@@ -14,7 +14,9 @@ the others are *held out*: none of their figures entered the model. Tables here:
   and which are held out; :func:`one_gpu_errors`: every held-out single-GPU row with its
   error under two predictions (the FLOPs-only model before the roofline and the roofline);
   :func:`reference_ratio`: one GPU's predicted speed over another's against the same
-  source's published ratio (MLPerf's H100 against its A100: the software both ran cancels);
+  source's published ratio (MLPerf's H100 against its A100: the software cancels only
+  insofar as both rows' stacks gain equally over the calibration recipes, an assumption:
+  the two rows ran different implementations, five months apart);
 * :func:`winograd_held_out`: the FLOP-count choice (direct, Winograd F(2x2,3x3),
   F(4x4,3x3)) made on one source's rows and scored on the others', for each source in
   turn. Only TensorFlow's rows have networks besides ResNet-50, so only they can decide:
@@ -187,7 +189,8 @@ def reference_ratio(compared, gpu, reference, source_id):
     """``gpu``'s images/s over ``reference``'s, predicted and published, for the rows of
     ``source_id`` that have both (same network, precision and GPU count): a dict with
     ``published``, ``predicted`` and ``error`` (predicted / published - 1). What the two
-    rows' software adds or loses is common to both and cancels in the ratio."""
+    rows' software adds or loses cancels in the ratio only where it is common to both (an
+    assumption when the two rows ran different software, as MLPerf's A100 and H100 did)."""
     rows = [r for r in compared if r["source_id"] == source_id]
     pairs = [(r, q) for r in rows for q in rows if r["gpu"] == gpu and q["gpu"] == reference
              and (r["network"], r["precision"], r["n_gpus"]) ==
