@@ -106,9 +106,10 @@ EXERCISE_13_2 = ((16, 32, 64, 128, 256, 512, 1024), (3400, 1800, 1000, 600, 400,
 
 def _fewest_hours_n():
     """Exercise 13.3: the N (1, 2, 4, ..., 1024) with the shortest predicted time to target
-    for ResNet-50 on ImageNet (B_crit assumed), V100s, host gather, each GPU at its memory
-    limit (momentum), as chapter 13 computes it."""
-    work = time_to_accuracy.imagenet_resnet50()
+    for ResNet-50 on ImageNet (B_crit = IMAGENET_B_CRIT = 32,768, assumed; the exercise
+    states it), V100s, host gather, each GPU at its memory limit (momentum), as chapter 13
+    computes it."""
+    work = time_to_accuracy.imagenet_resnet50(time_to_accuracy.IMAGENET_B_CRIT)
     b_mem = time_to_accuracy.memory_limit(work.model, "V100")
     return time_to_accuracy.best_plan(work, "V100", [2 ** k for k in range(11)], [b_mem],
                                       "host").n_gpus

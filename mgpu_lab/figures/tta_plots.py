@@ -13,7 +13,8 @@ import numpy as np
 
 from .plots import _finish
 
-__all__ = ["LIMIT_STYLES", "three_limits", "time_and_cost", "sweep", "learning_rates"]
+__all__ = ["LIMIT_STYLES", "three_limits", "time_and_cost", "sweep", "learning_rates",
+           "noise_run"]
 
 # (label, colour) of each limit, as the explorer draws them
 LIMIT_STYLES = {"memory": ("memory: b_mem", "tab:brown"),
@@ -104,7 +105,8 @@ def _sweep_source(result):
 
 def sweep(result):
     """The critical sweep: steps S and samples E to the target against the batch B (its
-    tuned learning rate each), the fitted trade-off through them, and B_crit and B_noise."""
+    tuned learning rate each), the fitted trade-off through them, B_crit, and B_simple of
+    the runs at the largest batch (the sweep's estimate of B_noise)."""
     from ..predict.batch_scaling import TradeOff, samples_to_target, steps_to_target
     rows = [r for r in result["rows"] if r["steps"] is not None]
     fit = TradeOff(**{k: result["fit"][k] for k in TradeOff._fields})
@@ -119,7 +121,7 @@ def sweep(result):
         ax.axvline(fit.b_crit, color="tab:red", ls="--", lw=1.2, label=f"B_crit = {fit.b_crit:.0f}")
         if result.get("b_noise"):
             ax.axvline(result["b_noise"], color="tab:green", ls=":", lw=1.5,
-                       label=f"B_noise = {result['b_noise']:.0f} (B_simple)")
+                       label=f"B_simple = {result['b_noise']:.0f} (estimates B_noise)")
         ax.set(xscale="log", yscale="log", xlabel="batch B (samples)",
                ylabel=f"{what} to the target" + (" (samples)" if key == "samples" else ""))
         ax.set_xscale("log", base=2)
@@ -168,3 +170,50 @@ def learning_rates(result):
         ax.legend(frameon=False, fontsize=7)
     fig.suptitle("Tuned learning rates against Goyal et al.'s linear scaling rule")
     return _finish(fig, ax_l, _sweep_source(result))
+
+
+# -- the noise scale over one run (the trainer's history) ----------------------------------
+def noise_run(history, windows=(), spike=None, source=None,
+              title="Gradient noise scale and the loss during one run (measured)"):
+    """Three panels against the step, from ``trainer.history`` of a run on N >= 2 devices:
+    the training loss of each step's batch, B_simple = tr(Σ)/|G|² (the trainer's moving
+    averages), and the two averaged estimators apart. ``windows``: (first, last) step
+    ranges the text averages over, shaded; ``spike``: (first, last) steps of a loss spike,
+    shaded red. ``source``: the provenance line (default: this machine)."""
+    from ..measure.machine import machine_label
+    rows = [h for h in history if h.get("b_simple") is not None]
+    if not rows:
+        raise ValueError("the history holds no noise scale: train on 2 or more devices "
+                         "(one device has no second batch size)")
+    steps = [h["step"] for h in history]
+    fig, (ax_l, ax_b, ax_e) = plt.subplots(1, 3, figsize=(11.4, 3.8))
+    ax_l.plot(steps, [h["loss"] for h in history], color="0.3", lw=1)
+    ax_l.set(title="training loss (each step's batch)", ylabel="cross-entropy (nats)",
+             yscale="log")
+    s = [h["step"] for h in rows]
+    ax_b.plot(s, [h["b_simple"] for h in rows], color="tab:blue", lw=1.6)
+    ax_b.set(title="B_simple = tr(Σ) / |G|²", ylabel="noise scale (samples per batch)")
+    ax_b.set_ylim(bottom=0)
+    ax_e.plot(s, [h["trace_sigma"] for h in rows], color="tab:blue", lw=1.6, label="tr(Σ)")
+    ax_e.plot(s, [h["grad_sq"] for h in rows], color="tab:blue", lw=1.6, ls="--", label="|G|²")
+    ax_e.set(title="the two estimators (moving averages)", yscale="log",
+             ylabel="squared gradient norm (nats²)")
+    ax_e.legend(frameon=False, fontsize=7)
+    for ax in (ax_l, ax_b, ax_e):
+        for k, (a, b) in enumerate(windows):
+            ax.axvspan(a, b, color="tab:green", alpha=0.12, lw=0,
+                       label="windows averaged in the text" if k == 0 and ax is ax_b else None)
+        if spike is not None:
+            ax.axvspan(spike[0], spike[1], color="tab:red", alpha=0.15, lw=0,
+                       label="loss spike" if ax is ax_b else None)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    if windows or spike is not None:
+        ax_b.legend(frameon=False, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _finish(fig, ax_l, source or (
+        f"{machine_label()}; from each step's |g_i|² (each device's mean gradient) and |g|² "
+        f"(the stacked batch), McCandlish et al. 2018 App. A.1 (mgpu_lab.statistics); "
+        f"exponential moving averages of tr(Σ) and |G|², then their ratio"))
+    fig.subplots_adjust(top=0.84)
+    return fig

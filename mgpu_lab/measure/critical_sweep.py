@@ -329,7 +329,8 @@ def format_table(result):
                      f"samples, B_crit = E_min / S_min = {fit['b_crit']:.1f}")
     else:
         lines += textwrap.wrap(f"no fit: {fit['error']}", 88)
-    lines += [f"B_noise = B_simple of the runs at B = {result['b_noise_batch']}: "
-              f"{fmt(result['b_noise'], '.1f')}; target: {t['metric']} <= {t['value']}",
+    lines += [*textwrap.wrap(f"B_simple of the tuned runs at B = {result['b_noise_batch']} "
+                             f"(the estimate of B_noise): {fmt(result['b_noise'], '.1f')}; "
+                             f"target: {t['metric']} <= {t['value']}", 88),
               *textwrap.wrap(f"{result['machine_label']}; {result['created']}", 88)]
     return "\n".join(lines)

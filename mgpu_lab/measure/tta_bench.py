@@ -201,14 +201,18 @@ def load(path=DATA_FILE):
 
 
 def format_table(result):
-    """Measured beside predicted, one row per (devices, batch), within 88 columns."""
+    """Measured beside predicted, one row per (devices, batch), within 88 columns. A step's
+    median and its mean (the time to target over the steps): the time to target sums every
+    step, so a tail of slow steps counts in full."""
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    lines = [f"{'N':>2} {'B':>5} {'lr':>6} {'S':>6} {'S pred':>7} {'step ms':>8} "
-             f"{'pred ms':>8} {'time s':>7} {'pred s':>7} {'other load':>10}"]
+    lines = [f"{'N':>2} {'B':>5} {'lr':>6} {'S':>6} {'S pred':>7} {'med ms':>7} {'mean ms':>7} "
+             f"{'pred ms':>7} {'time s':>7} {'pred s':>7} {'other load':>10}"]
     for r in result["rows"]:
         lines.append(f"{r['n_devices']:>2} {r['batch']:>5} {r['lr']:>6.3g} "
                      f"{fmt(r['steps'], 'd'):>6} {r['predicted_steps']:>7.1f} "
-                     f"{1e3 * r['step_s']:>8.3f} {1e3 * r['predicted_step_s']:>8.3f} "
+                     f"{1e3 * r['step_s']:>7.3f} "
+                     f"{fmt(r['measured_s'] and 1e3 * r['measured_s'] / r['steps'], '.3f'):>7} "
+                     f"{1e3 * r['predicted_step_s']:>7.3f} "
                      f"{fmt(r['measured_s'], '.3f'):>7} {r['predicted_s']:>7.3f} "
                      f"{r['foreign_load_cores']:>10.2f}")
     lines += textwrap.wrap(f"{result['machine_label']}; {result['created']}", 88)
