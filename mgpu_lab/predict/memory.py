@@ -62,7 +62,9 @@ their size), and float32 master weights and optimizer state, all under ``optimiz
     fp16, bf16     2            2           4 + 4 k    (Adam, k = 2: ZeRO's 2 + 2 + 12)
 
 The graph is replayed with 2-byte floats, so the 16-bit peak is found where it is, not
-taken as half the float32 one (it is half, but for the few integer buffers).
+taken as half the float32 one (it is half, but for the few integer buffers). PyTorch's
+autocast and Apex O1 keep float32 weights and gradients instead, about 2 bytes per
+parameter more than this count (:mod:`mgpu_lab.predict.precision`).
 
 Activation recomputation (``recompute=True``; gradient checkpointing, Chen et al. 2016):
 the L forward results the backward pass reads, in the order the forward pass makes them,
