@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from mgpu_lab.sources import library_hash
 
 __all__ = ["ROOT", "BUILD", "HTML", "LOG", "EXISTING_BUILD", "BookBuild", "chapters",
            "book_flags", "sources_digest",
-           "build_book", "start_in_background", "built_book"]
+           "build_book", "start_in_background", "stop_background", "built_book"]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXISTING_BUILD = os.environ.get("MGPU_BOOK_BUILD")  # a finished build to use as it is
@@ -108,12 +109,18 @@ def build_book():
     STAMP.unlink(missing_ok=True)
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A session of its own, so that stop_background() can end the build with its kernels.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    _running.append(proc)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env,
-                              timeout=BUILD_TIMEOUT_S)
-        code, out = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        code, out = -1, f"{e.stdout or ''}{e.stderr or ''}\nTIMEOUT after {BUILD_TIMEOUT_S} s"
+        out, _ = proc.communicate(timeout=BUILD_TIMEOUT_S)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        code, out = -1, f"{proc.communicate()[0]}\nTIMEOUT after {BUILD_TIMEOUT_S} s"
+    finally:
+        _running.remove(proc)
     seconds = time.perf_counter() - t0
     LOG.write_text(f"$ {' '.join(cmd)}\n{out}")
     if code == 0:
@@ -122,6 +129,28 @@ def build_book():
 
 
 _background = []  # the one Future of a build started early (start_in_background)
+_running = []  # the jupyter-book process while it runs
+
+
+def _stop(proc):
+    """End a build's process group (jupyter-book and what it started), politely first."""
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def stop_background():
+    """Stop a build still running when the session ends early (-x, Ctrl-C, a crash): the
+    build never outlives the test session that started it."""
+    for proc in list(_running):
+        _stop(proc)
 
 
 def start_in_background():

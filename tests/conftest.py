@@ -70,3 +70,10 @@ def cnn_grad(cnn):
 
 def max_abs_diff(a_list, b_list):
     return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(a_list, b_list))
+
+
+def pytest_sessionfinish(session):
+    """A book build still running when the session ends (-x, Ctrl-C) is stopped with it."""
+    import sys
+    if "bookbuild" in sys.modules:
+        sys.modules["bookbuild"].stop_background()
