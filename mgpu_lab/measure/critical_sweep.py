@@ -38,7 +38,6 @@ What is trained, and why (the defaults, :data:`DEFAULTS`):
   warm up over 5 epochs of 90; here the fastest run takes some 60 steps), run at every
   B with the same seeds, target and budget.
 """
-import json
 import math
 import os
 import textwrap
@@ -59,7 +58,7 @@ from ..presets import digits_model
 from ..sources import library_hash
 from ..statistics import NoiseScaleEMA, gradient_noise_scale
 from ..trainer import batch_indices
-from .machine import machine_info, machine_label
+from .machine import load_data, machine_info, machine_label, save_data
 
 __all__ = ["DEFAULTS", "DATA_FILE", "run", "save", "load", "format_table", "COMMAND"]
 
@@ -296,20 +295,13 @@ def _result(cfg, runner, rows, runs, anchor, seconds):
 
 
 def save(result, path=DATA_FILE):
-    """Write ``result`` as JSON (atomically: a half-written file never replaces a whole one)."""
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    """Write ``result`` as JSON, atomically (:func:`~.machine.save_data`)."""
+    return save_data(result, path)
 
 
 def load(path=DATA_FILE):
     """The saved sweep (:func:`run`'s dict)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: make critical ({COMMAND}) writes it")
-    return json.loads(path.read_text())
+    return load_data(path, f"make critical ({COMMAND})")
 
 
 def format_table(result):

@@ -11,7 +11,7 @@ import numpy
 from .._theano import theano
 from ..engines.pinning import cores, cores_shared
 
-__all__ = ["machine_info", "machine_label", "save_result"]
+__all__ = ["machine_info", "machine_label", "save_result", "save_data", "load_data"]
 
 
 def _cpu_model():
@@ -64,3 +64,22 @@ def save_result(result, out_dir, prefix, extra):
         for r in result["rows"]:
             w.writerow({**r, **extra})
     return json_path, csv_path, base
+
+
+def save_data(result, path):
+    """Write ``result`` as JSON to ``path`` (a file the book reads from ``data/``), atomically:
+    a half-written file never replaces a whole one."""
+    path = Path(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_data(path, remake):
+    """The JSON that :func:`save_data` wrote; a missing file says how to make it
+    (``remake``: the command that writes it)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {remake} writes it")
+    return json.loads(path.read_text())

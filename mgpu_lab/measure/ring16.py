@@ -22,7 +22,6 @@ every value that was rounded on its way, and over each device's part on its own.
     python -m mgpu_lab.measure.ring16 data/ring16.json    (make ring16)
 """
 import datetime
-import json
 import sys
 
 import numpy as np
@@ -36,7 +35,7 @@ from ..predict import algorithms, costmodel
 from ..presets import digits_model
 from ..split import split_bounds
 from ..trainer import DataParallelTrainer
-from .machine import machine_info, machine_label
+from .machine import load_data, machine_info, machine_label, save_data
 
 __all__ = ["RUNS", "PATH", "run", "fp16_rounding", "device_parts", "ring16_replay", "save",
            "load"]
@@ -169,15 +168,13 @@ def run(steps=20, n_devices=2, batch_size=64, lr=0.05, seed=0, progress=True):
 
 
 def save(result, path=PATH):
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    return path
+    """Write ``result`` as JSON, atomically (:func:`~.machine.save_data`)."""
+    return save_data(result, path)
 
 
 def load(path=PATH):
     """The saved measurement (:func:`run`'s dict)."""
-    with open(path) as f:
-        return json.load(f)
+    return load_data(path, "make ring16")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ batches and check after every step as its runs of seed 0), and time it:
     format_table(result)  the rows as text within 88 columns
     python -m mgpu_lab.measure.tta_bench   run, print and save (make time-to-target)
 """
-import json
 import textwrap
 import time
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,7 +39,7 @@ from . import critical_sweep
 from .baseline import BareCall
 from .bench import local_device, machine_constants
 from .cpuload import CpuMeter
-from .machine import machine_info, machine_label
+from .machine import load_data, machine_info, machine_label, save_data
 
 __all__ = ["DATA_FILE", "COMMAND", "DEFAULTS", "run", "save", "load", "format_table"]
 
@@ -184,20 +182,13 @@ def _seed_steps(row, sweep, seed):
 
 
 def save(result, path=DATA_FILE):
-    """Write ``result`` as JSON, atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    """Write ``result`` as JSON, atomically (:func:`~.machine.save_data`)."""
+    return save_data(result, path)
 
 
 def load(path=DATA_FILE):
     """The saved measurement (:func:`run`'s dict)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: {COMMAND} writes it")
-    return json.loads(path.read_text())
+    return load_data(path, COMMAND)
 
 
 def format_table(result):
