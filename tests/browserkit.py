@@ -9,6 +9,7 @@ The ``page`` fixture lets only ``file:`` (and inline ``data:``/``blob:``) reques
 every other request is aborted *and* recorded in ``issues.offsite``, and every uncaught
 exception or ``console.error`` goes to ``issues.js_errors``; tests assert both are empty.
 """
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from bookbuild import BUILD, HTML
+from bookbuild import BUILD, HTML, ROOT
 
-__all__ = ["CHROMIUM_PATHS", "SCREENSHOTS", "Issues", "chromium", "browser", "issues", "page",
-           "open_page", "screenshot"]
+STATIC = ROOT / "book" / "_static"  # the explorers' scripts and the vendored Vega
+
+__all__ = ["CHROMIUM_PATHS", "SCREENSHOTS", "STATIC", "Issues", "chromium", "browser", "issues",
+           "page", "open_page", "explorer_alone", "screenshot"]
 
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 SCREENSHOTS = BUILD / "screenshots"
@@ -99,6 +102,28 @@ def open_page(page, docname):
     response = page.goto(url, wait_until="load")
     assert response is None or response.ok, f"{docname}: loading {url} failed"
     return url
+
+
+@contextlib.contextmanager
+def explorer_alone(browser, tmp_path, html, script):
+    """One explorer on a page of its own (no book build): its HTML, the vendored Vega and
+    Vega-Lite, mgpu-explorer.js and its ``script`` from book/_static. Yields ``(page, root,
+    errors)`` once the chart has rendered; ``errors`` collects page errors and console
+    errors. The page is closed on the way out."""
+    scripts = "".join(f'<script src="{(STATIC / p).as_uri()}"></script>' for p in (
+        "vendor/vega.min.js", "vendor/vega-lite.min.js", "mgpu-explorer.js", script))
+    path = tmp_path / "explorer.html"
+    path.write_text(f"<html><head>{scripts}</head><body>{html}</body></html>")
+    pg, errors = browser.new_page(), []
+    pg.on("pageerror", lambda ex: errors.append(str(ex)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        pg.goto(path.as_uri())
+        root = pg.locator(".mgpu-explorer")
+        pg.wait_for_function("el => el.dataset.renders >= 1", arg=root.element_handle())
+        yield pg, root, errors
+    finally:
+        pg.close()
 
 
 def screenshot(target, name, full_page=True):

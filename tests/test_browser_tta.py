@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from bookbuild import ROOT, built_book  # noqa: F401  (fixture)
-from browserkit import browser, issues, open_page, page, screenshot  # noqa: F401  (fixtures)
+from browserkit import (browser, explorer_alone, issues, open_page, page,  # noqa: F401
+                        screenshot)  # (fixtures)
 from mgpu_lab.figures import tta_explorer as tx
 from mgpu_lab.measure import critical_sweep
 from mgpu_lab.predict import time_to_accuracy as tta
@@ -153,22 +154,11 @@ def test_marks_are_where_the_plans_cross_the_limits(data):
 @pytest.mark.timeout(300)
 def test_the_explorer_on_its_own_page_shows_the_library_s_plans(browser, tmp_path, data):
     e = tx.time_to_accuracy(data=data)
-    static = ROOT / "book" / "_static"
-    scripts = "".join(f'<script src="{(static / p).as_uri()}"></script>' for p in SCRIPTS)
-    path = tmp_path / "explorer.html"
-    path.write_text(f"<html><head>{scripts}</head><body>{e.html}</body></html>")
-    pg, errors = browser.new_page(), []
-    pg.on("pageerror", lambda ex: errors.append(str(ex)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    try:
-        pg.goto(path.as_uri())
-        root = pg.locator(".mgpu-explorer")
-        pg.wait_for_function("el => el.dataset.renders >= 1", arg=root.element_handle())
+    with explorer_alone(browser, tmp_path, e.html, "explorer-time-to-accuracy.js") as (
+            pg, root, errors):
         assert root.locator(".mgpu-chart svg").count() == 1
         _drive(root, data)
         assert not errors, errors
-    finally:
-        pg.close()
 
 
 @pytest.mark.browser

@@ -18,7 +18,8 @@ import sys
 import pytest
 
 from bookbuild import ROOT, built_book  # noqa: F401  (fixture)
-from browserkit import browser, issues, open_page, page, screenshot  # noqa: F401  (fixtures)
+from browserkit import (browser, explorer_alone, issues, open_page, page,  # noqa: F401
+                        screenshot)  # (fixtures)
 from mgpu_lab import models, presets
 from mgpu_lab.figures import explorers, labcharts
 from mgpu_lab.predict import costmodel, gpus, memory
@@ -202,19 +203,7 @@ def test_the_step_bar_in_chromium_tops_at_the_step(browser, tmp_path, rn50_v100)
     mgpu-explorer.js and explorer-throughput.js; no book build): with overlap on, the bar
     at the chosen N ends at step_s and the hidden part sits inside the compute."""
     e = explorers.throughput(data=rn50_v100, **ISSUE_EXAMPLE)
-    static = ROOT / "book" / "_static"
-    scripts = "".join(f'<script src="{(static / p).as_uri()}"></script>' for p in (
-        "vendor/vega.min.js", "vendor/vega-lite.min.js", "mgpu-explorer.js",
-        "explorer-throughput.js"))
-    path = tmp_path / "explorer.html"
-    path.write_text(f"<html><head>{scripts}</head><body>{e.html}</body></html>")
-    pg, errors = browser.new_page(), []
-    pg.on("pageerror", lambda ex: errors.append(str(ex)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    try:
-        pg.goto(path.as_uri())
-        root = pg.locator(".mgpu-explorer")
-        pg.wait_for_function("el => el.dataset.renders >= 1", arg=root.element_handle())
+    with explorer_alone(browser, tmp_path, e.html, "explorer-throughput.js") as (pg, root, errors):
         f, i = rn50_v100["fields"], _at(rn50_v100, **ISSUE_EXAMPLE)
         step, compute, hidden = (1e3 * f[k][i] for k in ("step_s", "compute_s", "hidden_s"))
         shown = pg.evaluate(READ, root.element_handle())
@@ -233,8 +222,6 @@ def test_the_step_bar_in_chromium_tops_at_the_step(browser, tmp_path, rn50_v100)
         assert set(bars) == {c, x}
         assert bars[x][1] == pytest.approx(1e3 * (f["compute_s"][k] + f["comm_s"][k]), rel=1e-4)
         assert not errors, errors
-    finally:
-        pg.close()
 
 
 # -- in the built book -------------------------------------------------------------------

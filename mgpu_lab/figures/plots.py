@@ -493,7 +493,7 @@ def bytes_against_n(ns, series, title, source, ylabel="bytes per device per step
 
 
 # -- the gradient noise scale (mgpu_lab.statistics, tracked by the trainer) ------------------
-__all__ += ["noise_scale"]
+__all__ += ["noise_scale", "NOISE_SCALE_METHOD"]
 
 
 def _noise_runs(histories):
@@ -533,12 +533,15 @@ def noise_scale(histories, machine=None, title="Gradient noise scale during trai
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=7)
     fig.suptitle(title, fontsize=10)
-    _finish(fig, ax_b, source or (
-        f"{machine_label(machine)}; from each step's |g_i|² (each device's mean gradient) and "
-        f"|g|² (the stacked batch), McCandlish et al. 2018 App. A.1 (mgpu_lab.statistics); "
-        f"exponential moving averages of tr(Σ) and |G|², then their ratio"))
+    _finish(fig, ax_b, source or f"{machine_label(machine)}; {NOISE_SCALE_METHOD}")
     fig.subplots_adjust(top=0.84)  # room for the suptitle above the panels' titles
     return fig
+
+
+# How every noise-scale figure's B_simple is made (its provenance line; tta_plots too).
+NOISE_SCALE_METHOD = ("from each step's |g_i|² (each device's mean gradient) and |g|² (the "
+                      "stacked batch), McCandlish et al. 2018 App. A.1 (mgpu_lab.statistics); "
+                      "exponential moving averages of tr(Σ) and |G|², then their ratio")
 
 
 # -- the roofline: each kernel's arithmetic intensity against each GPU's ridge (chapter 11) --

@@ -11,7 +11,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .plots import _finish
+from .plots import NOISE_SCALE_METHOD, _finish
 
 __all__ = ["LIMIT_STYLES", "three_limits", "time_and_cost", "sweep", "learning_rates",
            "noise_run"]
@@ -211,9 +211,6 @@ def noise_run(history, windows=(), spike=None, source=None,
     if windows or spike is not None:
         ax_b.legend(frameon=False, fontsize=7)
     fig.suptitle(title, fontsize=10)
-    _finish(fig, ax_l, source or (
-        f"{machine_label()}; from each step's |g_i|² (each device's mean gradient) and |g|² "
-        f"(the stacked batch), McCandlish et al. 2018 App. A.1 (mgpu_lab.statistics); "
-        f"exponential moving averages of tr(Σ) and |G|², then their ratio"))
+    _finish(fig, ax_l, source or f"{machine_label()}; {NOISE_SCALE_METHOD}")
     fig.subplots_adjust(top=0.84)
     return fig
