@@ -288,9 +288,12 @@ def test_the_widget_and_the_lab_chart_take_precision_and_recomputation(small_gri
     per = memory.max_batch_size(model, gpus.usable_bytes("V100"), 2, "momentum", 0, "fp16",
                                 True) // 2
     assert f"at most {per:,} images per GPU" in e.text
-    rows = [r for r in e.spec["data"]["values"] if (r["gpu"], r["optimizer"], r["n_gpus"])
-            == ("V100", "momentum", 2)]
-    assert [r["per_gpu"] for r in rows] == [per]
+    params = {p["name"]: p["value"] for p in e.spec["params"]}  # the lab chart starts there
+    assert (params["precision"], params["recompute"]) == ("fp16", True)
+    at = dict(gpu="V100", image_size=32, depth=26, optimizer="momentum", sharding=0,
+              precision="fp16", recompute=True, n_gpus=2)
+    i = explorers._flat_index(small_grid["axes"], **at)
+    assert e.spec["data"]["values"][0]["per_gpu"][i] == per
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         widgets.limits_figure("V100", 32, 26, 2, "momentum", 0, "fp8")
 

@@ -9,11 +9,18 @@ the same grid (:func:`~mgpu_lab.figures.explorers.batch_limits_data`,
 parameters bound to inputs; a summary line in the chart prints the numbers the web book
 prints in its text.
 
+The lab chart offers the web page's controls. Chapter 7's has all eight (GPU, image size,
+depth, GPUs, optimizer, sharding, precision, recomputation): its data is one datum, the
+factored grid itself (0.7 MB), and Vega expressions look the chosen setting up in it as
+the page's script does (a row per setting would be some 15 MB of JSON). Chapter 6's has a
+row per network x GPU x batch x strategy x overlap x N.
+
 Which one a notebook shows: JupyterLab prefers HTML (rank 50) to Vega (rank 57) when an
 output holds both, so an output holds one. The book's Sphinx extension sets
 ``MGPU_WEB_BOOK=1`` for the kernels it runs (:data:`WEB_BOOK_ENV`); there an explorer is
 its HTML, everywhere else its Vega-Lite chart (and a plain-text summary for terminals).
 """
+import json
 import os
 
 __all__ = ["WEB_BOOK_ENV", "VEGALITE_MIME", "STEP_PARTS", "Explorer", "batch_limits_spec",
@@ -73,53 +80,61 @@ def _summary(expr, width, before=()):
 
 
 # -- chapter 7 ---------------------------------------------------------------------------
-def _limits_rows(d, sharding, precision="fp32", recompute=False):
-    """One row per GPU x size x depth x optimizer x N at one ``sharding`` (ZeRO stage),
-    ``precision`` and ``recompute`` (the lab chart keeps them fixed; every combination at
-    once would be 16 times the rows). The parts are looked up as the web page does
-    (explorers.limits_parts)."""
-    ax, rows = d["axes"], []
-    how = precision + ("+recompute" if recompute else "")  # explorers.how_key
-    for gpu in ax["gpu"]:
-        for size in ax["image_size"]:
-            for depth in ax["depth"]:
-                for opt in ax["optimizer"]:
-                    for n in ax["n_gpus"]:
-                        at = dict(gpu=gpu, image_size=size, depth=depth, optimizer=opt,
-                                  sharding=sharding, precision=precision,
-                                  recompute=recompute, n_gpus=n)
-                        per, key = d["per_gpu"][_index(ax, at)], f"{size}x{depth}"
-                        state = d["state"][key][precision][opt][sharding]
-                        nbytes = (state[ax["n_gpus"].index(n)]
-                                  + d["step"][key][how][str(max(per, 1))])
-                        row = {"gpu": gpu, "image_size": size, "depth": depth,
-                               "optimizer": opt, "n_gpus": n, "per_gpu": per,
-                               "usable_gib": d["gpus"][gpu]["usable_bytes"] / 2 ** 30}
-                        # "p_": a part may share its name with a setting ("optimizer")
-                        row.update({f"p_{p}": b / 2 ** 30 for p, b in zip(d["parts"], nbytes)})
-                        rows.append(row)
-    return rows
-
-
-def _index(axes, setting):
-    i = 0
+def _index_expr(axes):
+    """A Vega expression for where the setting the parameters hold sits in a grid
+    flattened in ``axes`` order (as explorers._flat_index computes it): each axis's
+    ``indexof``, by Horner's rule. Each axis must be a parameter of the same name."""
+    expr = None
     for name, values in axes.items():
-        i = i * len(values) + list(values).index(setting[name])
-    return i
+        at = f"indexof({json.dumps(list(values))}, {name})"
+        expr = at if expr is None else f"({expr}) * {len(values)} + {at}"
+    return expr
+
+
+def _label_expr(values, labels, name):
+    """A Vega expression for the label of parameter ``name``'s value."""
+    return f"{json.dumps(list(labels))}[indexof({json.dumps(list(values))}, {name})]"
+
+
+def _limits_lookup(d):
+    """One datum holding the factored grid ``d`` (per_gpu, state, step: see
+    explorers._limits_data) and the transforms that look the chosen setting up in it, as
+    explorers.limits_parts and the web page do: ``per`` (the per-GPU limit), ``usable_gib``
+    and a field ``p_<part>`` (GiB) for each memory part. (A row per setting would be 16
+    times the rows of one sharding, precision and recomputation, some 15 MB of JSON.)"""
+    ax, n_axis = d["axes"], json.dumps(d["axes"]["n_gpus"])
+    datum = {"per_gpu": d["per_gpu"], "state": d["state"], "step": d["step"],
+             "usable": {g: v["usable_bytes"] for g, v in d["gpus"].items()}}
+    how = "precision + (recompute ? '+recompute' : '')"  # explorers.how_key
+    lookup = [
+        {"calculate": f"datum.per_gpu[{_index_expr(ax)}]", "as": "per"},
+        {"calculate": "image_size + 'x' + depth", "as": "grid_key"},
+        # state[size x depth][precision][optimizer][stage][N - 1]: parameters, gradients,
+        # optimizer; step[size x depth][how][split]: activations, other
+        {"calculate": "datum.state[datum.grid_key][precision][optimizer][sharding]"
+                      f"[indexof({n_axis}, n_gpus)]", "as": "state_bytes"},
+        {"calculate": f"datum.step[datum.grid_key][{how}][toString(max(datum.per, 1))]",
+         "as": "step_bytes"},
+        {"calculate": f"datum.usable[gpu] / {2 ** 30}", "as": "usable_gib"}]
+    for k, p in enumerate(d["parts"]):  # "p_": a part may share its name with a setting
+        field = f"datum.state_bytes[{k}]" if k < 3 else f"datum.step_bytes[{k - 3}]"
+        lookup.append({"calculate": f"{field} / {2 ** 30}", "as": f"p_{p}"})
+    return [datum], lookup
 
 
 def batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding=0,
                       precision="fp32", recompute=False):
     """Chapter 7's explorer as Vega-Lite: the summary line and the busiest GPU's memory
-    bar, at one ``sharding`` (ZeRO stage), ``precision`` and ``recompute``."""
+    bar, with all eight controls of the web page (GPU, image size, depth, GPUs, optimizer,
+    sharding, precision, recomputation), starting at the setting given."""
     ax, parts = d["axes"], list(d["parts"])
-    label = d["sharding_labels"][ax["sharding"].index(sharding)]
-    label += (f", {d['precision_labels'][ax['precision'].index(precision)]}, recomputation "
-              f"{d['recompute_labels'][ax['recompute'].index(recompute)]}")
+    labels = {a: _label_expr(ax[a], d[f"{a}_labels"], a)
+              for a in ("sharding", "precision", "recompute")}
     summary = ("'ResNet-' + depth + '-like at ' + image_size + ' px on ' + n_gpus + ' x ' "
-               f"+ gpu + ', ' + optimizer + ', sharding {label}:\\nat most ' "
-               "+ format(datum.per_gpu, ',') "
-               "+ ' images per GPU, a global batch of ' + format(n_gpus * datum.per_gpu, ',')"
+               f"+ gpu + ', ' + optimizer + ', sharding ' + {labels['sharding']} + ', ' "
+               f"+ {labels['precision']} + ', recomputation ' + {labels['recompute']} "
+               "+ ':\\nat most ' + format(datum.per, ',') "
+               "+ ' images per GPU, a global batch of ' + format(n_gpus * datum.per, ',')"
                " + ' (predicted)'")
     bar = {"transform": [{"fold": [f"p_{p}" for p in parts], "as": ["key", "gib"]},
                          {"calculate": "slice(datum.key, 2)", "as": "part"},
@@ -135,14 +150,22 @@ def batch_limits_spec(d, gpu, image_size, depth, n_gpus, optimizer, sharding=0,
                                     {"field": "gib", "format": ".3f", "title": "GiB"}]}}
     cap = {"mark": {"type": "rule", "color": "black", "strokeDash": [4, 3], "strokeWidth": 2},
            "encoding": {"x": {"field": "usable_gib", "type": "quantitative"}}}
+    values, lookup = _limits_lookup(d)
     return {
         "params": [_param("gpu", "GPU", gpu, ax["gpu"]),
                    _param("image_size", "image px", image_size, ax["image_size"]),
                    _param("depth", "depth", depth, ax["depth"]),
-                   _param("n_gpus", "GPUs", n_gpus, lo=1, hi=8),
-                   _param("optimizer", "optimizer", optimizer, ax["optimizer"])],
-        "data": {"values": _limits_rows(d, sharding, precision, recompute)},
-        "transform": [_filter(["gpu", "image_size", "depth", "optimizer", "n_gpus"])],
+                   _param("n_gpus", "GPUs", n_gpus, lo=min(ax["n_gpus"]),
+                          hi=max(ax["n_gpus"])),
+                   _param("optimizer", "optimizer", optimizer, ax["optimizer"]),
+                   _param("sharding", "sharding", sharding, ax["sharding"],
+                          labels=d["sharding_labels"]),
+                   _param("precision", "precision", precision, ax["precision"],
+                          labels=d["precision_labels"]),
+                   _param("recompute", "recomputation", recompute, ax["recompute"],
+                          labels=d["recompute_labels"])],
+        "data": {"values": values},
+        "transform": lookup,
         "vconcat": [_summary(summary, 560),
                     {"width": 540, "height": 46, "layer": [bar, cap],
                      "title": "Where the busiest GPU's memory goes at its largest split (predicted; "
