@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.join(ROOT, "jupyter"))
 import hub_start  # noqa: E402
 import hub_students  # noqa: E402
 from hub_client import HubStudent, LoginRefused  # noqa: E402
-from hub_spawner import assign_cores, class_members  # noqa: E402
+import hub_spawner  # noqa: E402
+from hub_spawner import CGROUP, assign_cores, class_members  # noqa: E402
 
 pytestmark = [pytest.mark.hub, pytest.mark.timeout(900)]
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the hub tests create system "
@@ -129,6 +130,31 @@ def _uid(name):
     return pwd.getpwnam(name).pw_uid
 
 
+def _what_the_students_run(students, hub):
+    """For a failure's reader: the students' processes (state, memory, CPU), their memory
+    cgroups' counters where there are some, and the end of the hub's log."""
+    uids = {_uid(n): n for n in students["names"]}
+    lines = ["the students' processes:"]
+    for p in psutil.process_iter(["pid", "uids", "status", "memory_info", "cpu_times",
+                                  "cmdline"]):
+        if p.info["uids"] and p.info["uids"].real in uids:
+            i = p.info
+            lines.append(f"  {uids[i['uids'].real]} pid {i['pid']} {i['status']} "
+                         f"rss {i['memory_info'].rss >> 20} MiB cpu "
+                         f"{sum(i['cpu_times'][:2]):.1f} s: "
+                         f"{' '.join(i['cmdline'] or [])[:120]}")
+    for name in students["names"]:
+        v1 = f"{CGROUP}/memory{hub_spawner._own_cgroup_v1() or ''}".rstrip("/")
+        for base in (f"{CGROUP}/mgpu-hub/{name}", f"{v1}/mgpu-hub/{name}"):
+            for f in ("memory.max_usage_in_bytes", "memory.failcnt", "memory.peak",
+                      "memory.events", "memory.oom_control"):
+                if os.path.exists(f"{base}/{f}"):
+                    text = open(f"{base}/{f}").read().split()
+                    lines.append(f"  {name} {f}: {' '.join(text)}")
+    log = hub["log"].read_text().splitlines() if hub["log"].exists() else []
+    return "\n".join(lines + ["the hub's log, last 40 lines:"] + log[-40:])
+
+
 @root_only
 def test_two_students_each_on_their_own_server_cores_and_home(students, hub):
     a, b = students["names"]
@@ -139,8 +165,11 @@ def test_two_students_each_on_their_own_server_cores_and_home(students, hub):
     seen = {}
     for name, s in logged.items():
         other = b if name == a else a
-        kernel = s.kernel()
-        out = "".join(s.run(cell, kernel) for cell in cells)
+        try:
+            kernel = s.kernel()
+            out = "".join(s.run(cell, kernel) for cell in cells)
+        except (RuntimeError, TimeoutError) as e:
+            pytest.fail(f"{e}\n\n{_what_the_students_run(students, hub)}")
         assert "total P" in out and "5,794" in out and "round trip exact: True" in out, out
         probe = s.run(
             "import json, os\nfrom mgpu_lab.engines.pinning import cores\n"
