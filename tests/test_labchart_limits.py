@@ -130,3 +130,16 @@ def test_the_lab_chart_looks_every_setting_up_as_the_library_does(browser, grid,
         assert got["summary"] == text.replace(": at most", ":\nat most"), setting
         assert f"at most {per:,} images per GPU" in got["text"]
         assert got["bars"] == len(grid["parts"])
+
+
+def test_tf32_and_bf16_are_read_as_the_grid_stores_them_and_off_grid_values_are_refused(grid):
+    at = dict(SETTINGS[1], precision="bf16")
+    assert explorers.batch_limits(data=grid, **at).text == \
+        explorers.batch_limits(data=grid, **SETTINGS[1]).text  # bf16: fp16's bytes
+    at = dict(SETTINGS[0], precision="tf32")
+    assert explorers.batch_limits(data=grid, **at).spec["params"][6]["value"] == "fp32"
+    with pytest.raises(ValueError, match=r"image_size=224 is not on the explorer's grid: "
+                                         r"choose one of \[32, 64\]"):
+        explorers.batch_limits(data=grid, **dict(SETTINGS[0], image_size=224))
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        explorers.batch_limits(data=grid, **dict(SETTINGS[0], precision="fp8"))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import models, presets
 from ..measure.machine import machine_label
-from ..predict import costmodel, gpus, memory
+from ..predict import costmodel, gpus, memory, precision as _precision
 from ..sources import library_hash
 from . import labcharts, tables
 
@@ -285,11 +285,21 @@ def _slider(name, label, lo, hi, value):
 
 
 def _flat_index(axes, **setting):
-    """Where ``setting`` (a value for every axis) sits in the flattened grid."""
+    """Where ``setting`` (a value for every axis) sits in the flattened grid; a value
+    off the grid is a ValueError that lists the grid's values."""
     i = 0
     for name, values in axes.items():
+        if setting[name] not in list(values):
+            raise ValueError(f"{name}={setting[name]!r} is not on the explorer's grid: "
+                             f"choose one of {list(values)}")
         i = i * len(values) + list(values).index(setting[name])
     return i
+
+
+def _grid_precision(precision):
+    """The limits grid's name for ``precision``: tf32 is stored as fp32 and bf16 as fp16
+    (the same bytes), so the grid holds those two only."""
+    return "fp16" if _precision.is_mixed(_precision.check_precision(precision)) else "fp32"
 
 
 def _field(name, text=""):
@@ -321,6 +331,9 @@ def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="mome
     mixed); ``recompute``: activation recomputation)."""
     d = data or batch_limits_data()
     ax, labels = d["axes"], d["sharding_labels"]
+    precision = _grid_precision(precision)
+    _flat_index(ax, gpu=gpu, image_size=image_size, depth=depth, optimizer=optimizer,
+                sharding=sharding, precision=precision, recompute=recompute, n_gpus=n_gpus)
     controls = (_select("gpu", "GPU", ax["gpu"], gpu)
                 + _select("image_size", "image px", ax["image_size"], image_size)
                 + _select("depth", "depth", ax["depth"], depth)
