@@ -24,6 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from mgpu_lab.measure.machine import machine_info, machine_label  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernel_poll  # noqa: E402
+
+kernel_poll.install()  # a lost reply would add a cell's whole timeout to its time
+
 __all__ = ["chapters", "run_chapter", "measure", "format_table"]
 
 

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import myst_nb.core.render
 
+import kernel_poll
+
 from mgpu_lab.sources import library_files, library_hash
 
 __all__ = ["setup", "VENDOR_JS", "EXPLORER_JS"]
@@ -118,6 +120,7 @@ def _clean_scripts(app, pagename, templatename, context, doctree):
 
 def setup(app):
     os.environ[WEB_BOOK_ENV] = "1"  # inherited by the kernels that execute the chapters
+    kernel_poll.install()  # no cell waits its whole timeout for a reply already there
     render = myst_nb.core.render
     if not hasattr(render.coalesce_streams, "wraps"):  # once, however often Sphinx loads us
         render.coalesce_streams = _merge_copies(render.coalesce_streams)
