@@ -53,8 +53,11 @@ c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
 c.Spawner.default_url = "/lab/tree/mgpu_lab"
 c.Spawner.notebook_dir = "~"
 # jupyter/hub_user/: JupyterLab settings for students (no news or update checks online).
+# PYTHONFAULTHANDLER: a kernel killed by a fatal signal (a crash in compiled code) prints
+# its Python stack into the hub's log, where the teacher looks, instead of just restarting.
 c.Spawner.environment = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
-                         "JUPYTER_CONFIG_PATH": os.path.join(here, "hub_user")}
+                         "JUPYTER_CONFIG_PATH": os.path.join(here, "hub_user"),
+                         "PYTHONFAULTHANDLER": "1"}
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 

@@ -17,9 +17,11 @@ imports ``theano``/``T`` from here and never sets flags of its own.
   Theano reads every entry's key when a process first compiles. ``MGPU_THEANO_DIR``
   moves it (e.g. project-local).
 """
+import contextlib
 import hashlib
 import logging
 import os
+import sys
 import warnings
 
 __all__ = ["theano", "T", "floatX", "FLAGS"]
@@ -40,7 +42,30 @@ os.environ["THEANO_FLAGS"] = _merged_flags(os.environ.get("THEANO_FLAGS", ""))
 # "Using NumPy C-API based implementation for BLAS functions" is the expected set-up here.
 logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
 
-with warnings.catch_warnings():
+
+
+@contextlib.contextmanager
+def _mpi_not_started():
+    """Theano without ``mpi4py.MPI``: ``theano.tensor.io`` imports it if it can, and
+    importing it starts MPI (``MPI_Init``) in every process that imports Theano: each
+    kernel, each device worker. Started outside ``mpiexec``, MPICH's singleton start now
+    and then fails and ends the process with ``exit()`` from inside that import: on a
+    loaded 2-core machine, 4 runs of 6 of tests/test_hub.py lost a student's kernel in its
+    first cell (strace: ``exit`` called from ``MPIR_Err_return_comm`` under mpi4py's
+    bootstrap). The library never uses Theano's MPI ops; its MPI engine imports ``mpi4py.MPI``
+    itself, in the ranks ``mpiexec`` starts. So the import is refused while Theano loads
+    (``None`` in ``sys.modules``: an ImportError) and allowed again after."""
+    blocked = "mpi4py.MPI" not in sys.modules
+    if blocked:
+        sys.modules["mpi4py.MPI"] = None
+    try:
+        yield
+    finally:
+        if blocked and sys.modules.get("mpi4py.MPI", 0) is None:
+            del sys.modules["mpi4py.MPI"]
+
+
+with warnings.catch_warnings(), _mpi_not_started():
     # theano-pymc warns about scipy/numpy deprecations on import; they are not ours.
     warnings.simplefilter("ignore")
     import theano  # noqa: E402
