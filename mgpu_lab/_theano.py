@@ -43,7 +43,6 @@ os.environ["THEANO_FLAGS"] = _merged_flags(os.environ.get("THEANO_FLAGS", ""))
 logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
 
 
-
 @contextlib.contextmanager
 def _mpi_not_started():
     """Theano without ``mpi4py.MPI``: ``theano.tensor.io`` imports it if it can, and

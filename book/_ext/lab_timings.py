@@ -27,8 +27,6 @@ from mgpu_lab.measure.machine import machine_info, machine_label  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernel_poll  # noqa: E402
 
-kernel_poll.install()  # a lost reply would add a cell's whole timeout to its time
-
 __all__ = ["chapters", "run_chapter", "measure", "format_table"]
 
 
@@ -39,6 +37,7 @@ def chapters():
 
 def run_chapter(path, timeout=1800):
     """Seconds to execute chapter ``path`` top to bottom (in book/, as the book build does)."""
+    kernel_poll.install()  # a lost reply would add a cell's whole timeout to its time
     nb = jupytext.read(path)
     t0 = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",

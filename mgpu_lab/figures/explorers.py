@@ -332,8 +332,9 @@ def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="mome
     d = data or batch_limits_data()
     ax, labels = d["axes"], d["sharding_labels"]
     precision = _grid_precision(precision)
-    _flat_index(ax, gpu=gpu, image_size=image_size, depth=depth, optimizer=optimizer,
-                sharding=sharding, precision=precision, recompute=recompute, n_gpus=n_gpus)
+    i = _flat_index(ax, gpu=gpu, image_size=image_size, depth=depth, optimizer=optimizer,
+                    sharding=sharding, precision=precision, recompute=recompute,
+                    n_gpus=n_gpus)  # first: a setting off the grid is refused here
     controls = (_select("gpu", "GPU", ax["gpu"], gpu)
                 + _select("image_size", "image px", ax["image_size"], image_size)
                 + _select("depth", "depth", ax["depth"], depth)
@@ -377,8 +378,6 @@ def batch_limits(gpu="V100", image_size=224, depth=50, n_gpus=4, optimizer="mome
             "context and the framework (an assumption: mgpu_lab.predict.gpus.DEFAULT_RESERVED), "
             "as in memory.max_batch_size(model, gpus.usable_bytes(gpu), N, optimizer, sharding,"
             " precision, recompute); the book trains with momentum.")
-    i = _flat_index(ax, gpu=gpu, image_size=image_size, depth=depth, optimizer=optimizer,
-                    sharding=sharding, precision=precision, recompute=recompute, n_gpus=n_gpus)
     text = (f"ResNet-{depth}-like at {image_size} px on {n_gpus} x {gpu}, {optimizer}, "
             f"sharding {label}, {p_label}, recomputation {rc_label}: at most "
             f"{d['per_gpu'][i]:,} images per GPU, a global batch of "
